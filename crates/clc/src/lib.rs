@@ -1,0 +1,231 @@
+//! The cloud controller (CLC) application layer.
+//!
+//! The API edge (`ironbark-ec2-query`) authenticates a request through
+//! [`Cloud::authenticate`], parses it, and calls one method here with the
+//! [`Caller`] and typed arguments. This layer validates the arguments against
+//! the cloud's rules, enforces account isolation (every lookup is scoped to the
+//! caller's account; only the administrator account's `verbose` views cross
+//! it), and changes state through the [`Store`] in single transactions. It
+//! knows nothing of HTTP or XML, and returns [`ironbark_types::Error`] for
+//! every failure.
+
+mod accounts;
+mod auth;
+mod groups;
+mod keypairs;
+mod tags;
+mod zones;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ironbark_keypair::SealKey;
+use ironbark_store::{SqliteStore, Store};
+use ironbark_types::*;
+
+pub use accounts::{AccessKeyInfo, NewCredentials};
+pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
+pub use keypairs::CreatedKeyPair;
+pub use zones::{RegionInfo, ZoneLine};
+
+/// Who is calling: resolved from the access key that signed the request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub account: Account,
+    pub user_name: String,
+    pub access_key_id: AccessKeyId,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.account.is_admin()
+    }
+}
+
+/// What an operator may configure about the cloud itself.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub zones: Vec<String>,
+    /// The URL clients reach the EC2 API at, as DescribeRegions reports it.
+    pub ec2_endpoint: String,
+    pub vm_types: Vec<VmType>,
+}
+
+impl CloudConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, ec2_endpoint: impl Into<String>) -> Self {
+        CloudConfig {
+            data_dir: data_dir.into(),
+            region: "eucalyptus".into(),
+            zones: vec!["zone1".into()],
+            ec2_endpoint: ec2_endpoint.into(),
+            vm_types: VmType::defaults(),
+        }
+    }
+}
+
+/// Where the per-zone resource totals come from: the nodes' reports once NCs
+/// exist; the embedded single-host cloud measures its own host.
+pub trait CapacitySource: Send + Sync + 'static {
+    /// Total and free capacity of a zone.
+    fn capacity(&self, zone: &str) -> (Capacity, Capacity);
+}
+
+/// A zone with no nodes: nothing can run there yet.
+pub struct NoCapacity;
+
+impl CapacitySource for NoCapacity {
+    fn capacity(&self, _zone: &str) -> (Capacity, Capacity) {
+        (Capacity::default(), Capacity::default())
+    }
+}
+
+pub struct Cloud {
+    store: Arc<dyn Store>,
+    seal: SealKey,
+    config: CloudConfig,
+    capacity: Arc<dyn CapacitySource>,
+}
+
+/// Layout of a data dir, in one place so the server and the admin tool agree.
+pub fn state_db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join("clc.db")
+}
+
+pub fn seal_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys").join("seal.key")
+}
+
+impl Cloud {
+    pub fn new(
+        store: Arc<dyn Store>,
+        seal: SealKey,
+        config: CloudConfig,
+        capacity: Arc<dyn CapacitySource>,
+    ) -> Self {
+        Cloud {
+            store,
+            seal,
+            config,
+            capacity,
+        }
+    }
+
+    /// Opens the cloud state in a data dir, creating the dir, the sealing key
+    /// and the database on first use.
+    pub async fn open(config: CloudConfig, capacity: Arc<dyn CapacitySource>) -> Result<Self> {
+        let seal = load_or_create_seal_key(&seal_key_path(&config.data_dir))?;
+        let db_path = state_db_path(&config.data_dir);
+        create_private_dir(db_path.parent().expect("db path has a parent"))?;
+        let store = SqliteStore::open(&db_path).await?;
+        Ok(Cloud::new(Arc::new(store), seal, config, capacity))
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))
+}
+
+/// The sealing key lives beside, not inside, the database, so a copy of the
+/// database alone yields no usable secret. Written once, atomically, 0600.
+fn load_or_create_seal_key(path: &Path) -> Result<SealKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(bytes) = std::fs::read(path) {
+        return SealKey::from_bytes(&bytes)
+            .map_err(|e| Error::internal(format!("sealing key {}: {e}", path.display())));
+    }
+    create_private_dir(path.parent().expect("key path has a parent"))?;
+    let key = SealKey::generate();
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| Error::internal(format!("writing {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&key.to_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    // A racing first start must not end with two different keys.
+    match std::fs::hard_link(&tmp, path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(dir) = path.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&tmp);
+            load_or_create_seal_key(path)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Validation shared by the modules: the printable-ASCII rule EC2 applies to
+/// names and descriptions in its classic (non-VPC) mode.
+pub(crate) fn check_text(param: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::missing(param));
+    }
+    if value.len() > max {
+        return Err(Error::invalid_value(format!(
+            "Value for parameter {param} is too long: at most {max} characters"
+        )));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(Error::invalid_value(format!(
+            "Value ({value}) for parameter {param} is invalid: only printable ASCII characters are allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use ironbark_store::SqliteStore;
+
+    pub async fn cloud() -> Cloud {
+        let store = SqliteStore::in_memory().await.unwrap();
+        Cloud::new(
+            Arc::new(store),
+            SealKey::generate(),
+            CloudConfig::new("/nonexistent", "http://127.0.0.1:8773/"),
+            Arc::new(NoCapacity),
+        )
+    }
+
+    pub async fn caller(cloud: &Cloud, name: &str) -> Caller {
+        let creds = cloud.create_account(name).await.unwrap();
+        Caller {
+            account: cloud
+                .store
+                .account_by_id(&creds.account_id)
+                .await
+                .unwrap()
+                .unwrap(),
+            user_name: ACCOUNT_ADMIN_USER.into(),
+            access_key_id: creds.access_key_id,
+        }
+    }
+}

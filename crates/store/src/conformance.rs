@@ -1,0 +1,324 @@
+//! The behaviour every [`Store`] backend must show, written once and run
+//! against each backend's own test (SQLite today, PostgreSQL later). It
+//! panics on the first divergence, naming the contract that broke.
+
+use ironbark_types::*;
+
+use crate::{Store, StoredAccessKey, TagSelector};
+
+fn account(name: &str) -> (Account, User, StoredAccessKey) {
+    let a = Account {
+        id: AccountId::generate(),
+        name: name.to_string(),
+        created_ms: now_ms(),
+    };
+    let u = User {
+        account_id: a.id.clone(),
+        name: ACCOUNT_ADMIN_USER.to_string(),
+        created_ms: now_ms(),
+    };
+    let k = StoredAccessKey {
+        id: AccessKeyId::generate(),
+        account_id: a.id.clone(),
+        user_name: u.name.clone(),
+        sealed_secret: "sealed".into(),
+        active: true,
+        created_ms: now_ms(),
+    };
+    (a, u, k)
+}
+
+fn group(acct: &AccountId, name: &str) -> SecurityGroup {
+    SecurityGroup {
+        id: SecurityGroupId::generate(),
+        account_id: acct.clone(),
+        name: name.into(),
+        description: format!("{name} group"),
+        rules: vec![],
+        created_ms: now_ms(),
+    }
+}
+
+fn tcp(port: i32, cidr: &str) -> Rule {
+    Rule {
+        protocol: Protocol::Tcp,
+        from_port: port,
+        to_port: port,
+        source: RuleSource::Cidr(cidr.parse().unwrap()),
+    }
+}
+
+/// Runs every contract against a fresh, empty store.
+pub async fn run_all(s: &dyn Store) {
+    accounts(s).await;
+    key_pairs(s).await;
+    groups_and_rules(s).await;
+    tags(s).await;
+    properties(s).await;
+}
+
+async fn accounts(s: &dyn Store) {
+    let (a, u, k) = account("alpha");
+    s.create_account(&a, &u, &k).await.unwrap();
+    let (mut a2, u2, k2) = account("alpha");
+    a2.created_ms += 1;
+    let e = s.create_account(&a2, &u2, &k2).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AccountDuplicate, "duplicate account name");
+    assert!(s.access_key(&k2.id).await.unwrap().is_none(), "failed create leaves no key");
+    assert_eq!(s.account_by_name("alpha").await.unwrap().unwrap(), a);
+    assert_eq!(s.account_by_id(&a.id).await.unwrap().unwrap(), a);
+    assert!(s.account_by_name("nope").await.unwrap().is_none());
+    assert_eq!(s.access_key(&k.id).await.unwrap().unwrap(), k);
+
+    let more = StoredAccessKey {
+        id: AccessKeyId::generate(),
+        ..k.clone()
+    };
+    s.insert_access_key(&more).await.unwrap();
+    assert_eq!(s.list_access_keys(&a.id).await.unwrap().len(), 2);
+    let e = s.insert_access_key(&more).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AccessKeyDuplicate);
+    let ghost = StoredAccessKey {
+        id: AccessKeyId::generate(),
+        user_name: "ghost".into(),
+        ..k.clone()
+    };
+    assert_eq!(
+        s.insert_access_key(&ghost).await.unwrap_err().kind,
+        ErrorKind::UserNotFound
+    );
+    s.delete_access_key(&more.id).await.unwrap();
+    assert_eq!(
+        s.delete_access_key(&more.id).await.unwrap_err().kind,
+        ErrorKind::AccessKeyNotFound
+    );
+
+    s.create_user(&User {
+        account_id: a.id.clone(),
+        name: "bob".into(),
+        created_ms: 1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.create_user(&User {
+            account_id: a.id.clone(),
+            name: "bob".into(),
+            created_ms: 1,
+        })
+        .await
+        .unwrap_err()
+        .kind,
+        ErrorKind::UserDuplicate
+    );
+    assert_eq!(s.list_users(&a.id).await.unwrap().len(), 2);
+
+    // Deleting an account removes what it owns, and is refused while
+    // another account's rules depend on its groups.
+    let (b, ub, kb) = account("beta");
+    s.create_account(&b, &ub, &kb).await.unwrap();
+    let gb = group(&b.id, "web");
+    s.insert_group(&gb).await.unwrap();
+    let ga = group(&a.id, "app");
+    s.insert_group(&ga).await.unwrap();
+    let from_b = Rule {
+        protocol: Protocol::Tcp,
+        from_port: 80,
+        to_port: 80,
+        source: RuleSource::Group {
+            account_id: b.id.clone(),
+            group_id: gb.id.clone(),
+            group_name: "web".into(),
+        },
+    };
+    s.add_rules(&ga.id, std::slice::from_ref(&from_b)).await.unwrap();
+    assert_eq!(
+        s.delete_account(&b.id).await.unwrap_err().kind,
+        ErrorKind::DeleteConflict
+    );
+    s.remove_rules(&ga.id, &[from_b]).await.unwrap();
+    s.delete_account(&b.id).await.unwrap();
+    assert!(s.account_by_id(&b.id).await.unwrap().is_none());
+    assert!(s.group_by_id(&gb.id).await.unwrap().is_none());
+    assert!(s.access_key(&kb.id).await.unwrap().is_none());
+    s.delete_group(&ga.id).await.unwrap();
+    assert_eq!(s.list_accounts().await.unwrap().len(), 1);
+}
+
+async fn key_pairs(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let kp = KeyPair {
+        id: KeyPairId::generate(),
+        account_id: a.id.clone(),
+        name: "mykey".into(),
+        fingerprint: "aa:bb".into(),
+        key_type: "rsa".into(),
+        public_key: "ssh-rsa AAAA".into(),
+        created_ms: 5,
+    };
+    s.insert_key_pair(&kp).await.unwrap();
+    let dup = KeyPair {
+        id: KeyPairId::generate(),
+        ..kp.clone()
+    };
+    assert_eq!(
+        s.insert_key_pair(&dup).await.unwrap_err().kind,
+        ErrorKind::KeyPairDuplicate
+    );
+    assert_eq!(s.list_key_pairs(Some(&a.id)).await.unwrap(), vec![kp.clone()]);
+    assert_eq!(s.list_key_pairs(None).await.unwrap().len(), 1);
+    assert!(s.list_key_pairs(Some(&AccountId::generate())).await.unwrap().is_empty());
+    s.put_tags(&a.id, &[(kp.id.to_string(), ResourceType::KeyPair)], &[("k".into(), "v".into())])
+        .await
+        .unwrap();
+    assert!(s.delete_key_pair(&a.id, "mykey").await.unwrap());
+    assert!(!s.delete_key_pair(&a.id, "mykey").await.unwrap());
+    assert!(s.list_tags(Some(&a.id)).await.unwrap().is_empty(), "tags go with the key");
+}
+
+async fn groups_and_rules(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let mut web = group(&a.id, "web");
+    web.rules = vec![tcp(22, "10.0.0.0/8")];
+    s.insert_group(&web).await.unwrap();
+    let again = group(&a.id, "web");
+    assert_eq!(
+        s.insert_group(&again).await.unwrap_err().kind,
+        ErrorKind::GroupDuplicate
+    );
+    let db_group = group(&a.id, "db");
+    s.insert_group(&db_group).await.unwrap();
+
+    // Add is all or nothing.
+    let e = s
+        .add_rules(&web.id, &[tcp(80, "0.0.0.0/0"), tcp(22, "10.0.0.0/8")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDuplicate);
+    assert_eq!(s.group_by_id(&web.id).await.unwrap().unwrap().rules.len(), 1);
+
+    let from_web = Rule {
+        protocol: Protocol::Tcp,
+        from_port: 5432,
+        to_port: 5432,
+        source: RuleSource::Group {
+            account_id: a.id.clone(),
+            group_id: web.id.clone(),
+            group_name: "web".into(),
+        },
+    };
+    s.add_rules(&db_group.id, std::slice::from_ref(&from_web))
+        .await
+        .unwrap();
+    let got = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
+    assert_eq!(got.rules, vec![from_web.clone()], "source group resolved with owner and name");
+
+    let missing_src = Rule {
+        source: RuleSource::Group {
+            account_id: a.id.clone(),
+            group_id: SecurityGroupId::generate(),
+            group_name: "gone".into(),
+        },
+        ..from_web.clone()
+    };
+    assert_eq!(
+        s.add_rules(&db_group.id, &[missing_src]).await.unwrap_err().kind,
+        ErrorKind::GroupNotFound
+    );
+
+    // A referenced group can't go; a self-reference doesn't count.
+    let self_ref = Rule {
+        protocol: Protocol::Icmp,
+        from_port: -1,
+        to_port: -1,
+        source: RuleSource::Group {
+            account_id: a.id.clone(),
+            group_id: web.id.clone(),
+            group_name: "web".into(),
+        },
+    };
+    s.add_rules(&web.id, &[self_ref]).await.unwrap();
+    let e = s.delete_group(&web.id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::GroupInUse);
+    assert!(e.message.contains(db_group.id.as_str()));
+
+    // Remove is all or nothing.
+    let e = s
+        .remove_rules(&db_group.id, &[from_web.clone(), tcp(1, "1.2.3.4/32")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionNotFound);
+    assert_eq!(s.group_by_id(&db_group.id).await.unwrap().unwrap().rules.len(), 1);
+    s.remove_rules(&db_group.id, &[from_web]).await.unwrap();
+    s.delete_group(&web.id).await.unwrap();
+    assert!(s.group_by_id(&web.id).await.unwrap().is_none());
+    assert_eq!(
+        s.delete_group(&web.id).await.unwrap_err().kind,
+        ErrorKind::GroupNotFound
+    );
+    assert_eq!(s.list_groups(Some(&a.id)).await.unwrap().len(), 1);
+    assert_eq!(
+        s.add_rules(&web.id, &[tcp(1, "1.2.3.4/32")]).await.unwrap_err().kind,
+        ErrorKind::GroupNotFound
+    );
+}
+
+async fn tags(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let g = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
+    let res = [(g.id.to_string(), ResourceType::SecurityGroup)];
+    s.put_tags(&a.id, &res, &[("Name".into(), "db".into()), ("env".into(), "prod".into())])
+        .await
+        .unwrap();
+    s.put_tags(&a.id, &res, &[("env".into(), "dev".into())]).await.unwrap();
+    let t = s.list_tags(Some(&a.id)).await.unwrap();
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.iter().find(|t| t.key == "env").unwrap().value, "dev");
+
+    // Another account can't tag it.
+    let other = AccountId::generate();
+    assert_eq!(
+        s.put_tags(&other, &res, &[("x".into(), "y".into())]).await.unwrap_err().kind,
+        ErrorKind::GroupNotFound
+    );
+
+    // The 50-tag limit is enforced atomically.
+    let many: Vec<(String, String)> = (0..49).map(|i| (format!("k{i}"), "v".into())).collect();
+    let e = s.put_tags(&a.id, &res, &many).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TagLimitExceeded);
+    assert_eq!(s.list_tags(Some(&a.id)).await.unwrap().len(), 2);
+
+    // Delete by key+value only when the value matches.
+    s.delete_tags(
+        &a.id,
+        &[g.id.to_string()],
+        &[TagSelector {
+            key: "env".into(),
+            value: Some("prod".into()),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.list_tags(Some(&a.id)).await.unwrap().len(), 2);
+    s.delete_tags(
+        &a.id,
+        &[g.id.to_string()],
+        &[TagSelector {
+            key: "env".into(),
+            value: None,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.list_tags(None).await.unwrap().len(), 1);
+    s.delete_tags(&a.id, &[g.id.to_string()], &[]).await.unwrap();
+    assert!(s.list_tags(None).await.unwrap().is_empty());
+}
+
+async fn properties(s: &dyn Store) {
+    assert!(s.property("cloud.x").await.unwrap().is_none());
+    s.set_property("cloud.x", "1").await.unwrap();
+    s.set_property("cloud.x", "2").await.unwrap();
+    assert_eq!(s.property("cloud.x").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(s.list_properties().await.unwrap(), vec![("cloud.x".into(), "2".into())]);
+}

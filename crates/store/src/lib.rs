@@ -1,0 +1,107 @@
+//! The cloud controller's state, behind one [`Store`] trait.
+//!
+//! The CLC is the only writer of cloud state. It calls the trait's
+//! domain-level methods; each method is one transaction, so a check and the
+//! change it guards (a duplicate rule, a group still referenced) can never
+//! interleave with another request. Backends implement the trait with portable
+//! SQL (no SQLite-only syntax) so the PostgreSQL backend planned for multi-host
+//! clouds reuses the same statements; [`conformance`] is the test suite every
+//! backend must pass.
+//!
+//! Secrets never reach the store in clear: [`StoredAccessKey`] carries the
+//! sealed form made by the application layer.
+
+pub mod conformance;
+mod migrations;
+mod sqlite;
+
+use async_trait::async_trait;
+use ironbark_types::*;
+
+pub use sqlite::SqliteStore;
+
+/// An access key as persisted: the secret is sealed by the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAccessKey {
+    pub id: AccessKeyId,
+    pub account_id: AccountId,
+    pub user_name: String,
+    pub sealed_secret: String,
+    pub active: bool,
+    pub created_ms: i64,
+}
+
+/// A tag to remove: by key alone, or only when the value also matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagSelector {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Most tags one resource may carry, as in EC2.
+pub const MAX_TAGS_PER_RESOURCE: usize = 50;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Accounts, users, access keys.
+    /// Creates the account, its first user and that user's key at once, so
+    /// an account never exists without a way to use it.
+    async fn create_account(&self, account: &Account, user: &User, key: &StoredAccessKey)
+    -> Result<()>;
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>>;
+    async fn account_by_id(&self, id: &AccountId) -> Result<Option<Account>>;
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    /// Removes the account and everything it owns. Refused with
+    /// `DeleteConflict` while another account's rules name one of its groups.
+    async fn delete_account(&self, id: &AccountId) -> Result<()>;
+    async fn create_user(&self, user: &User) -> Result<()>;
+    async fn list_users(&self, account: &AccountId) -> Result<Vec<User>>;
+    async fn insert_access_key(&self, key: &StoredAccessKey) -> Result<()>;
+    async fn access_key(&self, id: &AccessKeyId) -> Result<Option<StoredAccessKey>>;
+    async fn list_access_keys(&self, account: &AccountId) -> Result<Vec<StoredAccessKey>>;
+    async fn delete_access_key(&self, id: &AccessKeyId) -> Result<()>;
+
+    // Key pairs.
+    async fn insert_key_pair(&self, kp: &KeyPair) -> Result<()>;
+    /// `None` lists every account's (the administrator's view).
+    async fn list_key_pairs(&self, account: Option<&AccountId>) -> Result<Vec<KeyPair>>;
+    /// Returns whether a key pair was removed.
+    async fn delete_key_pair(&self, account: &AccountId, name: &str) -> Result<bool>;
+
+    // Security groups.
+    async fn insert_group(&self, group: &SecurityGroup) -> Result<()>;
+    async fn list_groups(&self, account: Option<&AccountId>) -> Result<Vec<SecurityGroup>>;
+    async fn group_by_id(&self, id: &SecurityGroupId) -> Result<Option<SecurityGroup>>;
+    async fn group_by_name(&self, account: &AccountId, name: &str)
+    -> Result<Option<SecurityGroup>>;
+    /// Refused with `InvalidGroup.InUse` while another group's rule names it.
+    async fn delete_group(&self, id: &SecurityGroupId) -> Result<()>;
+    /// All or nothing: any rule already present is `InvalidPermission.Duplicate`,
+    /// a source group that no longer exists is `InvalidGroup.NotFound`.
+    async fn add_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()>;
+    /// All or nothing: any rule absent is `InvalidPermission.NotFound`.
+    async fn remove_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()>;
+
+    // Tags.
+    /// Sets tags on resources owned by `account` (replacing values of
+    /// existing keys). Unknown or foreign resources are NotFound errors.
+    async fn put_tags(
+        &self,
+        account: &AccountId,
+        resources: &[(String, ResourceType)],
+        tags: &[(String, String)],
+    ) -> Result<()>;
+    /// An empty selector list removes every tag of those resources.
+    async fn delete_tags(
+        &self,
+        account: &AccountId,
+        resources: &[String],
+        tags: &[TagSelector],
+    ) -> Result<()>;
+    async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>>;
+
+    // Cloud properties (operator settings).
+    async fn property(&self, name: &str) -> Result<Option<String>>;
+    async fn set_property(&self, name: &str, value: &str) -> Result<()>;
+    async fn list_properties(&self) -> Result<Vec<(String, String)>>;
+}

@@ -1,0 +1,71 @@
+//! Schema migrations, applied in order at open time inside one transaction
+//! each. A migration, once released, is never edited: a change is a new
+//! entry. SQL here stays portable between SQLite and PostgreSQL (TEXT, BIGINT,
+//! INTEGER, composite keys; no AUTOINCREMENT, no SQLite-only pragmas).
+
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE users (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE TABLE access_keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    sealed_secret TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX access_keys_account ON access_keys (account_id);
+CREATE TABLE key_pairs (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE security_groups (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE security_group_rules (
+    group_id TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    from_port INTEGER NOT NULL,
+    to_port INTEGER NOT NULL,
+    cidr TEXT NOT NULL,
+    source_group_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, protocol, from_port, to_port, cidr, source_group_id)
+);
+CREATE INDEX security_group_rules_source ON security_group_rules (source_group_id);
+CREATE TABLE tags (
+    resource_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    tag_key TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (resource_id, tag_key)
+);
+CREATE INDEX tags_account ON tags (account_id);
+CREATE TABLE properties (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
+)];

@@ -1,0 +1,1001 @@
+//! The embedded backend: one SQLite file in the data dir, in WAL mode with
+//! full fsync so an acknowledged change survives a crash or power loss.
+//!
+//! Writers are serialised in-process by a mutex: SQLite has one writer
+//! anyway, and taking the lock before `BEGIN` avoids the busy-upgrade
+//! failures a deferred transaction can hit when two start together. Other
+//! processes (the admin CLI) are covered by the busy timeout.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ironbark_types::*;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::Mutex;
+
+use crate::migrations::MIGRATIONS;
+use crate::{MAX_TAGS_PER_RESOURCE, Store, StoredAccessKey, TagSelector};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write: Mutex<()>,
+}
+
+fn db(e: sqlx::Error) -> Error {
+    Error::internal(format!("state database: {e}"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        Self::with_options(opts, 4).await
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db)?;
+        // One connection: each in-memory connection would be its own database.
+        Self::with_options(opts, 1).await
+    }
+
+    async fn with_options(opts: SqliteConnectOptions, max: u32) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
+        let store = SqliteStore {
+            pool,
+            write: Mutex::new(()),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            tracing::info!(version, "applied state migration");
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Transaction<'_, Sqlite>)> {
+        let guard = self.write.lock().await;
+        let tx = self.pool.begin().await.map_err(db)?;
+        Ok((guard, tx))
+    }
+}
+
+fn account_row(r: &SqliteRow) -> Result<Account> {
+    Ok(Account {
+        id: AccountId::from_stored(r.try_get::<String, _>("id").map_err(db)?),
+        name: r.try_get("name").map_err(db)?,
+        created_ms: r.try_get("created_ms").map_err(db)?,
+    })
+}
+
+fn key_row(r: &SqliteRow) -> Result<StoredAccessKey> {
+    Ok(StoredAccessKey {
+        id: AccessKeyId::from_stored(r.try_get::<String, _>("id").map_err(db)?),
+        account_id: AccountId::from_stored(r.try_get::<String, _>("account_id").map_err(db)?),
+        user_name: r.try_get("user_name").map_err(db)?,
+        sealed_secret: r.try_get("sealed_secret").map_err(db)?,
+        active: r.try_get::<i64, _>("active").map_err(db)? != 0,
+        created_ms: r.try_get("created_ms").map_err(db)?,
+    })
+}
+
+fn key_pair_row(r: &SqliteRow) -> Result<KeyPair> {
+    Ok(KeyPair {
+        id: KeyPairId::from_stored(r.try_get::<String, _>("id").map_err(db)?),
+        account_id: AccountId::from_stored(r.try_get::<String, _>("account_id").map_err(db)?),
+        name: r.try_get("name").map_err(db)?,
+        fingerprint: r.try_get("fingerprint").map_err(db)?,
+        key_type: r.try_get("key_type").map_err(db)?,
+        public_key: r.try_get("public_key").map_err(db)?,
+        created_ms: r.try_get("created_ms").map_err(db)?,
+    })
+}
+
+fn group_row(r: &SqliteRow) -> Result<SecurityGroup> {
+    Ok(SecurityGroup {
+        id: SecurityGroupId::from_stored(r.try_get::<String, _>("id").map_err(db)?),
+        account_id: AccountId::from_stored(r.try_get::<String, _>("account_id").map_err(db)?),
+        name: r.try_get("name").map_err(db)?,
+        description: r.try_get("description").map_err(db)?,
+        rules: Vec::new(),
+        created_ms: r.try_get("created_ms").map_err(db)?,
+    })
+}
+
+/// A rule row joined with its source group (if any) for the owner and name.
+fn rule_row(r: &SqliteRow) -> Result<(SecurityGroupId, Rule)> {
+    let group = SecurityGroupId::from_stored(r.try_get::<String, _>("group_id").map_err(db)?);
+    let protocol = Protocol::parse(&r.try_get::<String, _>("protocol").map_err(db)?)?;
+    let cidr: String = r.try_get("cidr").map_err(db)?;
+    let src: String = r.try_get("source_group_id").map_err(db)?;
+    let source = if src.is_empty() {
+        RuleSource::Cidr(cidr.parse()?)
+    } else {
+        RuleSource::Group {
+            account_id: AccountId::from_stored(
+                r.try_get::<Option<String>, _>("src_account")
+                    .map_err(db)?
+                    .unwrap_or_default(),
+            ),
+            group_id: SecurityGroupId::from_stored(src),
+            group_name: r
+                .try_get::<Option<String>, _>("src_name")
+                .map_err(db)?
+                .unwrap_or_default(),
+        }
+    };
+    Ok((
+        group,
+        Rule {
+            protocol,
+            from_port: r.try_get::<i64, _>("from_port").map_err(db)? as i32,
+            to_port: r.try_get::<i64, _>("to_port").map_err(db)? as i32,
+            source,
+        },
+    ))
+}
+
+fn rule_key(rule: &Rule) -> (String, String) {
+    match &rule.source {
+        RuleSource::Cidr(c) => (c.to_string(), String::new()),
+        RuleSource::Group { group_id, .. } => (String::new(), group_id.to_string()),
+    }
+}
+
+fn resource_type_str(t: ResourceType) -> &'static str {
+    t.as_str()
+}
+
+fn resource_type_parse(s: &str) -> Result<ResourceType> {
+    match s {
+        "security-group" => Ok(ResourceType::SecurityGroup),
+        "key-pair" => Ok(ResourceType::KeyPair),
+        other => Err(Error::internal(format!("unknown resource type {other} in store"))),
+    }
+}
+
+const RULES_SELECT: &str = "SELECT r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id, \
+     s.account_id AS src_account, s.name AS src_name \
+     FROM security_group_rules r LEFT JOIN security_groups s ON s.id = r.source_group_id";
+
+impl SqliteStore {
+    async fn attach_rules(&self, mut groups: Vec<SecurityGroup>) -> Result<Vec<SecurityGroup>> {
+        if groups.is_empty() {
+            return Ok(groups);
+        }
+        let rows = sqlx::query(RULES_SELECT).fetch_all(&self.pool).await.map_err(db)?;
+        let mut by_group: std::collections::HashMap<SecurityGroupId, Vec<Rule>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let (g, rule) = rule_row(r)?;
+            by_group.entry(g).or_default().push(rule);
+        }
+        for g in &mut groups {
+            let mut rules = by_group.remove(&g.id).unwrap_or_default();
+            rules.sort();
+            g.rules = rules;
+        }
+        Ok(groups)
+    }
+
+    async fn attach_rules_one(&self, g: Option<SecurityGroup>) -> Result<Option<SecurityGroup>> {
+        let Some(mut g) = g else { return Ok(None) };
+        let rows = sqlx::query(
+            "SELECT r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id, \
+             s.account_id AS src_account, s.name AS src_name \
+             FROM security_group_rules r LEFT JOIN security_groups s ON s.id = r.source_group_id \
+             WHERE r.group_id = $1",
+        )
+        .bind(g.id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut rules = rows
+            .iter()
+            .map(|r| rule_row(r).map(|(_, rule)| rule))
+            .collect::<Result<Vec<_>>>()?;
+        rules.sort();
+        g.rules = rules;
+        Ok(Some(g))
+    }
+}
+
+async fn rule_exists(
+    tx: &mut Transaction<'_, Sqlite>,
+    group: &SecurityGroupId,
+    rule: &Rule,
+) -> Result<bool> {
+    let (cidr, src) = rule_key(rule);
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM security_group_rules WHERE group_id = $1 AND protocol = $2 \
+         AND from_port = $3 AND to_port = $4 AND cidr = $5 AND source_group_id = $6",
+    )
+    .bind(group.as_str())
+    .bind(rule.protocol.as_str())
+    .bind(i64::from(rule.from_port))
+    .bind(i64::from(rule.to_port))
+    .bind(cidr)
+    .bind(src)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(n > 0)
+}
+
+async fn group_exists(tx: &mut Transaction<'_, Sqlite>, id: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM security_groups WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(n > 0)
+}
+
+async fn resource_owned(
+    tx: &mut Transaction<'_, Sqlite>,
+    account: &AccountId,
+    id: &str,
+    t: ResourceType,
+) -> Result<bool> {
+    let sql = match t {
+        ResourceType::SecurityGroup => {
+            "SELECT COUNT(*) FROM security_groups WHERE id = $1 AND account_id = $2"
+        }
+        ResourceType::KeyPair => "SELECT COUNT(*) FROM key_pairs WHERE id = $1 AND account_id = $2",
+    };
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(id)
+        .bind(account.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(n > 0)
+}
+
+fn not_found_for(id: &str, t: ResourceType) -> Error {
+    match t {
+        ResourceType::SecurityGroup => Error::new(
+            ErrorKind::GroupNotFound,
+            format!("The security group '{id}' does not exist"),
+        ),
+        ResourceType::KeyPair => Error::new(
+            ErrorKind::KeyPairNotFound,
+            format!("The key pair '{id}' does not exist"),
+        ),
+    }
+}
+
+async fn insert_access_key_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    key: &StoredAccessKey,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO access_keys (id, account_id, user_name, sealed_secret, active, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(key.id.as_str())
+    .bind(key.account_id.as_str())
+    .bind(&key.user_name)
+    .bind(&key.sealed_secret)
+    .bind(i64::from(key.active))
+    .bind(key.created_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            Error::new(
+                ErrorKind::AccessKeyDuplicate,
+                format!("Access key {} already exists", key.id),
+            )
+        } else {
+            db(e)
+        }
+    })?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(
+        &self,
+        account: &Account,
+        user: &User,
+        key: &StoredAccessKey,
+    ) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query("INSERT INTO accounts (id, name, created_ms) VALUES ($1, $2, $3)")
+            .bind(account.id.as_str())
+            .bind(&account.name)
+            .bind(account.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::new(
+                        ErrorKind::AccountDuplicate,
+                        format!("Account '{}' already exists", account.name),
+                    )
+                } else {
+                    db(e)
+                }
+            })?;
+        sqlx::query("INSERT INTO users (account_id, name, created_ms) VALUES ($1, $2, $3)")
+            .bind(user.account_id.as_str())
+            .bind(&user.name)
+            .bind(user.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        insert_access_key_tx(&mut tx, key).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>> {
+        let row = sqlx::query("SELECT id, name, created_ms FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    async fn account_by_id(&self, id: &AccountId) -> Result<Option<Account>> {
+        let row = sqlx::query("SELECT id, name, created_ms FROM accounts WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        let rows = sqlx::query("SELECT id, name, created_ms FROM accounts ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(account_row).collect()
+    }
+
+    async fn delete_account(&self, id: &AccountId) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let foreign: Option<String> = sqlx::query_scalar(
+            "SELECT g.account_id FROM security_group_rules r \
+             JOIN security_groups s ON s.id = r.source_group_id \
+             JOIN security_groups g ON g.id = r.group_id \
+             WHERE s.account_id = $1 AND g.account_id <> $1 LIMIT 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(other) = foreign {
+            return Err(Error::new(
+                ErrorKind::DeleteConflict,
+                format!("A security group of account {other} has rules naming this account's groups"),
+            ));
+        }
+        for sql in [
+            "DELETE FROM security_group_rules WHERE group_id IN (SELECT id FROM security_groups WHERE account_id = $1)",
+            "DELETE FROM security_groups WHERE account_id = $1",
+            "DELETE FROM key_pairs WHERE account_id = $1",
+            "DELETE FROM tags WHERE account_id = $1",
+            "DELETE FROM access_keys WHERE account_id = $1",
+            "DELETE FROM users WHERE account_id = $1",
+            "DELETE FROM accounts WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn create_user(&self, user: &User) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query("INSERT INTO users (account_id, name, created_ms) VALUES ($1, $2, $3)")
+            .bind(user.account_id.as_str())
+            .bind(&user.name)
+            .bind(user.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::new(
+                        ErrorKind::UserDuplicate,
+                        format!("User '{}' already exists", user.name),
+                    )
+                } else {
+                    db(e)
+                }
+            })?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_users(&self, account: &AccountId) -> Result<Vec<User>> {
+        let rows = sqlx::query(
+            "SELECT account_id, name, created_ms FROM users WHERE account_id = $1 ORDER BY name",
+        )
+        .bind(account.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(User {
+                    account_id: AccountId::from_stored(
+                        r.try_get::<String, _>("account_id").map_err(db)?,
+                    ),
+                    name: r.try_get("name").map_err(db)?,
+                    created_ms: r.try_get("created_ms").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_access_key(&self, key: &StoredAccessKey) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let user: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE account_id = $1 AND name = $2",
+        )
+        .bind(key.account_id.as_str())
+        .bind(&key.user_name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if user == 0 {
+            return Err(Error::new(
+                ErrorKind::UserNotFound,
+                format!("User '{}' does not exist", key.user_name),
+            ));
+        }
+        insert_access_key_tx(&mut tx, key).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn access_key(&self, id: &AccessKeyId) -> Result<Option<StoredAccessKey>> {
+        let row = sqlx::query(
+            "SELECT id, account_id, user_name, sealed_secret, active, created_ms FROM access_keys WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn list_access_keys(&self, account: &AccountId) -> Result<Vec<StoredAccessKey>> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, user_name, sealed_secret, active, created_ms FROM access_keys \
+             WHERE account_id = $1 ORDER BY created_ms, id",
+        )
+        .bind(account.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn delete_access_key(&self, id: &AccessKeyId) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("DELETE FROM access_keys WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::AccessKeyNotFound,
+                format!("Access key {id} does not exist"),
+            ));
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn insert_key_pair(&self, kp: &KeyPair) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO key_pairs (id, account_id, name, fingerprint, key_type, public_key, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(kp.id.as_str())
+        .bind(kp.account_id.as_str())
+        .bind(&kp.name)
+        .bind(&kp.fingerprint)
+        .bind(&kp.key_type)
+        .bind(&kp.public_key)
+        .bind(kp.created_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::new(
+                    ErrorKind::KeyPairDuplicate,
+                    format!("The keypair '{}' already exists.", kp.name),
+                )
+            } else {
+                db(e)
+            }
+        })?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_key_pairs(&self, account: Option<&AccountId>) -> Result<Vec<KeyPair>> {
+        let rows = match account {
+            Some(a) => sqlx::query(
+                "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
+                 FROM key_pairs WHERE account_id = $1 ORDER BY name",
+            )
+            .bind(a.as_str())
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(
+                "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
+                 FROM key_pairs ORDER BY account_id, name",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(db)?;
+        rows.iter().map(key_pair_row).collect()
+    }
+
+    async fn delete_key_pair(&self, account: &AccountId, name: &str) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM key_pairs WHERE account_id = $1 AND name = $2")
+                .bind(account.as_str())
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some(id) = id else { return Ok(false) };
+        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("DELETE FROM key_pairs WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn insert_group(&self, group: &SecurityGroup) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO security_groups (id, account_id, name, description, created_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(group.id.as_str())
+        .bind(group.account_id.as_str())
+        .bind(&group.name)
+        .bind(&group.description)
+        .bind(group.created_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::new(
+                    ErrorKind::GroupDuplicate,
+                    format!("The security group '{}' already exists", group.name),
+                )
+            } else {
+                db(e)
+            }
+        })?;
+        for rule in &group.rules {
+            insert_rule(&mut tx, &group.id, rule).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_groups(&self, account: Option<&AccountId>) -> Result<Vec<SecurityGroup>> {
+        let rows = match account {
+            Some(a) => sqlx::query(
+                "SELECT id, account_id, name, description, created_ms FROM security_groups \
+                 WHERE account_id = $1 ORDER BY name",
+            )
+            .bind(a.as_str())
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(
+                "SELECT id, account_id, name, description, created_ms FROM security_groups \
+                 ORDER BY account_id, name",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(db)?;
+        let groups = rows.iter().map(group_row).collect::<Result<Vec<_>>>()?;
+        self.attach_rules(groups).await
+    }
+
+    async fn group_by_id(&self, id: &SecurityGroupId) -> Result<Option<SecurityGroup>> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, description, created_ms FROM security_groups WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let g = row.as_ref().map(group_row).transpose()?;
+        self.attach_rules_one(g).await
+    }
+
+    async fn group_by_name(
+        &self,
+        account: &AccountId,
+        name: &str,
+    ) -> Result<Option<SecurityGroup>> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, description, created_ms FROM security_groups \
+             WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let g = row.as_ref().map(group_row).transpose()?;
+        self.attach_rules_one(g).await
+    }
+
+    async fn delete_group(&self, id: &SecurityGroupId) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        if !group_exists(&mut tx, id.as_str()).await? {
+            return Err(not_found_for(id.as_str(), ResourceType::SecurityGroup));
+        }
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT group_id FROM security_group_rules \
+             WHERE source_group_id = $1 AND group_id <> $1 ORDER BY group_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !users.is_empty() {
+            return Err(Error::new(
+                ErrorKind::GroupInUse,
+                format!("Group {id} is used by groups: {}", users.join(" ")),
+            ));
+        }
+        for sql in [
+            "DELETE FROM security_group_rules WHERE group_id = $1",
+            "DELETE FROM tags WHERE resource_id = $1",
+            "DELETE FROM security_groups WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn add_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        if !group_exists(&mut tx, group.as_str()).await? {
+            return Err(not_found_for(group.as_str(), ResourceType::SecurityGroup));
+        }
+        for rule in rules {
+            if rule_exists(&mut tx, group, rule).await? {
+                return Err(Error::new(
+                    ErrorKind::PermissionDuplicate,
+                    format!(
+                        "the specified rule \"{}\" already exists",
+                        rule.describe()
+                    ),
+                ));
+            }
+            if let RuleSource::Group { group_id, .. } = &rule.source
+                && !group_exists(&mut tx, group_id.as_str()).await?
+            {
+                return Err(not_found_for(group_id.as_str(), ResourceType::SecurityGroup));
+            }
+            insert_rule(&mut tx, group, rule).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn remove_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        if !group_exists(&mut tx, group.as_str()).await? {
+            return Err(not_found_for(group.as_str(), ResourceType::SecurityGroup));
+        }
+        for rule in rules {
+            let (cidr, src) = rule_key(rule);
+            let n = sqlx::query(
+                "DELETE FROM security_group_rules WHERE group_id = $1 AND protocol = $2 \
+                 AND from_port = $3 AND to_port = $4 AND cidr = $5 AND source_group_id = $6",
+            )
+            .bind(group.as_str())
+            .bind(rule.protocol.as_str())
+            .bind(i64::from(rule.from_port))
+            .bind(i64::from(rule.to_port))
+            .bind(cidr)
+            .bind(src)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::PermissionNotFound,
+                    format!(
+                        "The specified rule does not exist in this security group: {}",
+                        rule.describe()
+                    ),
+                ));
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn put_tags(
+        &self,
+        account: &AccountId,
+        resources: &[(String, ResourceType)],
+        tags: &[(String, String)],
+    ) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        for (id, t) in resources {
+            if !resource_owned(&mut tx, account, id, *t).await? {
+                return Err(not_found_for(id, *t));
+            }
+            for (k, v) in tags {
+                sqlx::query("DELETE FROM tags WHERE resource_id = $1 AND tag_key = $2")
+                    .bind(id)
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO tags (resource_id, account_id, resource_type, tag_key, tag_value) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(account.as_str())
+                .bind(resource_type_str(*t))
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tags WHERE resource_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+            if n as usize > MAX_TAGS_PER_RESOURCE {
+                return Err(Error::new(
+                    ErrorKind::TagLimitExceeded,
+                    format!(
+                        "The maximum number of Tags for a resource has been reached ({MAX_TAGS_PER_RESOURCE}): {id}"
+                    ),
+                ));
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn delete_tags(
+        &self,
+        account: &AccountId,
+        resources: &[String],
+        tags: &[TagSelector],
+    ) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        for id in resources {
+            if tags.is_empty() {
+                sqlx::query("DELETE FROM tags WHERE resource_id = $1 AND account_id = $2")
+                    .bind(id)
+                    .bind(account.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            for sel in tags {
+                match &sel.value {
+                    Some(v) => sqlx::query(
+                        "DELETE FROM tags WHERE resource_id = $1 AND account_id = $2 AND tag_key = $3 AND tag_value = $4",
+                    )
+                    .bind(id)
+                    .bind(account.as_str())
+                    .bind(&sel.key)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await,
+                    None => sqlx::query(
+                        "DELETE FROM tags WHERE resource_id = $1 AND account_id = $2 AND tag_key = $3",
+                    )
+                    .bind(id)
+                    .bind(account.as_str())
+                    .bind(&sel.key)
+                    .execute(&mut *tx)
+                    .await,
+                }
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>> {
+        let rows = match account {
+            Some(a) => sqlx::query(
+                "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
+                 WHERE account_id = $1 ORDER BY resource_id, tag_key",
+            )
+            .bind(a.as_str())
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(
+                "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
+                 ORDER BY resource_id, tag_key",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Tag {
+                    resource_id: r.try_get("resource_id").map_err(db)?,
+                    resource_type: resource_type_parse(
+                        &r.try_get::<String, _>("resource_type").map_err(db)?,
+                    )?,
+                    key: r.try_get("tag_key").map_err(db)?,
+                    value: r.try_get("tag_value").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn property(&self, name: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM properties WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn set_property(&self, name: &str, value: &str) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query("DELETE FROM properties WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("INSERT INTO properties (name, value) VALUES ($1, $2)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_properties(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT name, value FROM properties ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name").map_err(db)?, r.try_get("value").map_err(db)?)))
+            .collect()
+    }
+}
+
+async fn insert_rule(
+    tx: &mut Transaction<'_, Sqlite>,
+    group: &SecurityGroupId,
+    rule: &Rule,
+) -> Result<()> {
+    let (cidr, src) = rule_key(rule);
+    sqlx::query(
+        "INSERT INTO security_group_rules (group_id, protocol, from_port, to_port, cidr, source_group_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(group.as_str())
+    .bind(rule.protocol.as_str())
+    .bind(i64::from(rule.from_port))
+    .bind(i64::from(rule.to_port))
+    .bind(cidr)
+    .bind(src)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            Error::new(
+                ErrorKind::PermissionDuplicate,
+                format!("the specified rule \"{}\" already exists", rule.describe()),
+            )
+        } else {
+            db(e)
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_in_memory_passes_conformance() {
+        let s = SqliteStore::in_memory().await.unwrap();
+        crate::conformance::run_all(&s).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_survives_reopen_and_migrates_once() {
+        let dir = std::env::temp_dir().join(format!("ironbark-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            let s = SqliteStore::open(&path).await.unwrap();
+            s.set_property("cloud.test", "1").await.unwrap();
+            s.pool.close().await;
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.property("cloud.test").await.unwrap().as_deref(), Some("1"));
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, MIGRATIONS.len());
+        s.pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

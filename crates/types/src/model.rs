@@ -1,0 +1,254 @@
+//! The records the cloud controller owns. They are plain data: the store
+//! persists them, the application layer decides over them, the API layer
+//! renders them. Times are Unix milliseconds (UTC).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::*;
+use crate::net::{Ipv4Cidr, Protocol};
+
+/// Name of the administrator account every cloud is born with.
+pub const ADMIN_ACCOUNT: &str = "eucalyptus";
+/// Name of the user each account gets at creation, who owns its first key.
+pub const ACCOUNT_ADMIN_USER: &str = "admin";
+/// Name of the security group every account has.
+pub const DEFAULT_GROUP: &str = "default";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+impl Account {
+    pub fn is_admin(&self) -> bool {
+        self.name == ADMIN_ACCOUNT
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub account_id: AccountId,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// An access key with its secret in clear: only ever in memory; the store
+/// keeps the secret sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessKey {
+    pub id: AccessKeyId,
+    pub account_id: AccountId,
+    pub user_name: String,
+    pub secret: String,
+    pub active: bool,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPair {
+    pub id: KeyPairId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub fingerprint: String,
+    /// "rsa" or "ed25519".
+    pub key_type: String,
+    /// One-line OpenSSH public key, what instances will receive.
+    pub public_key: String,
+    pub created_ms: i64,
+}
+
+/// Where an ingress rule lets traffic come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RuleSource {
+    Cidr(Ipv4Cidr),
+    /// Members of another (or the same) security group, possibly another account's.
+    Group {
+        account_id: AccountId,
+        group_id: SecurityGroupId,
+        group_name: String,
+    },
+}
+
+/// One ingress permission: a protocol and port range (ICMP: type and code)
+/// from one source. EC2 groups several sources under one permission when it
+/// renders them; storing one row per source keeps authorize/revoke exact.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rule {
+    pub protocol: Protocol,
+    /// TCP/UDP: first port. ICMP: type, -1 for all. All-protocols: -1.
+    pub from_port: i32,
+    /// TCP/UDP: last port. ICMP: code, -1 for all. All-protocols: -1.
+    pub to_port: i32,
+    pub source: RuleSource,
+}
+
+impl Rule {
+    /// How EC2 words a rule in its duplicate/not-found messages.
+    pub fn describe(&self) -> String {
+        let peer = match &self.source {
+            RuleSource::Cidr(c) => c.to_string(),
+            RuleSource::Group { group_id, .. } => group_id.to_string(),
+        };
+        format!(
+            "peer: {peer}, {}, from port: {}, to port: {}, ALLOW",
+            self.protocol.as_str().to_ascii_uppercase(),
+            self.from_port,
+            self.to_port
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: SecurityGroupId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+    pub created_ms: i64,
+}
+
+/// The kinds of resources tags can be put on; the id prefix tells which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResourceType {
+    SecurityGroup,
+    KeyPair,
+}
+
+impl ResourceType {
+    pub fn of_id(id: &str) -> Option<Self> {
+        if id.starts_with(SecurityGroupId::PREFIX) {
+            Some(ResourceType::SecurityGroup)
+        } else if id.starts_with(KeyPairId::PREFIX) {
+            Some(ResourceType::KeyPair)
+        } else {
+            None
+        }
+    }
+
+    /// The spelling of `resourceType` in DescribeTags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::SecurityGroup => "security-group",
+            ResourceType::KeyPair => "key-pair",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub resource_id: String,
+    pub resource_type: ResourceType,
+    pub key: String,
+    pub value: String,
+}
+
+/// An instance size, as Eucalyptus offered them; the operator can change them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmType {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_gib: u32,
+}
+
+impl VmType {
+    /// The classic Eucalyptus table.
+    pub fn defaults() -> Vec<VmType> {
+        [
+            ("m1.small", 1, 256, 5),
+            ("c1.medium", 1, 512, 10),
+            ("m1.large", 2, 512, 10),
+            ("m1.xlarge", 2, 1024, 10),
+            ("c1.xlarge", 4, 2048, 10),
+        ]
+        .into_iter()
+        .map(|(n, c, m, d)| VmType {
+            name: n.to_string(),
+            cpus: c,
+            memory_mib: m,
+            disk_gib: d,
+        })
+        .collect()
+    }
+}
+
+/// What a zone's nodes can hold, summed; used for the admin `verbose` zone view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl Capacity {
+    /// How many instances of a type fit; the scarcest resource decides.
+    pub fn fits(&self, t: &VmType) -> u64 {
+        let by_cpu = u64::from(self.cpus) / u64::from(t.cpus.max(1));
+        let by_mem = self.memory_mib / u64::from(t.memory_mib.max(1));
+        let by_disk = self.disk_gib / u64::from(t.disk_gib.max(1));
+        by_cpu.min(by_mem).min(by_disk)
+    }
+}
+
+/// Civil-time rendering without a date library: EC2 timestamps are always
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn iso8601_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_matches_known_instants() {
+        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_ms(1_440_938_160_000), "2015-08-30T12:36:00.000Z");
+        assert_eq!(iso8601_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso8601_ms(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn capacity_counts_the_scarcest_resource() {
+        let c = Capacity {
+            cpus: 4,
+            memory_mib: 1024,
+            disk_gib: 100,
+        };
+        let t = &VmType::defaults()[0];
+        assert_eq!(c.fits(t), 4);
+        let big = VmType::defaults().pop().unwrap();
+        assert_eq!(c.fits(&big), 0);
+    }
+}
