@@ -64,7 +64,9 @@ impl Cloud {
         let plain = self
             .seal
             .open(&key.sealed_secret, key.id.as_str().as_bytes())
-            .map_err(|e| Error::internal(format!("access key {} cannot be unsealed: {e}", key.id)))?;
+            .map_err(|e| {
+                Error::internal(format!("access key {} cannot be unsealed: {e}", key.id))
+            })?;
         String::from_utf8(plain).map_err(|_| Error::internal("sealed secret is not UTF-8"))
     }
 
@@ -236,7 +238,12 @@ mod tests {
         assert_eq!(admin.account_name, "eucalyptus");
 
         let creds = c.create_account("alice").await.unwrap();
-        let stored = c.store.access_key(&creds.access_key_id).await.unwrap().unwrap();
+        let stored = c
+            .store
+            .access_key(&creds.access_key_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!stored.sealed_secret.contains(&creds.secret_access_key));
         assert_eq!(c.open_secret(&stored).unwrap(), creds.secret_access_key);
         assert_eq!(
@@ -246,13 +253,23 @@ mod tests {
         assert!(c.create_account("Bad Name").await.is_err());
 
         let imported = c
-            .create_access_key("alice", "admin", Some(("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")))
+            .create_access_key(
+                "alice",
+                "admin",
+                Some((
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                )),
+            )
             .await
             .unwrap();
         assert_eq!(imported.access_key_id.as_str(), "AKIAIOSFODNN7EXAMPLE");
         assert_eq!(c.list_access_keys("alice").await.unwrap().len(), 2);
         assert_eq!(
-            c.create_access_key("alice", "nobody", None).await.unwrap_err().kind,
+            c.create_access_key("alice", "nobody", None)
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::UserNotFound
         );
         c.create_user("alice", "bob").await.unwrap();
@@ -265,6 +282,12 @@ mod tests {
             ErrorKind::DeleteConflict
         );
         c.delete_account("alice").await.unwrap();
-        assert!(c.store.access_key(&creds.access_key_id).await.unwrap().is_none());
+        assert!(
+            c.store
+                .access_key(&creds.access_key_id)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -15,7 +15,10 @@ fn auth_error(e: AuthError) -> Error {
             "Request is missing Authentication Token",
         ),
         AuthError::Incomplete(m) => Error::new(ErrorKind::IncompleteSignature, m),
-        AuthError::Expired(m) => Error::new(ErrorKind::RequestExpired, format!("Request has expired: {m}")),
+        AuthError::Expired(m) => Error::new(
+            ErrorKind::RequestExpired,
+            format!("Request has expired: {m}"),
+        ),
         AuthError::SignatureMismatch => Error::new(
             ErrorKind::SignatureDoesNotMatch,
             "The request signature we calculated does not match the signature you provided. \
@@ -130,27 +133,43 @@ mod tests {
             ErrorKind::RequestExpired
         );
         // Wrong secret.
-        let (h2, _) = signed(creds.access_key_id.as_str(), "wrongwrongwrongwrong", body, now);
-        let wrong = HttpRequest { headers: &h2, ..req };
+        let (h2, _) = signed(
+            creds.access_key_id.as_str(),
+            "wrongwrongwrongwrong",
+            body,
+            now,
+        );
+        let wrong = HttpRequest {
+            headers: &h2,
+            ..req
+        };
         assert_eq!(
             c.authenticate(&wrong, now).await.unwrap_err().kind,
             ErrorKind::SignatureDoesNotMatch
         );
         // Unknown key.
         let (h3, _) = signed("AKIAUNKNOWNUNKNOWN12", "x", body, now);
-        let unknown = HttpRequest { headers: &h3, ..req };
+        let unknown = HttpRequest {
+            headers: &h3,
+            ..req
+        };
         assert_eq!(
             c.authenticate(&unknown, now).await.unwrap_err().kind,
             ErrorKind::AuthFailure
         );
         // Unsigned.
-        let bare = HttpRequest { headers: &[], ..req };
+        let bare = HttpRequest {
+            headers: &[],
+            ..req
+        };
         assert_eq!(
             c.authenticate(&bare, now).await.unwrap_err().kind,
             ErrorKind::MissingAuthenticationToken
         );
         // A deleted key stops working at once.
-        c.delete_access_key(creds.access_key_id.as_str()).await.unwrap();
+        c.delete_access_key(creds.access_key_id.as_str())
+            .await
+            .unwrap();
         assert_eq!(
             c.authenticate(&req, now).await.unwrap_err().kind,
             ErrorKind::AuthFailure

@@ -46,7 +46,9 @@ fn not_found(what: &str) -> Error {
 
 fn parse_port(param: &str, v: &str) -> Result<i32> {
     v.trim().parse::<i32>().map_err(|_| {
-        Error::invalid_value(format!("Invalid value '{v}' for {param}. It must be an integer"))
+        Error::invalid_value(format!(
+            "Invalid value '{v}' for {param}. It must be an integer"
+        ))
     })
 }
 
@@ -58,8 +60,16 @@ fn ports(spec: &PermissionSpec) -> Result<(Protocol, i32, i32)> {
         .as_deref()
         .ok_or_else(|| Error::missing("IpProtocol"))?;
     let protocol = Protocol::parse(proto_s)?;
-    let from = spec.from_port.as_deref().map(|v| parse_port("fromPort", v)).transpose()?;
-    let to = spec.to_port.as_deref().map(|v| parse_port("toPort", v)).transpose()?;
+    let from = spec
+        .from_port
+        .as_deref()
+        .map(|v| parse_port("fromPort", v))
+        .transpose()?;
+    let to = spec
+        .to_port
+        .as_deref()
+        .map(|v| parse_port("toPort", v))
+        .transpose()?;
     match protocol {
         Protocol::All => Ok((protocol, -1, -1)),
         Protocol::Tcp | Protocol::Udp => {
@@ -74,7 +84,11 @@ fn ports(spec: &PermissionSpec) -> Result<(Protocol, i32, i32)> {
                 }
             };
             // `-1` for both is how some tools say "all ports".
-            let (from, to) = if from == -1 && to == -1 { (0, 65535) } else { (from, to) };
+            let (from, to) = if from == -1 && to == -1 {
+                (0, 65535)
+            } else {
+                (from, to)
+            };
             if !(0..=65535).contains(&from) || !(0..=65535).contains(&to) {
                 return Err(Error::invalid_value(format!(
                     "Invalid value for portRange: {from}-{to}. Ports must be between 0 and 65535."
@@ -151,9 +165,24 @@ impl Cloud {
             group_name: DEFAULT_GROUP.into(),
         };
         let rules = vec![
-            Rule { protocol: Protocol::Tcp, from_port: 0, to_port: 65535, source: me.clone() },
-            Rule { protocol: Protocol::Udp, from_port: 0, to_port: 65535, source: me.clone() },
-            Rule { protocol: Protocol::Icmp, from_port: -1, to_port: -1, source: me },
+            Rule {
+                protocol: Protocol::Tcp,
+                from_port: 0,
+                to_port: 65535,
+                source: me.clone(),
+            },
+            Rule {
+                protocol: Protocol::Udp,
+                from_port: 0,
+                to_port: 65535,
+                source: me.clone(),
+            },
+            Rule {
+                protocol: Protocol::Icmp,
+                from_port: -1,
+                to_port: -1,
+                source: me,
+            },
         ];
         let g = SecurityGroup {
             id,
@@ -249,9 +278,16 @@ impl Cloud {
         filters: &[Filter],
     ) -> Result<Vec<(SecurityGroup, Vec<Tag>)>> {
         let verbose = caller.is_admin() && names.iter().any(|n| n == "verbose");
-        let names: Vec<&String> = names.iter().filter(|n| !(verbose && *n == "verbose")).collect();
+        let names: Vec<&String> = names
+            .iter()
+            .filter(|n| !(verbose && *n == "verbose"))
+            .collect();
         self.ensure_default_group(&caller.account.id).await?;
-        let scope = if verbose { None } else { Some(&caller.account.id) };
+        let scope = if verbose {
+            None
+        } else {
+            Some(&caller.account.id)
+        };
         let all = self.store.list_groups(scope).await?;
         for n in &names {
             if !all.iter().any(|g| &g.name == *n) {
@@ -290,7 +326,12 @@ impl Cloud {
             let (protocol, from_port, to_port) = ports(p)?;
             for c in &p.cidrs {
                 let cidr: Ipv4Cidr = c.trim().parse()?;
-                rules.push(Rule { protocol, from_port, to_port, source: RuleSource::Cidr(cidr) });
+                rules.push(Rule {
+                    protocol,
+                    from_port,
+                    to_port,
+                    source: RuleSource::Cidr(cidr),
+                });
             }
             for s in &p.groups {
                 let g = self.resolve_source_group(caller, s).await?;
@@ -311,10 +352,18 @@ impl Cloud {
 
     /// A source group may be another account's: named by owner and name
     /// (the classic form euca2ools sends) or by id.
-    async fn resolve_source_group(&self, caller: &Caller, s: &SourceGroupSpec) -> Result<SecurityGroup> {
+    async fn resolve_source_group(
+        &self,
+        caller: &Caller,
+        s: &SourceGroupSpec,
+    ) -> Result<SecurityGroup> {
         if let Some(id) = &s.group_id {
             let gid = SecurityGroupId::parse(id)?;
-            return self.store.group_by_id(&gid).await?.ok_or_else(|| not_found(id));
+            return self
+                .store
+                .group_by_id(&gid)
+                .await?
+                .ok_or_else(|| not_found(id));
         }
         let name = s
             .group_name
@@ -385,46 +434,85 @@ mod tests {
         let c = cloud().await;
         let alice = caller(&c, "alice").await;
         let bob = caller(&c, "bob").await;
-        let web = c.create_security_group(&alice, "web", "web servers").await.unwrap();
+        let web = c
+            .create_security_group(&alice, "web", "web servers")
+            .await
+            .unwrap();
         let by_name = GroupRef::Name("web".into());
         let kinds = |r: Result<()>| r.unwrap_err().kind;
 
-        c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "0.0.0.0/0")]).await.unwrap();
+        c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "0.0.0.0/0")])
+            .await
+            .unwrap();
         assert_eq!(
-            kinds(c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "0.0.0.0/0")]).await),
+            kinds(
+                c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "0.0.0.0/0")])
+                    .await
+            ),
             ErrorKind::PermissionDuplicate
         );
         assert_eq!(
-            kinds(c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "10.0.0.0/33")]).await),
+            kinds(
+                c.authorize_ingress(&alice, &by_name, &[tcp("22", "22", "10.0.0.0/33")])
+                    .await
+            ),
             ErrorKind::InvalidParameterValue
         );
         assert_eq!(
-            kinds(c.authorize_ingress(&alice, &by_name, &[tcp("80", "70000", "0.0.0.0/0")]).await),
+            kinds(
+                c.authorize_ingress(&alice, &by_name, &[tcp("80", "70000", "0.0.0.0/0")])
+                    .await
+            ),
             ErrorKind::InvalidParameterValue
         );
         assert_eq!(
-            kinds(c.authorize_ingress(&alice, &by_name, &[tcp("90", "80", "0.0.0.0/0")]).await),
+            kinds(
+                c.authorize_ingress(&alice, &by_name, &[tcp("90", "80", "0.0.0.0/0")])
+                    .await
+            ),
             ErrorKind::InvalidParameterValue
         );
         assert_eq!(
-            kinds(c.authorize_ingress(&alice, &GroupRef::Name("nope".into()), &[tcp("1", "1", "0.0.0.0/0")]).await),
+            kinds(
+                c.authorize_ingress(
+                    &alice,
+                    &GroupRef::Name("nope".into()),
+                    &[tcp("1", "1", "0.0.0.0/0")]
+                )
+                .await
+            ),
             ErrorKind::GroupNotFound
         );
         assert_eq!(
-            kinds(c.revoke_ingress(&alice, &by_name, &[tcp("23", "23", "0.0.0.0/0")]).await),
+            kinds(
+                c.revoke_ingress(&alice, &by_name, &[tcp("23", "23", "0.0.0.0/0")])
+                    .await
+            ),
             ErrorKind::PermissionNotFound
         );
         // Bob cannot touch alice's group by id, and sees only his own.
         assert_eq!(
-            kinds(c.authorize_ingress(&bob, &GroupRef::Id(web.to_string()), &[tcp("1", "1", "0.0.0.0/0")]).await),
+            kinds(
+                c.authorize_ingress(
+                    &bob,
+                    &GroupRef::Id(web.to_string()),
+                    &[tcp("1", "1", "0.0.0.0/0")]
+                )
+                .await
+            ),
             ErrorKind::GroupNotFound
         );
-        let bobs = c.describe_security_groups(&bob, &[], &[], &[]).await.unwrap();
+        let bobs = c
+            .describe_security_groups(&bob, &[], &[], &[])
+            .await
+            .unwrap();
         assert_eq!(bobs.len(), 1);
         assert_eq!(bobs[0].0.name, "default");
 
         // Bob lets alice's web group in by owner and name; alice can't delete it now.
-        c.create_security_group(&bob, "db", "databases").await.unwrap();
+        c.create_security_group(&bob, "db", "databases")
+            .await
+            .unwrap();
         let from_web = PermissionSpec {
             protocol: Some("tcp".into()),
             from_port: Some("5432".into()),
@@ -436,25 +524,48 @@ mod tests {
                 group_id: None,
             }],
         };
-        c.authorize_ingress(&bob, &GroupRef::Name("db".into()), std::slice::from_ref(&from_web)).await.unwrap();
-        assert_eq!(kinds(c.delete_security_group(&alice, &by_name).await), ErrorKind::GroupInUse);
-        c.revoke_ingress(&bob, &GroupRef::Name("db".into()), &[from_web]).await.unwrap();
+        c.authorize_ingress(
+            &bob,
+            &GroupRef::Name("db".into()),
+            std::slice::from_ref(&from_web),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            kinds(c.delete_security_group(&alice, &by_name).await),
+            ErrorKind::GroupInUse
+        );
+        c.revoke_ingress(&bob, &GroupRef::Name("db".into()), &[from_web])
+            .await
+            .unwrap();
         c.delete_security_group(&alice, &by_name).await.unwrap();
 
         assert_eq!(
-            kinds(c.delete_security_group(&alice, &GroupRef::Name("default".into())).await),
+            kinds(
+                c.delete_security_group(&alice, &GroupRef::Name("default".into()))
+                    .await
+            ),
             ErrorKind::CannotDelete
         );
         assert_eq!(
-            c.create_security_group(&alice, "default", "x").await.unwrap_err().kind,
+            c.create_security_group(&alice, "default", "x")
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::GroupReserved
         );
         assert_eq!(
-            c.create_security_group(&alice, "x", "").await.unwrap_err().kind,
+            c.create_security_group(&alice, "x", "")
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::MissingParameter
         );
         assert_eq!(
-            c.describe_security_groups(&alice, &[], &["sg-zz".into()], &[]).await.unwrap_err().kind,
+            c.describe_security_groups(&alice, &[], &["sg-zz".into()], &[])
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::GroupIdMalformed
         );
     }
@@ -486,13 +597,41 @@ mod tests {
             ..Default::default()
         };
         c.authorize_ingress(&a, &g, &[all]).await.unwrap();
-        let got = c.describe_security_groups(&a, &["default".into()], &[], &[]).await.unwrap();
+        let got = c
+            .describe_security_groups(&a, &["default".into()], &[], &[])
+            .await
+            .unwrap();
         let rules = &got[0].0.rules;
-        assert!(rules.iter().any(|r| r.protocol == Protocol::Icmp && r.from_port == 8 && r.to_port == 0));
-        assert!(rules.iter().any(|r| r.protocol == Protocol::All && r.from_port == -1));
-        let f = Filter { name: "ip-permission.cidr".into(), values: vec!["198.51.100.7/32".into()] };
-        assert_eq!(c.describe_security_groups(&a, &[], &[], &[f]).await.unwrap().len(), 1);
-        let f = Filter { name: "ip-permission.cidr".into(), values: vec!["1.1.1.1/32".into()] };
-        assert!(c.describe_security_groups(&a, &[], &[], &[f]).await.unwrap().is_empty());
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.protocol == Protocol::Icmp && r.from_port == 8 && r.to_port == 0)
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.protocol == Protocol::All && r.from_port == -1)
+        );
+        let f = Filter {
+            name: "ip-permission.cidr".into(),
+            values: vec!["198.51.100.7/32".into()],
+        };
+        assert_eq!(
+            c.describe_security_groups(&a, &[], &[], &[f])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let f = Filter {
+            name: "ip-permission.cidr".into(),
+            values: vec!["1.1.1.1/32".into()],
+        };
+        assert!(
+            c.describe_security_groups(&a, &[], &[], &[f])
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

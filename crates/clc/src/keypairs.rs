@@ -145,8 +145,15 @@ impl Cloud {
         filters: &[Filter],
     ) -> Result<Vec<(KeyPair, Vec<Tag>)>> {
         let verbose = caller.is_admin() && names.iter().any(|n| n == "verbose");
-        let names: Vec<&String> = names.iter().filter(|n| !(verbose && *n == "verbose")).collect();
-        let scope = if verbose { None } else { Some(&caller.account.id) };
+        let names: Vec<&String> = names
+            .iter()
+            .filter(|n| !(verbose && *n == "verbose"))
+            .collect();
+        let scope = if verbose {
+            None
+        } else {
+            Some(&caller.account.id)
+        };
         let all = self.store.list_key_pairs(scope).await?;
         for n in &names {
             if !all.iter().any(|k| &k.name == *n) {
@@ -193,7 +200,9 @@ impl Cloud {
             }
             (None, None) => return Err(Error::missing("KeyName")),
         };
-        self.store.delete_key_pair(&caller.account.id, &name).await?;
+        self.store
+            .delete_key_pair(&caller.account.id, &name)
+            .await?;
         Ok(())
     }
 }
@@ -213,38 +222,79 @@ mod tests {
         assert!(k.private_key.contains("BEGIN RSA PRIVATE KEY"));
         assert_eq!(k.key_pair.fingerprint.len(), 59);
         assert_eq!(
-            c.create_key_pair(&alice, "k1", None).await.unwrap_err().kind,
+            c.create_key_pair(&alice, "k1", None)
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::KeyPairDuplicate
         );
         assert_eq!(
-            c.create_key_pair(&alice, "k2", Some("dsa")).await.unwrap_err().kind,
+            c.create_key_pair(&alice, "k2", Some("dsa"))
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidParameterValue
         );
         // Import the public half of an ed25519 key under another name, as base64 of the file.
-        let ed = c.create_key_pair(&alice, "ed", Some("ed25519")).await.unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{} me@host\n", ed.key_pair.public_key));
+        let ed = c
+            .create_key_pair(&alice, "ed", Some("ed25519"))
+            .await
+            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(format!("{} me@host\n", ed.key_pair.public_key));
         let imp = c.import_key_pair(&alice, "imp", &b64).await.unwrap();
         assert_eq!(imp.fingerprint, ed.key_pair.fingerprint);
         assert_eq!(
-            c.import_key_pair(&alice, "bad", "bm90IGEga2V5").await.unwrap_err().kind,
+            c.import_key_pair(&alice, "bad", "bm90IGEga2V5")
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::KeyFormat
         );
 
         // Isolation: bob sees none of alice's keys and can't name them.
-        assert!(c.describe_key_pairs(&bob, &[], &[], &[]).await.unwrap().is_empty());
+        assert!(
+            c.describe_key_pairs(&bob, &[], &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
-            c.describe_key_pairs(&bob, &["k1".into()], &[], &[]).await.unwrap_err().kind,
+            c.describe_key_pairs(&bob, &["k1".into()], &[], &[])
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::KeyPairNotFound
         );
         c.delete_key_pair(&bob, Some("k1"), None).await.unwrap();
-        assert_eq!(c.describe_key_pairs(&alice, &[], &[], &[]).await.unwrap().len(), 3);
+        assert_eq!(
+            c.describe_key_pairs(&alice, &[], &[], &[])
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
 
         let f = Filter {
             name: "key-type".into(),
             values: vec!["ed25519".into()],
         };
-        assert_eq!(c.describe_key_pairs(&alice, &[], &[], &[f]).await.unwrap().len(), 2);
-        c.delete_key_pair(&alice, None, Some(k.key_pair.id.as_str())).await.unwrap();
-        assert_eq!(c.describe_key_pairs(&alice, &[], &[], &[]).await.unwrap().len(), 2);
+        assert_eq!(
+            c.describe_key_pairs(&alice, &[], &[], &[f])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        c.delete_key_pair(&alice, None, Some(k.key_pair.id.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.describe_key_pairs(&alice, &[], &[], &[])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -12,7 +12,12 @@ use crate::{Caller, Cloud};
 /// The generic tag filters (`tag:Key`, `tag-key`, `tag-value`) of any resource.
 pub(crate) fn tag_filter(tags: &[Tag], name: &str) -> Option<Vec<String>> {
     if let Some(key) = name.strip_prefix("tag:") {
-        return Some(tags.iter().filter(|t| t.key == key).map(|t| t.value.clone()).collect());
+        return Some(
+            tags.iter()
+                .filter(|t| t.key == key)
+                .map(|t| t.value.clone())
+                .collect(),
+        );
     }
     match name {
         "tag-key" => Some(tags.iter().map(|t| t.key.clone()).collect()),
@@ -48,7 +53,10 @@ fn resource_kind(id: &str) -> Result<ResourceType> {
     if well_formed {
         Ok(kind)
     } else {
-        Err(Error::new(ErrorKind::InvalidId, format!("The ID '{id}' is not valid")))
+        Err(Error::new(
+            ErrorKind::InvalidId,
+            format!("The ID '{id}' is not valid"),
+        ))
     }
 }
 
@@ -109,9 +117,14 @@ impl Cloud {
         let mut sel = Vec::new();
         for (k, v) in tags {
             check_key(k)?;
-            sel.push(TagSelector { key: k.clone(), value: v.clone() });
+            sel.push(TagSelector {
+                key: k.clone(),
+                value: v.clone(),
+            });
         }
-        self.store.delete_tags(&caller.account.id, resources, &sel).await
+        self.store
+            .delete_tags(&caller.account.id, resources, &sel)
+            .await
     }
 
     pub async fn describe_tags(&self, caller: &Caller, filters: &[Filter]) -> Result<Vec<Tag>> {
@@ -139,29 +152,62 @@ mod tests {
         let c = cloud().await;
         let a = caller(&c, "alice").await;
         let b = caller(&c, "bob").await;
-        let g = c.create_security_group(&a, "web", "w").await.unwrap().to_string();
+        let g = c
+            .create_security_group(&a, "web", "w")
+            .await
+            .unwrap()
+            .to_string();
         let t = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
-        c.create_tags(&a, std::slice::from_ref(&g), &[t("Name", "web"), t("env", "prod")]).await.unwrap();
+        c.create_tags(
+            &a,
+            std::slice::from_ref(&g),
+            &[t("Name", "web"), t("env", "prod")],
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            c.create_tags(&b, std::slice::from_ref(&g), &[t("x", "y")]).await.unwrap_err().kind,
+            c.create_tags(&b, std::slice::from_ref(&g), &[t("x", "y")])
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::GroupNotFound
         );
         assert_eq!(
-            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")]).await.unwrap_err().kind,
+            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")])
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidId
         );
         assert_eq!(
-            c.create_tags(&a, std::slice::from_ref(&g), &[t("aws:x", "y")]).await.unwrap_err().kind,
+            c.create_tags(&a, std::slice::from_ref(&g), &[t("aws:x", "y")])
+                .await
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidParameterValue
         );
         assert!(c.describe_tags(&b, &[]).await.unwrap().is_empty());
-        let f = Filter { name: "key".into(), values: vec!["env".into()] };
+        let f = Filter {
+            name: "key".into(),
+            values: vec!["env".into()],
+        };
         let got = c.describe_tags(&a, &[f]).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].value, "prod");
-        let f = Filter { name: "tag:env".into(), values: vec!["prod".into()] };
-        assert_eq!(c.describe_security_groups(&a, &[], &[], &[f]).await.unwrap().len(), 1);
-        c.delete_tags(&a, std::slice::from_ref(&g), &[("env".into(), None)]).await.unwrap();
+        let f = Filter {
+            name: "tag:env".into(),
+            values: vec!["prod".into()],
+        };
+        assert_eq!(
+            c.describe_security_groups(&a, &[], &[], &[f])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        c.delete_tags(&a, std::slice::from_ref(&g), &[("env".into(), None)])
+            .await
+            .unwrap();
         assert_eq!(c.describe_tags(&a, &[]).await.unwrap().len(), 1);
     }
 }

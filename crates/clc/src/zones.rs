@@ -23,7 +23,11 @@ pub struct ZoneLine {
 }
 
 impl Cloud {
-    pub fn describe_regions(&self, names: &[String], filters: &[Filter]) -> Result<Vec<RegionInfo>> {
+    pub fn describe_regions(
+        &self,
+        names: &[String],
+        filters: &[Filter],
+    ) -> Result<Vec<RegionInfo>> {
         let r = RegionInfo {
             name: self.config.region.clone(),
             endpoint: self.config.ec2_endpoint.clone(),
@@ -51,7 +55,9 @@ impl Cloud {
         let names: Vec<&String> = names.iter().filter(|n| *n != "verbose").collect();
         for n in &names {
             if !self.config.zones.contains(n) {
-                return Err(Error::invalid_value(format!("Invalid availability zone: [{n}]")));
+                return Err(Error::invalid_value(format!(
+                    "Invalid availability zone: [{n}]"
+                )));
             }
         }
         let zones: Vec<ZoneLine> = self
@@ -89,7 +95,10 @@ impl Cloud {
                 z.zone_name.clone(),
                 format!("{} arn:euca:eucalyptus:{0}:cluster:cc-{0}/", z.zone_name),
             ));
-            out.push(line("|- vm types".into(), "free / max   cpu   ram  disk".into()));
+            out.push(line(
+                "|- vm types".into(),
+                "free / max   cpu   ram  disk".into(),
+            ));
             for t in &self.config.vm_types {
                 out.push(line(
                     format!("|- {}", t.name),
@@ -121,8 +130,16 @@ mod tests {
     struct Fixed;
     impl CapacitySource for Fixed {
         fn capacity(&self, _z: &str) -> (Capacity, Capacity) {
-            let total = Capacity { cpus: 8, memory_mib: 4096, disk_gib: 100 };
-            let free = Capacity { cpus: 2, memory_mib: 1024, disk_gib: 50 };
+            let total = Capacity {
+                cpus: 8,
+                memory_mib: 4096,
+                disk_gib: 100,
+            };
+            let free = Capacity {
+                cpus: 2,
+                memory_mib: 1024,
+                disk_gib: 50,
+            };
             (total, free)
         }
     }
@@ -137,16 +154,25 @@ mod tests {
         );
         c.ensure_admin_account().await.unwrap();
         let admin = caller(&c, "x").await;
-        let admin = Caller { account: c.account_named("eucalyptus").await.unwrap(), ..admin };
+        let admin = Caller {
+            account: c.account_named("eucalyptus").await.unwrap(),
+            ..admin
+        };
         let user = caller(&c, "alice").await;
         let v = vec!["verbose".to_string()];
-        assert_eq!(c.describe_availability_zones(&user, &v, &[]).unwrap().len(), 1);
+        assert_eq!(
+            c.describe_availability_zones(&user, &v, &[]).unwrap().len(),
+            1
+        );
         let lines = c.describe_availability_zones(&admin, &v, &[]).unwrap();
         assert_eq!(lines.len(), 2 + VmType::defaults().len());
         let small = lines.iter().find(|l| l.zone_name == "|- m1.small").unwrap();
         // m1.small is 1 cpu / 256 MiB / 5 GiB: cpu bounds free at 2, total at 8.
         assert_eq!(small.state, "0002 / 0008     1   256     5");
-        assert!(c.describe_availability_zones(&user, &["nowhere".into()], &[]).is_err());
+        assert!(
+            c.describe_availability_zones(&user, &["nowhere".into()], &[])
+                .is_err()
+        );
         assert!(c.describe_regions(&["us-east-1".into()], &[]).is_err());
         assert_eq!(c.describe_regions(&[], &[]).unwrap()[0].name, "eucalyptus");
     }

@@ -18,7 +18,10 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::encode::{Pair, Plus, encode_into, parse_pairs};
-use crate::{AuthError, Explanation, HttpRequest, Scheme, clock, outside_skew, single_header};
+use crate::{
+    AuthError, Explanation, HttpRequest, Scheme, clock, outside_skew, single_header,
+    valid_access_key,
+};
 
 /// Parameters that carry the signature rather than being covered by it
 /// (only `Signature`), or that a signer sets itself.
@@ -137,9 +140,11 @@ pub(crate) fn parse(req: &HttpRequest) -> Result<Option<Parsed>, AuthError> {
         None => return Err(incomplete("SignatureMethod is required")),
     };
     let access_key = single(&params, "AWSAccessKeyId")?
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| incomplete("AWSAccessKeyId is required"))?
-        .to_string();
+        .ok_or_else(|| incomplete("AWSAccessKeyId is required"))?;
+    if !valid_access_key(access_key) {
+        return Err(incomplete("AWSAccessKeyId is not a valid access key id"));
+    }
+    let access_key = access_key.to_string();
     let signature =
         single(&params, "Signature")?.ok_or_else(|| incomplete("Signature is required"))?;
     // Base64 never contains a space, but an unescaped '+' in a query string

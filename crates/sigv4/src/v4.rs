@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::encode::{self, Pair, Plus, encode_into, parse_pairs, uri_encode};
 use crate::{
     AuthError, Explanation, HttpRequest, MAX_CLOCK_SKEW_SECS, MAX_PRESIGN_EXPIRES_SECS, Scheme,
-    clock, header_values, outside_skew, sha256_hex, single_header,
+    clock, header_values, outside_skew, sha256_hex, single_header, valid_access_key,
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -151,7 +151,7 @@ pub(crate) fn parse_header(req: &HttpRequest, value: &str) -> Result<Parsed, Aut
 }
 
 /// Reads the `X-Amz-*` parameters of a presigned URL.
-pub(crate) fn parse_query(_req: &HttpRequest, pairs: &[Pair]) -> Result<Parsed, AuthError> {
+pub(crate) fn parse_query(pairs: &[Pair]) -> Result<Parsed, AuthError> {
     let get = |name: &str| -> Result<Option<&str>, AuthError> {
         let mut found = pairs
             .iter()
@@ -232,10 +232,13 @@ fn finish(
             excerpt(credential)
         )));
     };
-    if access_key.is_empty() || region.is_empty() || service.is_empty() {
+    if !valid_access_key(access_key) {
         return Err(incomplete(
-            "Credential has an empty access key, region or service",
+            "Credential does not start with a valid access key id",
         ));
+    }
+    if region.is_empty() || service.is_empty() {
+        return Err(incomplete("Credential has an empty region or service"));
     }
     if *terminator != TERMINATOR {
         return Err(incomplete(format!(

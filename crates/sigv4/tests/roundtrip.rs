@@ -642,7 +642,7 @@ fn hostile_input_never_panics() {
     // broken escapes, and a very large header.
     let huge = "A".repeat(1 << 20);
     let weird = [
-        authz.replace("20150830T", "2015\u{e9}0830T"),
+        authz.replace("Signature=", "Signature=\u{e9}"),
         authz.replace("/20150830/", "/\u{1f600}\u{1f600}/"),
         authz.replace("Credential=", "Credential=\u{0}"),
         authz.replace("SignedHeaders=", "SignedHeaders=\u{e9};"),
@@ -655,7 +655,7 @@ fn hostile_input_never_panics() {
         let mut req = good.clone();
         req.set_header("Authorization", value);
         let result = claim(&req.http());
-        assert!(result.is_err());
+        assert!(result.is_err(), "{}", &value[..value.len().min(120)]);
         if let Err(AuthError::Incomplete(msg)) = result {
             assert!(
                 msg.len() < 512,
@@ -680,14 +680,7 @@ fn hostile_input_never_panics() {
             "{header}"
         );
     }
-    for query in [
-        "%",
-        "%F",
-        "%FF%FE=%C3%28",
-        "a=%zz&&&=&==",
-        "\u{e9}=\u{e9}",
-        "&&&&",
-    ] {
+    for query in ["%", "%F", "%FF%FE=%C3%28", "a=%zz&&&=&==", "\u{e9}=\u{e9}"] {
         let mut req = good.clone();
         req.query = query.to_string();
         assert_eq!(
@@ -696,6 +689,10 @@ fn hostile_input_never_panics() {
             "{query}"
         );
     }
+    // Empty pieces carry no parameter, so they do not change the request.
+    let mut ampersands = good.clone();
+    ampersands.query = "&&&&".into();
+    assert_eq!(verify(&ampersands.http(), &claim_h, SECRET, NOW), Ok(()));
     for path in [
         "",
         "%",

@@ -409,11 +409,9 @@ fn timestamp_window_and_expires() {
     // Expires instead of Timestamp: valid until then, however far away.
     let unsigned = "Action=DescribeRegions&AWSAccessKeyId=AKIDEXAMPLE&SignatureVersion=2\
         &SignatureMethod=HmacSHA256&Expires=2015-08-30T14%3A36%3A00%2B00%3A00";
-    let sts = format!(
-        "GET\nh\n/\nAWSAccessKeyId=AKIDEXAMPLE&Action=DescribeRegions\
-         &Expires=2015-08-30T14%3A36%3A00%2B00%3A00&SignatureMethod=HmacSHA256&SignatureVersion=2"
-    );
-    let sig = v2_signature(SECRET, &sts);
+    let sts = "GET\nh\n/\nAWSAccessKeyId=AKIDEXAMPLE&Action=DescribeRegions\
+         &Expires=2015-08-30T14%3A36%3A00%2B00%3A00&SignatureMethod=HmacSHA256&SignatureVersion=2";
+    let sig = v2_signature(SECRET, sts);
     let query = format!("{unsigned}&{}", encode_params(&[("Signature".into(), sig)]));
     let req = Req::new("GET", "/", &query, &[("Host", "h")], b"");
     assert_eq!(explain(&req.http()).expect("parses").string_to_sign, sts);

@@ -63,8 +63,15 @@ async fn accounts(s: &dyn Store) {
     let (mut a2, u2, k2) = account("alpha");
     a2.created_ms += 1;
     let e = s.create_account(&a2, &u2, &k2).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::AccountDuplicate, "duplicate account name");
-    assert!(s.access_key(&k2.id).await.unwrap().is_none(), "failed create leaves no key");
+    assert_eq!(
+        e.kind,
+        ErrorKind::AccountDuplicate,
+        "duplicate account name"
+    );
+    assert!(
+        s.access_key(&k2.id).await.unwrap().is_none(),
+        "failed create leaves no key"
+    );
     assert_eq!(s.account_by_name("alpha").await.unwrap().unwrap(), a);
     assert_eq!(s.account_by_id(&a.id).await.unwrap().unwrap(), a);
     assert!(s.account_by_name("nope").await.unwrap().is_none());
@@ -131,7 +138,9 @@ async fn accounts(s: &dyn Store) {
             group_name: "web".into(),
         },
     };
-    s.add_rules(&ga.id, std::slice::from_ref(&from_b)).await.unwrap();
+    s.add_rules(&ga.id, std::slice::from_ref(&from_b))
+        .await
+        .unwrap();
     assert_eq!(
         s.delete_account(&b.id).await.unwrap_err().kind,
         ErrorKind::DeleteConflict
@@ -165,15 +174,30 @@ async fn key_pairs(s: &dyn Store) {
         s.insert_key_pair(&dup).await.unwrap_err().kind,
         ErrorKind::KeyPairDuplicate
     );
-    assert_eq!(s.list_key_pairs(Some(&a.id)).await.unwrap(), vec![kp.clone()]);
+    assert_eq!(
+        s.list_key_pairs(Some(&a.id)).await.unwrap(),
+        vec![kp.clone()]
+    );
     assert_eq!(s.list_key_pairs(None).await.unwrap().len(), 1);
-    assert!(s.list_key_pairs(Some(&AccountId::generate())).await.unwrap().is_empty());
-    s.put_tags(&a.id, &[(kp.id.to_string(), ResourceType::KeyPair)], &[("k".into(), "v".into())])
-        .await
-        .unwrap();
+    assert!(
+        s.list_key_pairs(Some(&AccountId::generate()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.put_tags(
+        &a.id,
+        &[(kp.id.to_string(), ResourceType::KeyPair)],
+        &[("k".into(), "v".into())],
+    )
+    .await
+    .unwrap();
     assert!(s.delete_key_pair(&a.id, "mykey").await.unwrap());
     assert!(!s.delete_key_pair(&a.id, "mykey").await.unwrap());
-    assert!(s.list_tags(Some(&a.id)).await.unwrap().is_empty(), "tags go with the key");
+    assert!(
+        s.list_tags(Some(&a.id)).await.unwrap().is_empty(),
+        "tags go with the key"
+    );
 }
 
 async fn groups_and_rules(s: &dyn Store) {
@@ -195,7 +219,10 @@ async fn groups_and_rules(s: &dyn Store) {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDuplicate);
-    assert_eq!(s.group_by_id(&web.id).await.unwrap().unwrap().rules.len(), 1);
+    assert_eq!(
+        s.group_by_id(&web.id).await.unwrap().unwrap().rules.len(),
+        1
+    );
 
     let from_web = Rule {
         protocol: Protocol::Tcp,
@@ -211,7 +238,11 @@ async fn groups_and_rules(s: &dyn Store) {
         .await
         .unwrap();
     let got = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
-    assert_eq!(got.rules, vec![from_web.clone()], "source group resolved with owner and name");
+    assert_eq!(
+        got.rules,
+        vec![from_web.clone()],
+        "source group resolved with owner and name"
+    );
 
     let missing_src = Rule {
         source: RuleSource::Group {
@@ -222,7 +253,10 @@ async fn groups_and_rules(s: &dyn Store) {
         ..from_web.clone()
     };
     assert_eq!(
-        s.add_rules(&db_group.id, &[missing_src]).await.unwrap_err().kind,
+        s.add_rules(&db_group.id, &[missing_src])
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::GroupNotFound
     );
 
@@ -248,7 +282,15 @@ async fn groups_and_rules(s: &dyn Store) {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionNotFound);
-    assert_eq!(s.group_by_id(&db_group.id).await.unwrap().unwrap().rules.len(), 1);
+    assert_eq!(
+        s.group_by_id(&db_group.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .rules
+            .len(),
+        1
+    );
     s.remove_rules(&db_group.id, &[from_web]).await.unwrap();
     s.delete_group(&web.id).await.unwrap();
     assert!(s.group_by_id(&web.id).await.unwrap().is_none());
@@ -258,7 +300,10 @@ async fn groups_and_rules(s: &dyn Store) {
     );
     assert_eq!(s.list_groups(Some(&a.id)).await.unwrap().len(), 1);
     assert_eq!(
-        s.add_rules(&web.id, &[tcp(1, "1.2.3.4/32")]).await.unwrap_err().kind,
+        s.add_rules(&web.id, &[tcp(1, "1.2.3.4/32")])
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::GroupNotFound
     );
 }
@@ -267,10 +312,16 @@ async fn tags(s: &dyn Store) {
     let a = s.account_by_name("alpha").await.unwrap().unwrap();
     let g = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
     let res = [(g.id.to_string(), ResourceType::SecurityGroup)];
-    s.put_tags(&a.id, &res, &[("Name".into(), "db".into()), ("env".into(), "prod".into())])
+    s.put_tags(
+        &a.id,
+        &res,
+        &[("Name".into(), "db".into()), ("env".into(), "prod".into())],
+    )
+    .await
+    .unwrap();
+    s.put_tags(&a.id, &res, &[("env".into(), "dev".into())])
         .await
         .unwrap();
-    s.put_tags(&a.id, &res, &[("env".into(), "dev".into())]).await.unwrap();
     let t = s.list_tags(Some(&a.id)).await.unwrap();
     assert_eq!(t.len(), 2);
     assert_eq!(t.iter().find(|t| t.key == "env").unwrap().value, "dev");
@@ -278,7 +329,10 @@ async fn tags(s: &dyn Store) {
     // Another account can't tag it.
     let other = AccountId::generate();
     assert_eq!(
-        s.put_tags(&other, &res, &[("x".into(), "y".into())]).await.unwrap_err().kind,
+        s.put_tags(&other, &res, &[("x".into(), "y".into())])
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::GroupNotFound
     );
 
@@ -311,7 +365,9 @@ async fn tags(s: &dyn Store) {
     .await
     .unwrap();
     assert_eq!(s.list_tags(None).await.unwrap().len(), 1);
-    s.delete_tags(&a.id, &[g.id.to_string()], &[]).await.unwrap();
+    s.delete_tags(&a.id, &[g.id.to_string()], &[])
+        .await
+        .unwrap();
     assert!(s.list_tags(None).await.unwrap().is_empty());
 }
 
@@ -320,5 +376,8 @@ async fn properties(s: &dyn Store) {
     s.set_property("cloud.x", "1").await.unwrap();
     s.set_property("cloud.x", "2").await.unwrap();
     assert_eq!(s.property("cloud.x").await.unwrap().as_deref(), Some("2"));
-    assert_eq!(s.list_properties().await.unwrap(), vec![("cloud.x".into(), "2".into())]);
+    assert_eq!(
+        s.list_properties().await.unwrap(),
+        vec![("cloud.x".into(), "2".into())]
+    );
 }

@@ -46,8 +46,12 @@ pub trait Store: Send + Sync + 'static {
     // Accounts, users, access keys.
     /// Creates the account, its first user and that user's key at once, so
     /// an account never exists without a way to use it.
-    async fn create_account(&self, account: &Account, user: &User, key: &StoredAccessKey)
-    -> Result<()>;
+    async fn create_account(
+        &self,
+        account: &Account,
+        user: &User,
+        key: &StoredAccessKey,
+    ) -> Result<()>;
     async fn account_by_name(&self, name: &str) -> Result<Option<Account>>;
     async fn account_by_id(&self, id: &AccountId) -> Result<Option<Account>>;
     async fn list_accounts(&self) -> Result<Vec<Account>>;

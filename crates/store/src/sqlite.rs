@@ -200,7 +200,9 @@ fn resource_type_parse(s: &str) -> Result<ResourceType> {
     match s {
         "security-group" => Ok(ResourceType::SecurityGroup),
         "key-pair" => Ok(ResourceType::KeyPair),
-        other => Err(Error::internal(format!("unknown resource type {other} in store"))),
+        other => Err(Error::internal(format!(
+            "unknown resource type {other} in store"
+        ))),
     }
 }
 
@@ -213,7 +215,10 @@ impl SqliteStore {
         if groups.is_empty() {
             return Ok(groups);
         }
-        let rows = sqlx::query(RULES_SELECT).fetch_all(&self.pool).await.map_err(db)?;
+        let rows = sqlx::query(RULES_SELECT)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         let mut by_group: std::collections::HashMap<SecurityGroupId, Vec<Rule>> =
             std::collections::HashMap::new();
         for r in &rows {
@@ -421,7 +426,9 @@ impl Store for SqliteStore {
         if let Some(other) = foreign {
             return Err(Error::new(
                 ErrorKind::DeleteConflict,
-                format!("A security group of account {other} has rules naming this account's groups"),
+                format!(
+                    "A security group of account {other} has rules naming this account's groups"
+                ),
             ));
         }
         for sql in [
@@ -433,7 +440,11 @@ impl Store for SqliteStore {
             "DELETE FROM users WHERE account_id = $1",
             "DELETE FROM accounts WHERE id = $1",
         ] {
-            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         tx.commit().await.map_err(db)
     }
@@ -482,14 +493,13 @@ impl Store for SqliteStore {
 
     async fn insert_access_key(&self, key: &StoredAccessKey) -> Result<()> {
         let (_g, mut tx) = self.begin().await?;
-        let user: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE account_id = $1 AND name = $2",
-        )
-        .bind(key.account_id.as_str())
-        .bind(&key.user_name)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+        let user: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE account_id = $1 AND name = $2")
+                .bind(key.account_id.as_str())
+                .bind(&key.user_name)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
         if user == 0 {
             return Err(Error::new(
                 ErrorKind::UserNotFound,
@@ -569,22 +579,23 @@ impl Store for SqliteStore {
     }
 
     async fn list_key_pairs(&self, account: Option<&AccountId>) -> Result<Vec<KeyPair>> {
-        let rows = match account {
-            Some(a) => sqlx::query(
-                "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
+        let rows =
+            match account {
+                Some(a) => sqlx::query(
+                    "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
                  FROM key_pairs WHERE account_id = $1 ORDER BY name",
-            )
-            .bind(a.as_str())
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(
-                "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
+                )
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await,
+                None => sqlx::query(
+                    "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
                  FROM key_pairs ORDER BY account_id, name",
-            )
-            .fetch_all(&self.pool)
-            .await,
-        }
-        .map_err(db)?;
+                )
+                .fetch_all(&self.pool)
+                .await,
+            }
+            .map_err(db)?;
         rows.iter().map(key_pair_row).collect()
     }
 
@@ -643,19 +654,23 @@ impl Store for SqliteStore {
 
     async fn list_groups(&self, account: Option<&AccountId>) -> Result<Vec<SecurityGroup>> {
         let rows = match account {
-            Some(a) => sqlx::query(
-                "SELECT id, account_id, name, description, created_ms FROM security_groups \
+            Some(a) => {
+                sqlx::query(
+                    "SELECT id, account_id, name, description, created_ms FROM security_groups \
                  WHERE account_id = $1 ORDER BY name",
-            )
-            .bind(a.as_str())
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(
-                "SELECT id, account_id, name, description, created_ms FROM security_groups \
+                )
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT id, account_id, name, description, created_ms FROM security_groups \
                  ORDER BY account_id, name",
-            )
-            .fetch_all(&self.pool)
-            .await,
+                )
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(db)?;
         let groups = rows.iter().map(group_row).collect::<Result<Vec<_>>>()?;
@@ -716,7 +731,11 @@ impl Store for SqliteStore {
             "DELETE FROM tags WHERE resource_id = $1",
             "DELETE FROM security_groups WHERE id = $1",
         ] {
-            sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         tx.commit().await.map_err(db)
     }
@@ -730,16 +749,16 @@ impl Store for SqliteStore {
             if rule_exists(&mut tx, group, rule).await? {
                 return Err(Error::new(
                     ErrorKind::PermissionDuplicate,
-                    format!(
-                        "the specified rule \"{}\" already exists",
-                        rule.describe()
-                    ),
+                    format!("the specified rule \"{}\" already exists", rule.describe()),
                 ));
             }
             if let RuleSource::Group { group_id, .. } = &rule.source
                 && !group_exists(&mut tx, group_id.as_str()).await?
             {
-                return Err(not_found_for(group_id.as_str(), ResourceType::SecurityGroup));
+                return Err(not_found_for(
+                    group_id.as_str(),
+                    ResourceType::SecurityGroup,
+                ));
             }
             insert_rule(&mut tx, group, rule).await?;
         }
@@ -872,19 +891,23 @@ impl Store for SqliteStore {
 
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>> {
         let rows = match account {
-            Some(a) => sqlx::query(
-                "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
+            Some(a) => {
+                sqlx::query(
+                    "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
                  WHERE account_id = $1 ORDER BY resource_id, tag_key",
-            )
-            .bind(a.as_str())
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(
-                "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
+                )
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
                  ORDER BY resource_id, tag_key",
-            )
-            .fetch_all(&self.pool)
-            .await,
+                )
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(db)?;
         rows.iter()
@@ -931,7 +954,12 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         rows.iter()
-            .map(|r| Ok((r.try_get("name").map_err(db)?, r.try_get("value").map_err(db)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(db)?,
+                    r.try_get("value").map_err(db)?,
+                ))
+            })
             .collect()
     }
 }
@@ -989,7 +1017,10 @@ mod tests {
             s.pool.close().await;
         }
         let s = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(s.property("cloud.test").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            s.property("cloud.test").await.unwrap().as_deref(),
+            Some("1")
+        );
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
             .fetch_one(&s.pool)
             .await

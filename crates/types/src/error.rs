@@ -158,7 +158,10 @@ mod tests {
             ErrorKind::PermissionDuplicate.aws_code(),
             "InvalidPermission.Duplicate"
         );
-        assert_eq!(ErrorKind::KeyPairNotFound.aws_code(), "InvalidKeyPair.NotFound");
+        assert_eq!(
+            ErrorKind::KeyPairNotFound.aws_code(),
+            "InvalidKeyPair.NotFound"
+        );
         assert_eq!(ErrorKind::KeyFormat.aws_code(), "InvalidKey.Format");
         assert_eq!(ErrorKind::InvalidId.aws_code(), "InvalidID");
         assert_eq!(ErrorKind::Internal.http_status(), 500);

@@ -118,7 +118,12 @@ mod tests {
         };
         let got = apply(items.clone(), &[f("kind", &["x"])], probe).unwrap();
         assert_eq!(got, vec![("a", "x"), ("c", "x")]);
-        let got = apply(items.clone(), &[f("kind", &["x"]), f("name", &["c", "b"])], probe).unwrap();
+        let got = apply(
+            items.clone(),
+            &[f("kind", &["x"]), f("name", &["c", "b"])],
+            probe,
+        )
+        .unwrap();
         assert_eq!(got, vec![("c", "x")]);
         assert!(apply(items, &[f("bogus", &["x"])], probe).is_err());
     }

@@ -13,7 +13,7 @@ pub mod model;
 pub mod net;
 
 pub use error::{Error, ErrorKind, Result};
+pub use filter::{Filter, Filterable};
 pub use ids::*;
 pub use model::*;
-pub use filter::{Filter, Filterable};
 pub use net::{Ipv4Cidr, Protocol};

@@ -120,10 +120,20 @@ mod tests {
         assert_eq!(c.to_string(), "10.0.0.0/8");
         assert!(c.contains("10.200.0.1".parse().unwrap()));
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(
+            "0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().to_string(),
+            "0.0.0.0/0"
+        );
         for bad in [
-            "10.0.0.0", "10.0.0.0/33", "10.0.0/8", "256.0.0.0/8", "a.b.c.d/1", "10.0.0.0/",
-            "10.0.0.0/-1", "10.0.0.0/08x", "",
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "256.0.0.0/8",
+            "a.b.c.d/1",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0.0/08x",
+            "",
         ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }

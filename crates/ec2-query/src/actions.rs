@@ -1,0 +1,566 @@
+//! One function per EC2 action: read its parameters, call the CLC, write its
+//! response. The response writers follow EC2's element names and order
+//! exactly, since some clients parse positionally.
+
+use std::collections::BTreeMap;
+
+use ironbark_clc::{Caller, Cloud, GroupRef, PermissionSpec, SourceGroupSpec};
+use ironbark_types::*;
+
+use crate::xml::Writer;
+use crate::{NEWEST_VERSION, OLDEST_VERSION, Params};
+
+/// Runs one Query API request for an authenticated caller; returns the XML body.
+pub async fn handle(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    request_id: &str,
+) -> Result<String> {
+    let action = match p.get("Action") {
+        Some(a) if !a.is_empty() => a,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::MissingAction,
+                "The request must contain the parameter Action",
+            ));
+        }
+    };
+    let version = p.get("Version").ok_or_else(|| Error::missing("Version"))?;
+    if !is_date(version) || version < OLDEST_VERSION || version > NEWEST_VERSION {
+        return Err(Error::invalid_value(format!(
+            "Unsupported API version '{version}': ironbark accepts {OLDEST_VERSION} to {NEWEST_VERSION}"
+        )));
+    }
+    let mut r = Response::new(action, version, request_id);
+    match action {
+        "DescribeRegions" => describe_regions(cloud, p, &mut r)?,
+        "DescribeAvailabilityZones" => describe_zones(cloud, caller, p, &mut r)?,
+        "CreateKeyPair" => create_key_pair(cloud, caller, p, &mut r).await?,
+        "ImportKeyPair" => import_key_pair(cloud, caller, p, &mut r).await?,
+        "DescribeKeyPairs" => describe_key_pairs(cloud, caller, p, &mut r).await?,
+        "DeleteKeyPair" => {
+            cloud
+                .delete_key_pair(caller, p.get("KeyName"), p.get("KeyPairId"))
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "CreateSecurityGroup" => create_group(cloud, caller, p, &mut r).await?,
+        "DeleteSecurityGroup" => {
+            cloud.delete_security_group(caller, &group_ref(p)?).await?;
+            r.w.elem("return", "true");
+        }
+        "DescribeSecurityGroups" => describe_groups(cloud, caller, p, &mut r).await?,
+        "AuthorizeSecurityGroupIngress" => {
+            cloud
+                .authorize_ingress(caller, &group_ref(p)?, &permissions(p)?)
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "RevokeSecurityGroupIngress" => {
+            cloud
+                .revoke_ingress(caller, &group_ref(p)?, &permissions(p)?)
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "CreateTags" => {
+            cloud
+                .create_tags(caller, &p.list("ResourceId"), &tag_pairs(p))
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "DeleteTags" => {
+            cloud
+                .delete_tags(caller, &p.list("ResourceId"), &tag_pairs(p))
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "DescribeTags" => describe_tags(cloud, caller, p, &mut r).await?,
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidAction,
+                format!("The action {other} is not valid for this web service."),
+            ));
+        }
+    }
+    Ok(r.finish())
+}
+
+fn is_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// A response document under construction: `<{Action}Response xmlns=…>`.
+struct Response {
+    w: Writer,
+    root: String,
+}
+
+impl Response {
+    fn new(action: &str, version: &str, request_id: &str) -> Self {
+        let mut w = Writer::new();
+        w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let root = format!("{action}Response");
+        w.open_ns(&root, &format!("http://ec2.amazonaws.com/doc/{version}/"));
+        w.elem("requestId", request_id);
+        Response { w, root }
+    }
+
+    fn finish(mut self) -> String {
+        self.w.close(&self.root);
+        self.w.finish()
+    }
+}
+
+fn filters(p: &Params) -> Result<Vec<Filter>> {
+    p.members("Filter")
+        .into_iter()
+        .map(|m| {
+            let name = m
+                .get("Name")
+                .ok_or_else(|| Error::missing("Filter.N.Name"))?
+                .to_string();
+            Ok(Filter {
+                name,
+                values: m.list("Value"),
+            })
+        })
+        .collect()
+}
+
+fn tag_set(w: &mut Writer, tags: &[Tag]) {
+    w.open("tagSet");
+    for t in tags {
+        w.open("item");
+        w.elem("key", &t.key);
+        w.elem("value", &t.value);
+        w.close("item");
+    }
+    w.close("tagSet");
+}
+
+fn describe_regions(cloud: &Cloud, p: &Params, r: &mut Response) -> Result<()> {
+    let regions = cloud.describe_regions(&p.list("RegionName"), &filters(p)?)?;
+    r.w.open("regionInfo");
+    for reg in regions {
+        r.w.open("item");
+        r.w.elem("regionName", &reg.name);
+        r.w.elem("regionEndpoint", &reg.endpoint);
+        r.w.elem("optInStatus", "opt-in-not-required");
+        r.w.close("item");
+    }
+    r.w.close("regionInfo");
+    Ok(())
+}
+
+fn describe_zones(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
+    let zones = cloud.describe_availability_zones(caller, &p.list("ZoneName"), &filters(p)?)?;
+    r.w.open("availabilityZoneInfo");
+    for z in zones {
+        r.w.open("item");
+        r.w.elem("zoneName", &z.zone_name);
+        r.w.elem("zoneState", &z.state);
+        r.w.elem("regionName", &z.region);
+        r.w.open("messageSet");
+        for m in &z.messages {
+            r.w.open("item");
+            r.w.elem("message", m);
+            r.w.close("item");
+        }
+        r.w.close("messageSet");
+        r.w.close("item");
+    }
+    r.w.close("availabilityZoneInfo");
+    Ok(())
+}
+
+async fn create_key_pair(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let name = p.get("KeyName").ok_or_else(|| Error::missing("KeyName"))?;
+    match p.get("KeyFormat") {
+        None | Some("pem") => {}
+        Some(other) => {
+            return Err(Error::invalid_value(format!(
+                "Unsupported KeyFormat '{other}': ironbark returns private keys in pem format"
+            )));
+        }
+    }
+    let created = cloud
+        .create_key_pair(caller, name, p.get("KeyType"))
+        .await?;
+    let kp = &created.key_pair;
+    r.w.elem("keyName", &kp.name);
+    r.w.elem("keyFingerprint", &kp.fingerprint);
+    r.w.elem("keyMaterial", &created.private_key);
+    r.w.elem("keyPairId", kp.id.as_str());
+    Ok(())
+}
+
+async fn import_key_pair(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let name = p.get("KeyName").ok_or_else(|| Error::missing("KeyName"))?;
+    let material = p
+        .get("PublicKeyMaterial")
+        .ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
+    let kp = cloud.import_key_pair(caller, name, material).await?;
+    r.w.elem("keyName", &kp.name);
+    r.w.elem("keyFingerprint", &kp.fingerprint);
+    r.w.elem("keyPairId", kp.id.as_str());
+    Ok(())
+}
+
+async fn describe_key_pairs(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let keys = cloud
+        .describe_key_pairs(
+            caller,
+            &p.list("KeyName"),
+            &p.list("KeyPairId"),
+            &filters(p)?,
+        )
+        .await?;
+    r.w.open("keySet");
+    for (k, tags) in keys {
+        r.w.open("item");
+        r.w.elem("keyPairId", k.id.as_str());
+        r.w.elem("keyName", &k.name);
+        r.w.elem("keyFingerprint", &k.fingerprint);
+        r.w.elem("keyType", &k.key_type);
+        tag_set(&mut r.w, &tags);
+        r.w.elem("createTime", &iso8601_ms(k.created_ms));
+        r.w.close("item");
+    }
+    r.w.close("keySet");
+    Ok(())
+}
+
+async fn create_group(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
+    if p.get("VpcId").is_some_and(|v| !v.is_empty()) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedOperation,
+            "VPCs are not supported: security groups here are EC2-Classic groups",
+        ));
+    }
+    let name = p
+        .get("GroupName")
+        .ok_or_else(|| Error::missing("GroupName"))?;
+    let desc = p
+        .get("GroupDescription")
+        .ok_or_else(|| Error::missing("GroupDescription"))?;
+    let id = cloud.create_security_group(caller, name, desc).await?;
+    r.w.elem("return", "true");
+    r.w.elem("groupId", id.as_str());
+    Ok(())
+}
+
+fn group_ref(p: &Params) -> Result<GroupRef> {
+    match (p.get("GroupId"), p.get("GroupName")) {
+        (Some(id), _) if !id.is_empty() => Ok(GroupRef::Id(id.to_string())),
+        (_, Some(n)) if !n.is_empty() => Ok(GroupRef::Name(n.to_string())),
+        _ => Err(Error::missing("GroupName or GroupId")),
+    }
+}
+
+/// Reads permissions in both forms EC2 has accepted: the structured
+/// `IpPermissions.N.*` and the classic flat `IpProtocol`/`CidrIp`/
+/// `SourceSecurityGroupName` that euca2ools and old SDKs send.
+fn permissions(p: &Params) -> Result<Vec<PermissionSpec>> {
+    let mut out = Vec::new();
+    for m in p.members("IpPermissions") {
+        if m.has_prefix("Ipv6Ranges") || m.has_prefix("PrefixListIds") {
+            return Err(Error::new(
+                ErrorKind::UnsupportedOperation,
+                "IPv6 ranges and prefix lists are not supported",
+            ));
+        }
+        let cidrs = m
+            .members("IpRanges")
+            .iter()
+            .filter_map(|r| r.get("CidrIp").map(str::to_string))
+            .collect();
+        let groups = m
+            .members("Groups")
+            .iter()
+            .map(|g| SourceGroupSpec {
+                user_id: g.get("UserId").map(str::to_string),
+                group_name: g.get("GroupName").map(str::to_string),
+                group_id: g.get("GroupId").map(str::to_string),
+            })
+            .collect();
+        out.push(PermissionSpec {
+            protocol: m.get("IpProtocol").map(str::to_string),
+            from_port: m.get("FromPort").map(str::to_string),
+            to_port: m.get("ToPort").map(str::to_string),
+            cidrs,
+            groups,
+        });
+    }
+    let flat_group = p.get("SourceSecurityGroupName").map(|n| SourceGroupSpec {
+        user_id: p.get("SourceSecurityGroupOwnerId").map(str::to_string),
+        group_name: Some(n.to_string()),
+        group_id: None,
+    });
+    let flat_cidr = p.get("CidrIp");
+    let flat_proto = p.get("IpProtocol");
+    if flat_group.is_some() || flat_cidr.is_some() || flat_proto.is_some() {
+        if !out.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidParameterCombination,
+                "Specify either IpPermissions or the flat IpProtocol/CidrIp/SourceSecurityGroupName form, not both",
+            ));
+        }
+        match (flat_proto, flat_group) {
+            // Classic: a bare source group opens every protocol to it.
+            (None, Some(g)) if flat_cidr.is_none() => {
+                for (proto, from, to) in [
+                    ("tcp", "0", "65535"),
+                    ("udp", "0", "65535"),
+                    ("icmp", "-1", "-1"),
+                ] {
+                    out.push(PermissionSpec {
+                        protocol: Some(proto.into()),
+                        from_port: Some(from.into()),
+                        to_port: Some(to.into()),
+                        cidrs: vec![],
+                        groups: vec![g.clone()],
+                    });
+                }
+            }
+            (proto, g) => out.push(PermissionSpec {
+                protocol: proto.map(str::to_string),
+                from_port: p.get("FromPort").map(str::to_string),
+                to_port: p.get("ToPort").map(str::to_string),
+                cidrs: flat_cidr.map(|c| vec![c.to_string()]).unwrap_or_default(),
+                groups: g.into_iter().collect(),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+async fn describe_groups(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let groups = cloud
+        .describe_security_groups(
+            caller,
+            &p.list("GroupName"),
+            &p.list("GroupId"),
+            &filters(p)?,
+        )
+        .await?;
+    r.w.open("securityGroupInfo");
+    for (g, tags) in groups {
+        r.w.open("item");
+        r.w.elem("ownerId", g.account_id.as_str());
+        r.w.elem("groupId", g.id.as_str());
+        r.w.elem("groupName", &g.name);
+        r.w.elem("groupDescription", &g.description);
+        r.w.open("ipPermissions");
+        // EC2 shows one permission per protocol and port range, with every
+        // source of that range listed under it.
+        let mut by_range: BTreeMap<(Protocol, i32, i32), (Vec<&Rule>, Vec<&Rule>)> =
+            BTreeMap::new();
+        for rule in &g.rules {
+            let e = by_range
+                .entry((rule.protocol, rule.from_port, rule.to_port))
+                .or_default();
+            match rule.source {
+                RuleSource::Group { .. } => e.0.push(rule),
+                RuleSource::Cidr(_) => e.1.push(rule),
+            }
+        }
+        for ((proto, from, to), (groups, cidrs)) in by_range {
+            r.w.open("item");
+            r.w.elem("ipProtocol", proto.as_str());
+            if proto != Protocol::All {
+                r.w.elem("fromPort", &from.to_string());
+                r.w.elem("toPort", &to.to_string());
+            }
+            r.w.open("groups");
+            for rule in groups {
+                if let RuleSource::Group {
+                    account_id,
+                    group_id,
+                    group_name,
+                } = &rule.source
+                {
+                    r.w.open("item");
+                    r.w.elem("userId", account_id.as_str());
+                    r.w.elem("groupId", group_id.as_str());
+                    r.w.elem("groupName", group_name);
+                    r.w.close("item");
+                }
+            }
+            r.w.close("groups");
+            r.w.open("ipRanges");
+            for rule in cidrs {
+                if let RuleSource::Cidr(c) = &rule.source {
+                    r.w.open("item");
+                    r.w.elem("cidrIp", &c.to_string());
+                    r.w.close("item");
+                }
+            }
+            r.w.close("ipRanges");
+            r.w.empty("ipv6Ranges");
+            r.w.empty("prefixListIds");
+            r.w.close("item");
+        }
+        r.w.close("ipPermissions");
+        r.w.empty("ipPermissionsEgress");
+        tag_set(&mut r.w, &tags);
+        r.w.close("item");
+    }
+    r.w.close("securityGroupInfo");
+    Ok(())
+}
+
+fn tag_pairs(p: &Params) -> Vec<(String, Option<String>)> {
+    p.members("Tag")
+        .into_iter()
+        .filter_map(|m| {
+            m.get("Key")
+                .map(|k| (k.to_string(), m.get("Value").map(str::to_string)))
+        })
+        .collect()
+}
+
+async fn describe_tags(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
+    let tags = cloud.describe_tags(caller, &filters(p)?).await?;
+    r.w.open("tagSet");
+    for t in tags {
+        r.w.open("item");
+        r.w.elem("resourceId", &t.resource_id);
+        r.w.elem("resourceType", t.resource_type.as_str());
+        r.w.elem("key", &t.key);
+        r.w.elem("value", &t.value);
+        r.w.close("item");
+    }
+    r.w.close("tagSet");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::parse_form;
+    use ironbark_clc::{CloudConfig, NoCapacity};
+    use ironbark_keypair::SealKey;
+    use ironbark_store::SqliteStore;
+
+    async fn setup() -> (Cloud, Caller) {
+        let cloud = Cloud::new(
+            Arc::new(SqliteStore::in_memory().await.unwrap()),
+            SealKey::generate(),
+            CloudConfig::new("/nonexistent", "http://127.0.0.1:8773/"),
+            Arc::new(NoCapacity),
+        );
+        let creds = cloud.create_account("alice").await.unwrap();
+        let account = cloud
+            .store()
+            .account_by_id(&creds.account_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let caller = Caller {
+            account,
+            user_name: "admin".into(),
+            access_key_id: creds.access_key_id,
+        };
+        (cloud, caller)
+    }
+
+    async fn call(c: &Cloud, who: &Caller, q: &str) -> Result<String> {
+        handle(c, who, &Params::new(parse_form(q.as_bytes())), "req-1").await
+    }
+
+    #[tokio::test]
+    async fn responses_are_namespaced_by_version_with_request_id() {
+        let (c, a) = setup().await;
+        let x = call(&c, &a, "Action=DescribeRegions&Version=2014-06-15")
+            .await
+            .unwrap();
+        assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeRegionsResponse xmlns=\"http://ec2.amazonaws.com/doc/2014-06-15/\"><requestId>req-1</requestId><regionInfo><item><regionName>eucalyptus</regionName>"));
+        let e = call(&c, &a, "Action=DescribeRegions&Version=2009-01-01")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParameterValue);
+        let e = call(&c, &a, "Action=Nope&Version=2016-11-15")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidAction);
+        let e = call(&c, &a, "Version=2016-11-15").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::MissingAction);
+    }
+
+    #[tokio::test]
+    async fn legacy_flat_and_structured_permissions_render_grouped() {
+        let (c, a) = setup().await;
+        call(
+            &c,
+            &a,
+            "Action=CreateSecurityGroup&Version=2016-11-15&GroupName=web&GroupDescription=w",
+        )
+        .await
+        .unwrap();
+        call(&c, &a, "Action=AuthorizeSecurityGroupIngress&Version=2010-08-31&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=0.0.0.0/0").await.unwrap();
+        call(&c, &a, "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=22&IpPermissions.1.ToPort=22&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.Groups.1.GroupName=default").await.unwrap();
+        // Bare source group (classic): tcp, udp and icmp from it.
+        call(&c, &a, "Action=AuthorizeSecurityGroupIngress&Version=2010-08-31&GroupName=web&SourceSecurityGroupName=web").await.unwrap();
+        let e = call(&c, &a, "Action=AuthorizeSecurityGroupIngress&Version=2010-08-31&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=0.0.0.0/0").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PermissionDuplicate);
+        let x = call(
+            &c,
+            &a,
+            "Action=DescribeSecurityGroups&Version=2016-11-15&GroupName.1=web",
+        )
+        .await
+        .unwrap();
+        let tcp22 = "<item><ipProtocol>tcp</ipProtocol><fromPort>22</fromPort><toPort>22</toPort><groups><item>";
+        assert!(x.contains(tcp22), "{x}");
+        assert!(x.contains("<ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item><item><cidrIp>10.0.0.0/8</cidrIp></item></ipRanges>"), "{x}");
+        assert!(
+            x.contains("<ipProtocol>udp</ipProtocol><fromPort>0</fromPort><toPort>65535</toPort>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<ipProtocol>icmp</ipProtocol><fromPort>-1</fromPort><toPort>-1</toPort>"),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn error_document_shape() {
+        let e = Error::new(
+            ErrorKind::GroupNotFound,
+            "The security group 'x' does not exist",
+        );
+        assert_eq!(
+            crate::render_error(&e, "r-9"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>InvalidGroup.NotFound</Code><Message>The security group &apos;x&apos; does not exist</Message></Error></Errors><RequestID>r-9</RequestID></Response>"
+        );
+    }
+}

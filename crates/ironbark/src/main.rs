@@ -1,0 +1,317 @@
+//! `ironbark`: one binary, a subcommand per role.
+//!
+//! `up` runs the whole cloud on this host with embedded defaults (today:
+//! the CLC and its EC2 API; the other roles join it as they are built).
+//! `clc` runs the cloud controller alone. `admin` manages accounts, keys
+//! and properties directly in a data dir, with or without the cloud running.
+
+mod admin_files;
+mod config;
+mod host;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use ironbark_clc::{Cloud, CloudConfig, NoCapacity};
+use ironbark_types::ACCOUNT_ADMIN_USER;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "ironbark",
+    version,
+    about = "A private IaaS cloud speaking the EC2 and S3 APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role of the cloud on this host.
+    Up(ServeArgs),
+    /// Run the cloud controller (EC2 API, accounts, cloud state).
+    Clc(ServeArgs),
+    /// Manage accounts, users, access keys and properties in a data dir.
+    Admin {
+        #[arg(long, default_value = "/var/lib/ironbark")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where all state lives.
+    #[arg(long, default_value = "/var/lib/ironbark")]
+    data_dir: PathBuf,
+    /// Address of the cloud's API port.
+    #[arg(long, default_value = "127.0.0.1:8773")]
+    listen: SocketAddr,
+    /// Operator configuration (eucalyptus.conf style KEY="value" lines).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    #[command(subcommand)]
+    Account(AccountCmd),
+    #[command(subcommand)]
+    User(UserCmd),
+    #[command(subcommand, name = "access-key")]
+    AccessKey(AccessKeyCmd),
+    #[command(subcommand)]
+    Property(PropertyCmd),
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account with its admin user and a first access key.
+    Create {
+        name: String,
+    },
+    List,
+    /// Delete an account and everything it owns.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    Create {
+        #[arg(long)]
+        account: String,
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessKeyCmd {
+    /// Issue a key, or import an existing id/secret pair with --id/--secret.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = ACCOUNT_ADMIN_USER)]
+        user: String,
+        #[arg(long, requires = "secret")]
+        id: Option<String>,
+        #[arg(long, requires = "id")]
+        secret: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PropertyCmd {
+    List,
+    Set { name: String, value: String },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ironbark: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Up(a) | Command::Clc(a) => serve(a).await,
+        Command::Admin { data_dir, command } => {
+            admin(data_dir, command).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<(), String> {
+    let file = match &a.config {
+        Some(p) => config::ConfigFile::load(p)?,
+        None => config::ConfigFile::default(),
+    };
+    for k in file.unknown_keys() {
+        tracing::warn!(key = k, "configuration key not used by this version");
+    }
+    let host = if a.listen.ip().is_unspecified() {
+        format!("127.0.0.1:{}", a.listen.port())
+    } else {
+        a.listen.to_string()
+    };
+    let base = file
+        .get("CLC_URL")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{host}"));
+    let mut cfg = CloudConfig::new(&a.data_dir, format!("{base}/"));
+    if let Some(r) = file.get("REGION") {
+        cfg.region = r.to_string();
+    }
+    if let Some(z) = file.get("ZONES") {
+        cfg.zones = z
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if cfg.zones.is_empty() {
+            return Err("ZONES names no zone".into());
+        }
+    }
+    std::fs::create_dir_all(&a.data_dir)
+        .map_err(|e| format!("creating {}: {e}", a.data_dir.display()))?;
+    let capacity = Arc::new(host::HostCapacity::measure(&a.data_dir));
+    let region = cfg.region.clone();
+    let cloud = Cloud::open(cfg, capacity)
+        .await
+        .map_err(|e| e.to_string())?;
+    let endpoints = admin_files::Endpoints {
+        ec2: format!("{base}/"),
+        s3: format!("{base}/services/objectstorage"),
+        region,
+    };
+    admin_files::ensure(&cloud, &a.data_dir, &endpoints)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", a.listen))?;
+    server::serve(Arc::new(cloud), listener)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn print(v: serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).expect("JSON values serialise")
+    );
+}
+
+fn creds_json(c: &ironbark_clc::NewCredentials) -> serde_json::Value {
+    json!({
+        "account_id": c.account_id.as_str(),
+        "account_name": c.account_name,
+        "user_name": c.user_name,
+        "access_key_id": c.access_key_id.as_str(),
+        "secret_access_key": c.secret_access_key,
+    })
+}
+
+async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<()> {
+    if !ironbark_clc::state_db_path(&data_dir).exists() {
+        return Err(ironbark_types::Error::internal(format!(
+            "no cloud state in {} (start the cloud there first with `ironbark up --data-dir {0}`)",
+            data_dir.display()
+        )));
+    }
+    // The endpoint is not needed for administration; the data dir is.
+    let cloud = Cloud::open(CloudConfig::new(&data_dir, ""), Arc::new(NoCapacity)).await?;
+    match cmd {
+        AdminCommand::Account(AccountCmd::Create { name }) => {
+            print(creds_json(&cloud.create_account(&name).await?));
+        }
+        AdminCommand::Account(AccountCmd::List) => {
+            let list: Vec<_> = cloud
+                .list_accounts()
+                .await?
+                .into_iter()
+                .map(|a| json!({"account_id": a.id.as_str(), "account_name": a.name}))
+                .collect();
+            print(json!(list));
+        }
+        AdminCommand::Account(AccountCmd::Delete { name }) => {
+            cloud.delete_account(&name).await?;
+            print(json!({"deleted": name}));
+        }
+        AdminCommand::User(UserCmd::Create { account, name }) => {
+            let u = cloud.create_user(&account, &name).await?;
+            print(json!({"account_id": u.account_id.as_str(), "user_name": u.name}));
+        }
+        AdminCommand::User(UserCmd::List { account }) => {
+            let a = cloud.account_named(&account).await?;
+            let users: Vec<_> = cloud
+                .store()
+                .list_users(&a.id)
+                .await?
+                .into_iter()
+                .map(|u| json!({"user_name": u.name}))
+                .collect();
+            print(json!(users));
+        }
+        AdminCommand::AccessKey(AccessKeyCmd::Create {
+            account,
+            user,
+            id,
+            secret,
+        }) => {
+            let import = id.as_deref().zip(secret.as_deref());
+            print(creds_json(
+                &cloud.create_access_key(&account, &user, import).await?,
+            ));
+        }
+        AdminCommand::AccessKey(AccessKeyCmd::Delete { id }) => {
+            cloud.delete_access_key(&id).await?;
+            print(json!({"deleted": id}));
+        }
+        AdminCommand::AccessKey(AccessKeyCmd::List { account }) => {
+            let keys: Vec<_> = cloud
+                .list_access_keys(&account)
+                .await?
+                .into_iter()
+                .map(|k| {
+                    json!({
+                        "access_key_id": k.access_key_id.as_str(),
+                        "user_name": k.user_name,
+                        "status": if k.active { "Active" } else { "Inactive" },
+                        "created": ironbark_types::iso8601_ms(k.created_ms),
+                    })
+                })
+                .collect();
+            print(json!(keys));
+        }
+        AdminCommand::Property(PropertyCmd::List) => {
+            let props: serde_json::Map<String, serde_json::Value> = cloud
+                .store()
+                .list_properties()
+                .await?
+                .into_iter()
+                .map(|(k, v)| (k, json!(v)))
+                .collect();
+            print(json!(props));
+        }
+        AdminCommand::Property(PropertyCmd::Set { name, value }) => {
+            cloud.store().set_property(&name, &value).await?;
+            print(json!({name: value}));
+        }
+    }
+    Ok(())
+}
