@@ -27,7 +27,7 @@ pub async fn handle(
         }
     };
     let version = p.get("Version").ok_or_else(|| Error::missing("Version"))?;
-    if !is_date(version) || version < OLDEST_VERSION || version > NEWEST_VERSION {
+    if !is_date(version) || !(OLDEST_VERSION..=NEWEST_VERSION).contains(&version) {
         return Err(Error::invalid_value(format!(
             "Unsupported API version '{version}': ironbark accepts {OLDEST_VERSION} to {NEWEST_VERSION}"
         )));
@@ -380,8 +380,7 @@ async fn describe_groups(
         r.w.open("ipPermissions");
         // EC2 shows one permission per protocol and port range, with every
         // source of that range listed under it.
-        let mut by_range: BTreeMap<(Protocol, i32, i32), (Vec<&Rule>, Vec<&Rule>)> =
-            BTreeMap::new();
+        let mut by_range: BTreeMap<(Protocol, i32, i32), SourcesOf> = BTreeMap::new();
         for rule in &g.rules {
             let e = by_range
                 .entry((rule.protocol, rule.from_port, rule.to_port))
@@ -435,6 +434,9 @@ async fn describe_groups(
     r.w.close("securityGroupInfo");
     Ok(())
 }
+
+/// The group sources and the CIDR sources of one protocol/port range.
+type SourcesOf<'a> = (Vec<&'a Rule>, Vec<&'a Rule>);
 
 fn tag_pairs(p: &Params) -> Vec<(String, Option<String>)> {
     p.members("Tag")
