@@ -36,6 +36,26 @@ fn unknown_key() -> Error {
 }
 
 impl Cloud {
+    /// An active access key's secret and owning account, for services (Walrus)
+    /// that verify signatures with their own protocol library.
+    pub async fn key_owner(&self, access_key: &str) -> Result<Option<(String, Account)>> {
+        let Ok(id) = AccessKeyId::parse(access_key) else {
+            return Ok(None);
+        };
+        let Some(key) = self.store.access_key(&id).await? else {
+            return Ok(None);
+        };
+        if !key.active {
+            return Ok(None);
+        }
+        let secret = self.open_secret(&key)?;
+        Ok(self
+            .store
+            .account_by_id(&key.account_id)
+            .await?
+            .map(|a| (secret, a)))
+    }
+
     /// Resolves the caller of a signed request; `now_unix` is the server clock.
     pub async fn authenticate(&self, req: &HttpRequest<'_>, now_unix: i64) -> Result<Caller> {
         let claim = ironbark_sigv4::claim(req).map_err(auth_error)?;

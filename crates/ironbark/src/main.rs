@@ -9,6 +9,7 @@ mod admin_files;
 mod config;
 mod host;
 mod server;
+mod walrus;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ struct ServeArgs {
     /// Operator configuration (eucalyptus.conf style KEY="value" lines).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Walrus' own S3 port (default: the API address with port + 7, i.e. 8780).
+    #[arg(long)]
+    walrus_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -193,18 +197,60 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let cloud = Cloud::open(cfg, capacity)
         .await
         .map_err(|e| e.to_string())?;
+    let walrus_addr = a
+        .walrus_listen
+        .unwrap_or_else(|| SocketAddr::new(a.listen.ip(), a.listen.port().wrapping_add(7)));
+    let walrus_host = if walrus_addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", walrus_addr.port())
+    } else {
+        walrus_addr.to_string()
+    };
+    let walrus_url = file
+        .get("WALRUS_URL")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{walrus_host}"));
     let endpoints = admin_files::Endpoints {
         ec2: format!("{base}/"),
-        s3: format!("{base}/services/objectstorage"),
-        region,
+        s3: format!("{walrus_url}/"),
+        region: region.clone(),
     };
     admin_files::ensure(&cloud, &a.data_dir, &endpoints)
         .await
         .map_err(|e| e.to_string())?;
+    let cloud = Arc::new(cloud);
+
+    let split = |k: &str| -> Vec<String> {
+        file.get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut locations = split("WALRUS_LOCATIONS");
+    if locations.is_empty() {
+        locations.push(region.clone());
+    }
+    let walrus_cfg = ironbark_walrus::WalrusConfig {
+        data_dir: a.data_dir.join("walrus"),
+        region,
+        locations,
+        domains: split("WALRUS_DOMAINS"),
+    };
+    let identities = Arc::new(walrus::CloudIdentities(cloud.clone()));
+    let s3_service = ironbark_walrus::Walrus::open(walrus_cfg, identities)
+        .await?
+        .service()?;
+    let walrus_listener = tokio::net::TcpListener::bind(walrus_addr)
+        .await
+        .map_err(|e| format!("listening on {walrus_addr}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
-    server::serve(Arc::new(cloud), listener)
+    tokio::spawn(walrus::serve(s3_service, walrus_listener));
+    server::serve(cloud, listener)
         .await
         .map_err(|e| e.to_string())
 }

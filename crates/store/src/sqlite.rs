@@ -211,14 +211,29 @@ const RULES_SELECT: &str = "SELECT r.group_id, r.protocol, r.from_port, r.to_por
      FROM security_group_rules r LEFT JOIN security_groups s ON s.id = r.source_group_id";
 
 impl SqliteStore {
-    async fn attach_rules(&self, mut groups: Vec<SecurityGroup>) -> Result<Vec<SecurityGroup>> {
+    /// Loads the rules of the listed groups: only the account's when the
+    /// listing is scoped to one, so a call costs what that account holds.
+    async fn attach_rules(
+        &self,
+        mut groups: Vec<SecurityGroup>,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<SecurityGroup>> {
         if groups.is_empty() {
             return Ok(groups);
         }
-        let rows = sqlx::query(RULES_SELECT)
+        let rows = match account {
+            Some(a) => sqlx::query(
+                "SELECT r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id, \
+                 s.account_id AS src_account, s.name AS src_name \
+                 FROM security_group_rules r LEFT JOIN security_groups s ON s.id = r.source_group_id \
+                 WHERE r.group_id IN (SELECT id FROM security_groups WHERE account_id = $1)",
+            )
+            .bind(a.as_str())
             .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+            .await,
+            None => sqlx::query(RULES_SELECT).fetch_all(&self.pool).await,
+        }
+        .map_err(db)?;
         let mut by_group: std::collections::HashMap<SecurityGroupId, Vec<Rule>> =
             std::collections::HashMap::new();
         for r in &rows {
@@ -674,7 +689,7 @@ impl Store for SqliteStore {
         }
         .map_err(db)?;
         let groups = rows.iter().map(group_row).collect::<Result<Vec<_>>>()?;
-        self.attach_rules(groups).await
+        self.attach_rules(groups, account).await
     }
 
     async fn group_by_id(&self, id: &SecurityGroupId) -> Result<Option<SecurityGroup>> {

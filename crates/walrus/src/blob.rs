@@ -1,0 +1,445 @@
+//! Object data, as opaque blobs. Walrus' metadata decides which blobs form
+//! which object; this module only stores bytes durably and gives them back
+//! intact.
+//!
+//! A blob is written to `tmp/` while its bytes stream in (hashing MD5 for
+//! the ETag and CRC32C per 1 MiB block as it goes), fsynced, and only then
+//! renamed into `blobs/`, so a blob in `blobs/` is always whole. Its block
+//! checksums sit beside it in `<id>.sum`; every read verifies the blocks it
+//! touches, so a corrupted file fails the read instead of being served. A
+//! blob no metadata row points to (a crash between the rename and the
+//! metadata commit, or after the commit that replaced it) is removed by
+//! [`FsBlobs::collect_garbage`] at start-up.
+//!
+//! Disk I/O runs on blocking threads fed through small bounded channels, so
+//! memory per transfer is a few MiB whatever the object size.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use tokio::sync::mpsc;
+
+/// Size of a checksummed block.
+pub const BLOCK: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub id: String,
+    pub size: u64,
+    pub md5: [u8; 16],
+}
+
+#[derive(Debug)]
+pub enum BlobError {
+    /// The client's stream failed or ended early.
+    Incomplete(String),
+    /// More bytes than the declared length.
+    TooLong,
+    /// Stored data no longer matches its checksums.
+    Corrupt(String),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobError::Incomplete(m) => write!(f, "incomplete body: {m}"),
+            BlobError::TooLong => write!(f, "body longer than its declared length"),
+            BlobError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
+            BlobError::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BlobError {}
+
+impl From<std::io::Error> for BlobError {
+    fn from(e: std::io::Error) -> Self {
+        BlobError::Io(e)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FsBlobs {
+    root: PathBuf,
+}
+
+/// 32 random hex digits: blob names carry no meaning, so they can't collide
+/// with, or reveal, object keys.
+fn new_id() -> String {
+    ironbark_types::generate_request_id().replace('-', "")
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl FsBlobs {
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join("blobs"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Ok(FsBlobs { root })
+    }
+
+    fn data_path(&self, id: &str) -> PathBuf {
+        self.root.join("blobs").join(&id[..2]).join(id)
+    }
+
+    fn sum_path(&self, id: &str) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(&id[..2])
+            .join(format!("{id}.sum"))
+    }
+
+    /// Streams a body into a new blob. With `expected_len`, a body that ends
+    /// early or runs long is refused and leaves nothing behind.
+    pub async fn put<S, E>(
+        &self,
+        mut body: S,
+        expected_len: Option<u64>,
+    ) -> Result<BlobInfo, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = new_id();
+        // `None` is the commit mark: a channel closed without it aborts the blob.
+        let (tx, rx) = mpsc::channel::<Option<Bytes>>(8);
+        let root = self.root.clone();
+        let (data, sum) = (self.data_path(&id), self.sum_path(&id));
+        let id2 = id.clone();
+        let writer = tokio::task::spawn_blocking(move || write_blob(&root, &id2, &data, &sum, rx));
+        let mut received: u64 = 0;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(b) => {
+                    received += b.len() as u64;
+                    if expected_len.is_some_and(|n| received > n) {
+                        failure = Some(BlobError::TooLong);
+                        break;
+                    }
+                    if tx.send(Some(b)).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(BlobError::Incomplete(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if failure.is_none()
+            && let Some(n) = expected_len
+            && received < n
+        {
+            failure = Some(BlobError::Incomplete(format!("{received} of {n} bytes")));
+        }
+        if let Some(f) = failure {
+            drop(tx);
+            // Let the writer see the abort and remove its temporary file.
+            let _ = writer.await;
+            let _ = std::fs::remove_file(self.root.join("tmp").join(&id));
+            return Err(f);
+        }
+        let _ = tx.send(None).await;
+        drop(tx);
+        let (size, md5) = writer
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))??;
+        Ok(BlobInfo { id, size, md5 })
+    }
+
+    /// Reads `[start, end)` of a blob, verifying every block it touches.
+    pub fn read(
+        &self,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Bytes, BlobError>> + Send + Sync + 'static + use<> {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, BlobError>>(2);
+        let data = self.data_path(id);
+        let sum = self.sum_path(id);
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = read_blob(&data, &sum, start, end, &tx) {
+                tracing::error!(blob = %id, error = %e, "blob read failed");
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        tokio_stream(rx)
+    }
+
+    /// Checks a whole blob against its block checksums.
+    pub async fn verify(&self, id: &str, size: u64) -> Result<(), BlobError> {
+        let mut s = Box::pin(self.read(id, 0, size));
+        while let Some(r) = s.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, id: &str) {
+        let _ = tokio::fs::remove_file(self.data_path(id)).await;
+        let _ = tokio::fs::remove_file(self.sum_path(id)).await;
+    }
+
+    /// Removes every blob not in `live` and every leftover temporary file.
+    /// Run at start-up, before serving, so nothing can be mid-write.
+    pub fn collect_garbage(&self, live: &HashSet<String>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for e in std::fs::read_dir(self.root.join("tmp"))? {
+            std::fs::remove_file(e?.path())?;
+            removed += 1;
+        }
+        for shard in std::fs::read_dir(self.root.join("blobs"))? {
+            let shard = shard?.path();
+            for e in std::fs::read_dir(&shard)? {
+                let p = e?.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let id = name.strip_suffix(".sum").unwrap_or(name);
+                if !live.contains(id) {
+                    std::fs::remove_file(&p)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + Sync + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn write_blob(
+    root: &Path,
+    id: &str,
+    data: &Path,
+    sum: &Path,
+    mut rx: mpsc::Receiver<Option<Bytes>>,
+) -> Result<(u64, [u8; 16]), BlobError> {
+    let tmp = root.join("tmp").join(id);
+    let tmp_sum = root.join("tmp").join(format!("{id}.sum"));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        let mut md5 = Md5::new();
+        let mut sums: Vec<u8> = Vec::new();
+        let mut block = Vec::with_capacity(BLOCK);
+        let mut size = 0u64;
+        let mut crc = 0u32;
+        let mut committed = false;
+        while let Some(msg) = rx.blocking_recv() {
+            let Some(mut chunk) = msg else {
+                committed = true;
+                break;
+            };
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            while !chunk.is_empty() {
+                let room = BLOCK - block.len();
+                let take = room.min(chunk.len());
+                let part = chunk.split_to(take);
+                crc = crc32c::crc32c_append(crc, &part);
+                block.extend_from_slice(&part);
+                if block.len() == BLOCK {
+                    f.write_all(&block)?;
+                    sums.extend_from_slice(&crc.to_le_bytes());
+                    block.clear();
+                    crc = 0;
+                }
+            }
+        }
+        if !committed {
+            return Err(std::io::Error::other("upload aborted"));
+        }
+        if !block.is_empty() {
+            f.write_all(&block)?;
+            sums.extend_from_slice(&crc.to_le_bytes());
+        }
+        f.sync_all()?;
+        let mut s = std::fs::File::create(&tmp_sum)?;
+        s.write_all(&sums)?;
+        s.sync_all()?;
+        let digest: [u8; 16] = md5.finalize().into();
+        Ok::<_, std::io::Error>((size, digest))
+    })();
+    let (size, digest) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&tmp_sum);
+            return Err(e.into());
+        }
+    };
+    // Only bodies the caller marked whole get here.
+    let dir = data.parent().expect("blob path has a shard dir");
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(&tmp_sum, sum)?;
+    std::fs::rename(&tmp, data)?;
+    sync_dir(dir)?;
+    Ok((size, digest))
+}
+
+fn read_blob(
+    data: &Path,
+    sum: &Path,
+    start: u64,
+    end: u64,
+    tx: &mpsc::Sender<Result<Bytes, BlobError>>,
+) -> Result<(), BlobError> {
+    let sums = std::fs::read(sum)?;
+    let mut f = std::fs::File::open(data)?;
+    let len = f.metadata()?.len();
+    let expected_blocks = len.div_ceil(BLOCK as u64);
+    if sums.len() as u64 != expected_blocks * 4 {
+        return Err(BlobError::Corrupt(format!(
+            "{} has {len} bytes but {} block checksums",
+            data.display(),
+            sums.len() / 4
+        )));
+    }
+    if end > len || start > end {
+        return Err(BlobError::Corrupt(format!(
+            "{} has {len} bytes, range {start}..{end} requested",
+            data.display()
+        )));
+    }
+    let mut block_no = start / BLOCK as u64;
+    f.seek(SeekFrom::Start(block_no * BLOCK as u64))?;
+    let mut pos = block_no * BLOCK as u64;
+    while pos < end {
+        let this = (len - pos).min(BLOCK as u64) as usize;
+        let mut buf = vec![0u8; this];
+        f.read_exact(&mut buf)?;
+        let want = u32::from_le_bytes(
+            sums[block_no as usize * 4..block_no as usize * 4 + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        if crc32c::crc32c(&buf) != want {
+            return Err(BlobError::Corrupt(format!(
+                "{} block {block_no} fails its checksum",
+                data.display()
+            )));
+        }
+        let lo = start.saturating_sub(pos) as usize;
+        let hi = ((end - pos) as usize).min(this);
+        let mut bytes = Bytes::from(buf);
+        bytes.truncate(hi);
+        let piece = bytes.slice(lo..);
+        if tx.blocking_send(Ok(piece)).is_err() {
+            return Ok(()); // the client went away
+        }
+        pos += this as u64;
+        block_no += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("walrus-blob-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn body(chunks: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))))
+    }
+
+    async fn collect(
+        s: impl Stream<Item = Result<Bytes, BlobError>>,
+    ) -> Result<Vec<u8>, BlobError> {
+        let mut s = Box::pin(s);
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn round_trip_ranges_md5_and_corruption() {
+        let d = dir("rt");
+        let b = FsBlobs::open(&d).unwrap();
+        let data: Vec<u8> = (0..(BLOCK * 2 + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let chunks: Vec<Vec<u8>> = data.chunks(70_001).map(|c| c.to_vec()).collect();
+        let info = b.put(body(chunks), Some(data.len() as u64)).await.unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        assert_eq!(info.md5, <[u8; 16]>::from(Md5::digest(&data)));
+        assert_eq!(collect(b.read(&info.id, 0, info.size)).await.unwrap(), data);
+        for (s, e) in [
+            (0u64, 1u64),
+            (BLOCK as u64 - 3, BLOCK as u64 + 5),
+            (100, 100),
+            (info.size - 1, info.size),
+        ] {
+            assert_eq!(
+                collect(b.read(&info.id, s, e)).await.unwrap(),
+                data[s as usize..e as usize].to_vec()
+            );
+        }
+        // Flip one byte on disk: reads of that block fail, others still work.
+        let p = b.data_path(&info.id);
+        let mut raw = std::fs::read(&p).unwrap();
+        raw[BLOCK + 10] ^= 1;
+        std::fs::write(&p, raw).unwrap();
+        assert!(matches!(
+            collect(b.read(&info.id, 0, info.size)).await,
+            Err(BlobError::Corrupt(_))
+        ));
+        assert!(collect(b.read(&info.id, 0, 10)).await.is_ok());
+        assert!(b.verify(&info.id, info.size).await.is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn short_long_and_failed_bodies_leave_nothing() {
+        let d = dir("short");
+        let b = FsBlobs::open(&d).unwrap();
+        assert!(matches!(
+            b.put(body(vec![vec![1; 10]]), Some(11)).await,
+            Err(BlobError::Incomplete(_))
+        ));
+        assert!(matches!(
+            b.put(body(vec![vec![1; 12]]), Some(11)).await,
+            Err(BlobError::TooLong)
+        ));
+        let failing = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("reset")),
+        ]);
+        assert!(b.put(failing, None).await.is_err());
+        assert_eq!(std::fs::read_dir(d.join("tmp")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(d.join("blobs")).unwrap().count(), 0);
+
+        // Garbage collection keeps live blobs and drops the rest.
+        let keep = b.put(body(vec![vec![1; 5]]), None).await.unwrap();
+        let drop_ = b.put(body(vec![vec![2; 5]]), None).await.unwrap();
+        let empty = b.put(body(vec![]), Some(0)).await.unwrap();
+        std::fs::write(d.join("tmp").join("leftover"), b"x").unwrap();
+        let live: HashSet<String> = [keep.id.clone(), empty.id.clone()].into_iter().collect();
+        assert_eq!(b.collect_garbage(&live).unwrap(), 3);
+        assert!(b.data_path(&keep.id).exists());
+        assert!(!b.data_path(&drop_.id).exists());
+        assert_eq!(
+            collect(b.read(&empty.id, 0, 0)).await.unwrap(),
+            Vec::<u8>::new()
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
