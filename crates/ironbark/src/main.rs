@@ -8,6 +8,7 @@
 mod admin_files;
 mod config;
 mod host;
+mod objectstorage;
 mod server;
 mod walrus;
 
@@ -249,8 +250,12 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
-    tokio::spawn(walrus::serve(s3_service, walrus_listener));
-    server::serve(cloud, listener)
+    tokio::spawn(walrus::serve(s3_service.clone(), walrus_listener));
+    let app = server::App {
+        cloud,
+        s3: Some(s3_service),
+    };
+    server::serve(app, listener)
         .await
         .map_err(|e| e.to_string())
 }

@@ -28,18 +28,58 @@ const EC2_PATHS: &[&str] = &[
     "/services/Eucalyptus/",
 ];
 
-pub fn router(cloud: Arc<Cloud>) -> Router {
-    Router::new().fallback(dispatch).with_state(cloud)
+/// Largest Query API request body accepted; real ones are a few KiB.
+const MAX_QUERY_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct App {
+    pub cloud: Arc<Cloud>,
+    /// Walrus, served under `/services/objectstorage` as well as on its own port.
+    pub s3: Option<s3s::service::S3Service>,
 }
 
-async fn dispatch(
-    State(cloud): State<Arc<Cloud>>,
+pub fn router(app: App) -> Router {
+    Router::new().fallback(dispatch).with_state(app)
+}
+
+async fn dispatch(State(app): State<App>, req: axum::extract::Request) -> Response {
+    let path = req.uri().path();
+    if (path == crate::objectstorage::PREFIX
+        || path.starts_with(&format!("{}/", crate::objectstorage::PREFIX)))
+        && let Some(s3) = &app.s3
+    {
+        return crate::objectstorage::forward(&app.cloud, s3, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let request_id = generate_request_id();
+    let body = match axum::body::to_bytes(body, MAX_QUERY_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = Error::invalid_value(format!(
+                "The request body is larger than {MAX_QUERY_BODY} bytes or could not be read"
+            ));
+            return xml(StatusCode::PAYLOAD_TOO_LARGE, render_error(&e, &request_id));
+        }
+    };
+    ec2_request(
+        &app.cloud,
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+        request_id,
+    )
+    .await
+}
+
+async fn ec2_request(
+    cloud: &Cloud,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    request_id: String,
 ) -> Response {
-    let request_id = generate_request_id();
     let started = Instant::now();
     if !EC2_PATHS.contains(&uri.path()) {
         let e = Error::new(
@@ -58,7 +98,7 @@ async fn dispatch(
             render_error(&e, &request_id),
         );
     }
-    let (result, account, action) = ec2(&cloud, &method, &uri, &headers, &body, &request_id).await;
+    let (result, account, action) = ec2(cloud, &method, &uri, &headers, &body, &request_id).await;
     let (status, text) = match result {
         Ok(text) => (StatusCode::OK, text),
         Err(e) => {
@@ -143,10 +183,10 @@ fn xml(status: StatusCode, body: String) -> Response {
 }
 
 /// Serves until SIGINT/SIGTERM, then lets in-flight requests finish.
-pub async fn serve(cloud: Arc<Cloud>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve(app: App, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "EC2 API listening");
-    axum::serve(listener, router(cloud))
+    axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown_signal())
         .await
 }

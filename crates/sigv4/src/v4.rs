@@ -18,6 +18,7 @@ type HmacSha256 = Hmac<Sha256>;
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const TERMINATOR: &str = "aws4_request";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+const STREAMING_UNSIGNED_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 
 /// Headers a signer leaves out: proxies and HTTP stacks rewrite them, and
 /// `authorization` is where the signature itself goes.
@@ -39,6 +40,19 @@ pub(crate) struct Parsed {
     timestamp: i64,
     expires: Option<i64>,
     pub(crate) presigned: bool,
+}
+
+impl Parsed {
+    pub(crate) fn info(&self) -> crate::V4Info {
+        crate::V4Info {
+            timestamp: self.timestamp,
+            expires: self.expires,
+            region: self.region.clone(),
+            service: self.service.clone(),
+            signed_headers: self.signed_headers.split(';').map(str::to_string).collect(),
+            presigned: self.presigned,
+        }
+    }
 }
 
 /// Client-supplied text quoted in an error message, cut short so a hostile
@@ -303,10 +317,19 @@ fn finish(
 /// The payload hashes a request may have been signed with. For presigned
 /// requests the body's own hash comes first: that is what botocore and the
 /// AWS test suite sign, so it is the more useful one for [`explain`].
-fn payload_candidates(req: &HttpRequest, p: &Parsed) -> Result<Vec<String>, AuthError> {
+fn payload_candidates(
+    req: &HttpRequest,
+    p: &Parsed,
+    defer: bool,
+) -> Result<Vec<String>, AuthError> {
     if let Some(declared) = single_header(req.headers, "x-amz-content-sha256")? {
         let declared = declared.trim();
         if declared == UNSIGNED_PAYLOAD {
+            return Ok(vec![declared.to_string()]);
+        }
+        if defer && declared == STREAMING_UNSIGNED_TRAILER {
+            // Unsigned chunks: nothing in the body is tied to the seed
+            // signature, so a re-signed request carries the same promise.
             return Ok(vec![declared.to_string()]);
         }
         if declared.starts_with("STREAMING-") {
@@ -314,6 +337,10 @@ fn payload_candidates(req: &HttpRequest, p: &Parsed) -> Result<Vec<String>, Auth
                 "x-amz-content-sha256 {}",
                 excerpt(declared)
             )));
+        }
+        if declared.len() == 64 && declared.bytes().all(|b| b.is_ascii_hexdigit()) && defer {
+            // The caller holds the streamed body to the declared hash.
+            return Ok(vec![declared.to_string()]);
         }
         if declared.len() == 64 && declared.bytes().all(|b| b.is_ascii_hexdigit()) {
             // The signature covers the declared hash, not the body, so the
@@ -325,6 +352,14 @@ fn payload_candidates(req: &HttpRequest, p: &Parsed) -> Result<Vec<String>, Auth
         }
         return Err(incomplete(
             "x-amz-content-sha256 is neither a SHA-256 hex digest nor UNSIGNED-PAYLOAD",
+        ));
+    }
+    if defer {
+        if p.presigned && p.service == "s3" {
+            return Ok(vec![UNSIGNED_PAYLOAD.to_string()]);
+        }
+        return Err(incomplete(
+            "x-amz-content-sha256 is required when the body is verified while it streams",
         ));
     }
     let body_hash = sha256_hex(req.body);
@@ -480,8 +515,9 @@ pub(crate) fn verify(
     p: &Parsed,
     secret: &str,
     now_unix: i64,
+    defer_payload: bool,
 ) -> Result<(), AuthError> {
-    let candidates = payload_candidates(req, p)?;
+    let candidates = payload_candidates(req, p, defer_payload)?;
     let prefix = canonical_prefix(req, p)?;
     let scope = scope(p);
     let key = signing_key(secret, &p.scope_date, &p.region, &p.service);
@@ -532,7 +568,7 @@ pub(crate) fn verify(
 }
 
 pub(crate) fn explain(req: &HttpRequest, p: &Parsed) -> Result<Explanation, AuthError> {
-    let candidates = payload_candidates(req, p)?;
+    let candidates = payload_candidates(req, p, false)?;
     let payload = candidates.first().map(String::as_str).unwrap_or_default();
     let canonical_request = format!("{}{payload}", canonical_prefix(req, p)?);
     let string_to_sign = string_to_sign(&p.amz_date, &scope(p), &canonical_request);
