@@ -44,6 +44,14 @@ pub(crate) fn key_pair_filter(kp: &KeyPair, tags: &[Tag], name: &str) -> Option<
     }
 }
 
+/// The names [`key_pair_filter`] answers, for a caller with no key to probe.
+fn is_key_pair_filter(name: &str) -> bool {
+    matches!(
+        name,
+        "key-name" | "fingerprint" | "key-pair-id" | "key-type"
+    ) || crate::tags::is_tag_filter(name)
+}
+
 impl Cloud {
     async fn check_new_key_name(&self, caller: &Caller, name: &str) -> Result<()> {
         check_text("KeyName", name, 255)?;
@@ -144,6 +152,8 @@ impl Cloud {
         ids: &[String],
         filters: &[Filter],
     ) -> Result<Vec<(KeyPair, Vec<Tag>)>> {
+        // A bad filter name fails even when the account has no key pairs.
+        filter::check_names(filters, is_key_pair_filter)?;
         let verbose = caller.is_admin() && names.iter().any(|n| n == "verbose");
         let names: Vec<&String> = names
             .iter()

@@ -26,6 +26,11 @@ pub(crate) fn tag_filter(tags: &[Tag], name: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The names [`tag_filter`] answers.
+pub(crate) fn is_tag_filter(name: &str) -> bool {
+    name.starts_with("tag:") || matches!(name, "tag-key" | "tag-value")
+}
+
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid_value("Tag keys must not be empty"));
@@ -128,6 +133,10 @@ impl Cloud {
     }
 
     pub async fn describe_tags(&self, caller: &Caller, filters: &[Filter]) -> Result<Vec<Tag>> {
+        // A bad filter name fails even when the account has no tags.
+        filter::check_names(filters, |n| {
+            matches!(n, "key" | "value" | "resource-id" | "resource-type")
+        })?;
         let all = self.store.list_tags(Some(&caller.account.id)).await?;
         filter::apply(all, filters, |t, n| {
             let one = |s: &str| Some(vec![s.to_string()]);

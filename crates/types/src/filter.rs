@@ -24,17 +24,20 @@ where
     F: Fn(&T, &str) -> Option<Vec<String>>,
 {
     let mut out = Vec::with_capacity(items.len());
-    'item: for item in items {
+    for item in items {
+        // Every filter is probed, even after one has failed to match, so an
+        // unknown name is reported whatever the filters before it did.
+        let mut keep = true;
         for f in filters {
             let vals = probe(&item, &f.name).ok_or_else(|| unknown(&f.name))?;
-            let hit = vals
-                .iter()
-                .any(|v| f.values.iter().any(|p| wildcard_match(p, v)));
-            if !hit {
-                continue 'item;
-            }
+            keep = keep
+                && vals
+                    .iter()
+                    .any(|v| f.values.iter().any(|p| wildcard_match(p, v)));
         }
-        out.push(item);
+        if keep {
+            out.push(item);
+        }
     }
     Ok(out)
 }
@@ -125,6 +128,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![("c", "x")]);
+        // An unknown name after a filter that matched nothing is still refused.
+        assert!(
+            apply(
+                items.clone(),
+                &[f("kind", &["z"]), f("bogus", &["x"])],
+                probe
+            )
+            .is_err()
+        );
         assert!(apply(items, &[f("bogus", &["x"])], probe).is_err());
     }
 }
