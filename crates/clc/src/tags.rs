@@ -77,6 +77,26 @@ impl Cloud {
         Ok(m)
     }
 
+    /// Checks tags before the resource they are for is made, so a request
+    /// with bad tags (TagSpecification) creates nothing.
+    pub fn check_new_tags(&self, tags: &[(String, Option<String>)]) -> Result<()> {
+        for (k, v) in tags {
+            check_key(k)?;
+            if v.as_deref().unwrap_or("").chars().count() > 256 {
+                return Err(Error::invalid_value(format!(
+                    "Tag value exceeds the maximum length of 256 characters for key {k}"
+                )));
+            }
+        }
+        if tags.len() > ironbark_store::MAX_TAGS_PER_RESOURCE {
+            return Err(Error::new(
+                ErrorKind::TagLimitExceeded,
+                "The maximum number of Tags for a resource has been reached (50)",
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn create_tags(
         &self,
         caller: &Caller,
@@ -116,8 +136,9 @@ impl Cloud {
         if resources.is_empty() {
             return Err(Error::missing("ResourceId"));
         }
+        let mut res = Vec::new();
         for id in resources {
-            resource_kind(id)?;
+            res.push((id.clone(), resource_kind(id)?));
         }
         let mut sel = Vec::new();
         for (k, v) in tags {
@@ -127,9 +148,7 @@ impl Cloud {
                 value: v.clone(),
             });
         }
-        self.store
-            .delete_tags(&caller.account.id, resources, &sel)
-            .await
+        self.store.delete_tags(&caller.account.id, &res, &sel).await
     }
 
     pub async fn describe_tags(&self, caller: &Caller, filters: &[Filter]) -> Result<Vec<Tag>> {

@@ -195,10 +195,17 @@ async fn create_key_pair(
             )));
         }
     }
+    let tags = tag_specs(p, "key-pair")?;
+    cloud.check_new_tags(&tags)?;
     let created = cloud
         .create_key_pair(caller, name, p.get("KeyType"))
         .await?;
     let kp = &created.key_pair;
+    if !tags.is_empty() {
+        cloud
+            .create_tags(caller, &[kp.id.to_string()], &tags)
+            .await?;
+    }
     r.w.elem("keyName", &kp.name);
     r.w.elem("keyFingerprint", &kp.fingerprint);
     r.w.elem("keyMaterial", &created.private_key);
@@ -216,7 +223,14 @@ async fn import_key_pair(
     let material = p
         .get("PublicKeyMaterial")
         .ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
+    let tags = tag_specs(p, "key-pair")?;
+    cloud.check_new_tags(&tags)?;
     let kp = cloud.import_key_pair(caller, name, material).await?;
+    if !tags.is_empty() {
+        cloud
+            .create_tags(caller, &[kp.id.to_string()], &tags)
+            .await?;
+    }
     r.w.elem("keyName", &kp.name);
     r.w.elem("keyFingerprint", &kp.fingerprint);
     r.w.elem("keyPairId", kp.id.as_str());
@@ -237,6 +251,9 @@ async fn describe_key_pairs(
             &filters(p)?,
         )
         .await?;
+    let include_public = p
+        .get("IncludePublicKey")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     r.w.open("keySet");
     for (k, tags) in keys {
         r.w.open("item");
@@ -245,6 +262,9 @@ async fn describe_key_pairs(
         r.w.elem("keyFingerprint", &k.fingerprint);
         r.w.elem("keyType", &k.key_type);
         tag_set(&mut r.w, &tags);
+        if include_public {
+            r.w.elem("publicKey", &k.public_key);
+        }
         r.w.elem("createTime", &iso8601_ms(k.created_ms));
         r.w.close("item");
     }
@@ -265,7 +285,12 @@ async fn create_group(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Respon
     let desc = p
         .get("GroupDescription")
         .ok_or_else(|| Error::missing("GroupDescription"))?;
+    let tags = tag_specs(p, "security-group")?;
+    cloud.check_new_tags(&tags)?;
     let id = cloud.create_security_group(caller, name, desc).await?;
+    if !tags.is_empty() {
+        cloud.create_tags(caller, &[id.to_string()], &tags).await?;
+    }
     r.w.elem("return", "true");
     r.w.elem("groupId", id.as_str());
     Ok(())
@@ -438,6 +463,25 @@ async fn describe_groups(
 /// The group sources and the CIDR sources of one protocol/port range.
 type SourcesOf<'a> = (Vec<&'a Rule>, Vec<&'a Rule>);
 
+/// `TagSpecification.N`: tags to put on the resource a Create call makes.
+/// Only the resource type the call creates is allowed.
+fn tag_specs(p: &Params, resource_type: &str) -> Result<Vec<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    for spec in p.members("TagSpecification") {
+        match spec.get("ResourceType") {
+            Some(t) if t == resource_type => {}
+            other => {
+                return Err(Error::invalid_value(format!(
+                    "'{}' is not a valid taggable resource type for this operation; use '{resource_type}'",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+        out.extend(tag_pairs(&spec));
+    }
+    Ok(out)
+}
+
 fn tag_pairs(p: &Params) -> Vec<(String, Option<String>)> {
     p.members("Tag")
         .into_iter()
@@ -552,6 +596,48 @@ mod tests {
             x.contains("<ipProtocol>icmp</ipProtocol><fromPort>-1</fromPort><toPort>-1</toPort>"),
             "{x}"
         );
+    }
+
+    #[tokio::test]
+    async fn tag_specifications_tag_what_is_created_or_create_nothing() {
+        let (c, a) = setup().await;
+        let x = call(&c, &a, "Action=CreateSecurityGroup&Version=2016-11-15&GroupName=t&GroupDescription=d&TagSpecification.1.ResourceType=security-group&TagSpecification.1.Tag.1.Key=env&TagSpecification.1.Tag.1.Value=prod").await.unwrap();
+        assert!(x.contains("<groupId>sg-"));
+        let d = call(
+            &c,
+            &a,
+            "Action=DescribeSecurityGroups&Version=2016-11-15&GroupName.1=t",
+        )
+        .await
+        .unwrap();
+        assert!(
+            d.contains("<tagSet><item><key>env</key><value>prod</value></item></tagSet>"),
+            "{d}"
+        );
+        let e = call(&c, &a, "Action=CreateSecurityGroup&Version=2016-11-15&GroupName=u&GroupDescription=d&TagSpecification.1.ResourceType=security-group&TagSpecification.1.Tag.1.Key=aws:x&TagSpecification.1.Tag.1.Value=v").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParameterValue);
+        let e = call(
+            &c,
+            &a,
+            "Action=DescribeSecurityGroups&Version=2016-11-15&GroupName.1=u",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.kind,
+            ErrorKind::GroupNotFound,
+            "a refused create leaves nothing behind"
+        );
+        call(&c, &a, "Action=CreateKeyPair&Version=2016-11-15&KeyName=k&KeyType=ed25519&TagSpecification.1.ResourceType=key-pair&TagSpecification.1.Tag.1.Key=a&TagSpecification.1.Tag.1.Value=b").await.unwrap();
+        let d = call(
+            &c,
+            &a,
+            "Action=DescribeKeyPairs&Version=2016-11-15&IncludePublicKey=true",
+        )
+        .await
+        .unwrap();
+        assert!(d.contains("<key>a</key><value>b</value>"), "{d}");
+        assert!(d.contains("<publicKey>ssh-ed25519 "), "{d}");
     }
 
     #[test]

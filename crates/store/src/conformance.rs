@@ -345,7 +345,7 @@ async fn tags(s: &dyn Store) {
     // Delete by key+value only when the value matches.
     s.delete_tags(
         &a.id,
-        &[g.id.to_string()],
+        &[(g.id.to_string(), ResourceType::SecurityGroup)],
         &[TagSelector {
             key: "env".into(),
             value: Some("prod".into()),
@@ -356,7 +356,7 @@ async fn tags(s: &dyn Store) {
     assert_eq!(s.list_tags(Some(&a.id)).await.unwrap().len(), 2);
     s.delete_tags(
         &a.id,
-        &[g.id.to_string()],
+        &[(g.id.to_string(), ResourceType::SecurityGroup)],
         &[TagSelector {
             key: "env".into(),
             value: None,
@@ -365,10 +365,24 @@ async fn tags(s: &dyn Store) {
     .await
     .unwrap();
     assert_eq!(s.list_tags(None).await.unwrap().len(), 1);
-    s.delete_tags(&a.id, &[g.id.to_string()], &[])
-        .await
-        .unwrap();
+    s.delete_tags(
+        &a.id,
+        &[(g.id.to_string(), ResourceType::SecurityGroup)],
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(s.list_tags(None).await.unwrap().is_empty());
+    // Another account's resource is not there for the caller, even to untag.
+    let e = s
+        .delete_tags(
+            &other,
+            &[(g.id.to_string(), ResourceType::SecurityGroup)],
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::GroupNotFound);
 }
 
 async fn properties(s: &dyn Store) {

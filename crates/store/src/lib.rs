@@ -96,10 +96,11 @@ pub trait Store: Send + Sync + 'static {
         tags: &[(String, String)],
     ) -> Result<()>;
     /// An empty selector list removes every tag of those resources.
+    /// Unknown or foreign resources are NotFound errors.
     async fn delete_tags(
         &self,
         account: &AccountId,
-        resources: &[String],
+        resources: &[(String, ResourceType)],
         tags: &[TagSelector],
     ) -> Result<()>;
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>>;

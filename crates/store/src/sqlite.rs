@@ -865,11 +865,14 @@ impl Store for SqliteStore {
     async fn delete_tags(
         &self,
         account: &AccountId,
-        resources: &[String],
+        resources: &[(String, ResourceType)],
         tags: &[TagSelector],
     ) -> Result<()> {
         let (_g, mut tx) = self.begin().await?;
-        for id in resources {
+        for (id, t) in resources {
+            if !resource_owned(&mut tx, account, id, *t).await? {
+                return Err(not_found_for(id, *t));
+            }
             if tags.is_empty() {
                 sqlx::query("DELETE FROM tags WHERE resource_id = $1 AND account_id = $2")
                     .bind(id)
