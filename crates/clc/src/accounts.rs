@@ -119,6 +119,21 @@ impl Cloud {
         }
     }
 
+    /// A working key of the administrator account, with its secret: what the
+    /// cloud signs its own requests to Walrus with (image URLs for NCs).
+    pub async fn system_credentials(&self) -> Result<(AccessKeyId, String)> {
+        let admin = self.account_named(ADMIN_ACCOUNT).await?;
+        let key = self
+            .store
+            .list_access_keys(&admin.id)
+            .await?
+            .into_iter()
+            .find(|k| k.active)
+            .ok_or_else(|| Error::internal("the administrator account has no active access key"))?;
+        let secret = self.open_secret(&key)?;
+        Ok((key.id, secret))
+    }
+
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
         self.store.list_accounts().await
     }

@@ -12,6 +12,7 @@
 mod accounts;
 mod auth;
 mod groups;
+mod images;
 mod keypairs;
 mod tags;
 mod zones;
@@ -25,6 +26,7 @@ use ironbark_types::*;
 
 pub use accounts::{AccessKeyInfo, NewCredentials};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
+pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
 pub use keypairs::CreatedKeyPair;
 pub use zones::{RegionInfo, ZoneLine};
 
@@ -86,6 +88,7 @@ pub struct Cloud {
     seal: SealKey,
     config: CloudConfig,
     capacity: Arc<dyn CapacitySource>,
+    objects: Arc<dyn ObjectSource>,
 }
 
 /// Layout of a data dir, in one place so the server and the admin tool agree.
@@ -109,7 +112,14 @@ impl Cloud {
             seal,
             config,
             capacity,
+            objects: Arc::new(NoObjects),
         }
+    }
+
+    /// Attaches the object store images are registered from.
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.objects = objects;
+        self
     }
 
     /// Opens the cloud state in a data dir, creating the dir, the sealing key

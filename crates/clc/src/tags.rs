@@ -54,6 +54,7 @@ fn resource_kind(id: &str) -> Result<ResourceType> {
     let well_formed = match kind {
         ResourceType::SecurityGroup => SecurityGroupId::parse(id).is_ok(),
         ResourceType::KeyPair => KeyPairId::parse(id).is_ok(),
+        ResourceType::Image => ImageId::parse(id).is_ok_and(|i| i.as_str() == id),
     };
     if well_formed {
         Ok(kind)

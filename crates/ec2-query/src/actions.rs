@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use ironbark_clc::{Caller, Cloud, GroupRef, PermissionSpec, SourceGroupSpec};
+use ironbark_clc::{
+    Caller, Cloud, GroupRef, LaunchPermissionChange, PermissionSpec, RegisterImage, SourceGroupSpec,
+};
 use ironbark_types::*;
 
 use crate::xml::Writer;
@@ -76,6 +78,31 @@ pub async fn handle(
             r.w.elem("return", "true");
         }
         "DescribeTags" => describe_tags(cloud, caller, p, &mut r).await?,
+        "RegisterImage" => register_image(cloud, caller, p, &mut r).await?,
+        "DescribeImages" => describe_images(cloud, caller, p, &mut r).await?,
+        "DeregisterImage" => {
+            let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+            cloud.deregister_image(caller, id).await?;
+            r.w.elem("return", "true");
+        }
+        "DescribeImageAttribute" => describe_image_attribute(cloud, caller, p, &mut r).await?,
+        "ModifyImageAttribute" => {
+            modify_image_attribute(cloud, caller, p).await?;
+            r.w.elem("return", "true");
+        }
+        "ResetImageAttribute" => {
+            let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+            match p.get("Attribute") {
+                Some("launchPermission") => cloud.reset_image_launch(caller, id).await?,
+                other => {
+                    return Err(Error::invalid_value(format!(
+                        "Invalid value '{}' for Attribute: only launchPermission can be reset",
+                        other.unwrap_or("")
+                    )));
+                }
+            }
+            r.w.elem("return", "true");
+        }
         other => {
             return Err(Error::new(
                 ErrorKind::InvalidAction,
@@ -462,6 +489,227 @@ async fn describe_groups(
 
 /// The group sources and the CIDR sources of one protocol/port range.
 type SourcesOf<'a> = (Vec<&'a Rule>, Vec<&'a Rule>);
+
+async fn register_image(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let location = p
+        .get("ImageLocation")
+        .ok_or_else(|| Error::missing("ImageLocation"))?;
+    // Older tools register by location alone; the name defaults to it, as
+    // Eucalyptus did.
+    let name = p
+        .get("Name")
+        .map(str::to_string)
+        .unwrap_or_else(|| location.rsplit('/').next().unwrap_or(location).to_string());
+    let id = cloud
+        .register_image(
+            caller,
+            RegisterImage {
+                location: location.to_string(),
+                name,
+                description: p.get("Description").map(str::to_string),
+                kernel_id: p.get("KernelId").map(str::to_string),
+                ramdisk_id: p.get("RamdiskId").map(str::to_string),
+                architecture: p.get("Architecture").map(str::to_string),
+                kind: None,
+            },
+        )
+        .await?;
+    r.w.elem("imageId", id.as_str());
+    Ok(())
+}
+
+async fn describe_images(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let images = cloud
+        .describe_images(
+            caller,
+            &p.list("ImageId"),
+            &p.list("Owner"),
+            &p.list("ExecutableBy"),
+            &filters(p)?,
+        )
+        .await?;
+    r.w.open("imagesSet");
+    for (i, tags) in images {
+        r.w.open("item");
+        r.w.elem("imageId", i.id.as_str());
+        r.w.elem("imageLocation", &i.location);
+        r.w.elem("imageState", "available");
+        r.w.elem("imageOwnerId", i.account_id.as_str());
+        r.w.elem("creationDate", &iso8601_ms(i.created_ms));
+        r.w.elem("isPublic", if i.public { "true" } else { "false" });
+        r.w.elem("architecture", &i.architecture);
+        r.w.elem("imageType", i.id.kind().as_str());
+        if let Some(k) = &i.kernel_id {
+            r.w.elem("kernelId", k.as_str());
+        }
+        if let Some(k) = &i.ramdisk_id {
+            r.w.elem("ramdiskId", k.as_str());
+        }
+        r.w.elem("name", &i.name);
+        if !i.description.is_empty() {
+            r.w.elem("description", &i.description);
+        }
+        r.w.elem("rootDeviceType", "instance-store");
+        r.w.empty("blockDeviceMapping");
+        r.w.elem("virtualizationType", "paravirtual");
+        tag_set(&mut r.w, &tags);
+        r.w.elem("hypervisor", "kvm");
+        r.w.close("item");
+    }
+    r.w.close("imagesSet");
+    Ok(())
+}
+
+async fn describe_image_attribute(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+    let attr = p
+        .get("Attribute")
+        .ok_or_else(|| Error::missing("Attribute"))?;
+    let img = cloud.image_for_attribute(caller, id).await?;
+    r.w.elem("imageId", img.id.as_str());
+    match attr {
+        "launchPermission" => {
+            r.w.open("launchPermission");
+            if img.public {
+                r.w.open("item");
+                r.w.elem("group", "all");
+                r.w.close("item");
+            }
+            for a in &img.launch_permissions {
+                r.w.open("item");
+                r.w.elem("userId", a.as_str());
+                r.w.close("item");
+            }
+            r.w.close("launchPermission");
+        }
+        "description" => {
+            r.w.open("description");
+            r.w.elem("value", &img.description);
+            r.w.close("description");
+        }
+        "kernel" => {
+            r.w.open("kernel");
+            if let Some(k) = &img.kernel_id {
+                r.w.elem("value", k.as_str());
+            }
+            r.w.close("kernel");
+        }
+        "ramdisk" => {
+            r.w.open("ramdisk");
+            if let Some(k) = &img.ramdisk_id {
+                r.w.elem("value", k.as_str());
+            }
+            r.w.close("ramdisk");
+        }
+        "productCodes" => r.w.empty("productCodes"),
+        "blockDeviceMapping" => r.w.empty("blockDeviceMapping"),
+        other => {
+            return Err(Error::invalid_value(format!(
+                "Invalid value '{other}' for Attribute"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Both forms EC2 has taken: `LaunchPermission.Add.N.UserId|Group` and the
+/// classic `Attribute=launchPermission&OperationType=add&UserId.N&UserGroup.N`.
+async fn modify_image_attribute(cloud: &Cloud, caller: &Caller, p: &Params) -> Result<()> {
+    let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+    let mut change = LaunchPermissionChange::default();
+    let mut any = false;
+    for (which, add) in [
+        ("LaunchPermission.Add", true),
+        ("LaunchPermission.Remove", false),
+    ] {
+        for m in p.members(which) {
+            any = true;
+            if let Some(u) = m.get("UserId") {
+                if add {
+                    change.add_accounts.push(u.to_string());
+                } else {
+                    change.remove_accounts.push(u.to_string());
+                }
+            }
+            if let Some(g) = m.get("Group") {
+                if g != "all" {
+                    return Err(Error::invalid_value(format!(
+                        "Invalid value '{g}' for Group"
+                    )));
+                }
+                if add {
+                    change.add_all = true;
+                } else {
+                    change.remove_all = true;
+                }
+            }
+        }
+    }
+    match p.get("Attribute") {
+        Some("launchPermission") => {
+            let add = match p.get("OperationType") {
+                Some("add") => true,
+                Some("remove") => false,
+                _ => return Err(Error::missing("OperationType")),
+            };
+            any = true;
+            for u in p.list("UserId") {
+                if add {
+                    change.add_accounts.push(u);
+                } else {
+                    change.remove_accounts.push(u);
+                }
+            }
+            for g in p.list("UserGroup") {
+                if g != "all" {
+                    return Err(Error::invalid_value(format!(
+                        "Invalid value '{g}' for UserGroup"
+                    )));
+                }
+                if add {
+                    change.add_all = true;
+                } else {
+                    change.remove_all = true;
+                }
+            }
+        }
+        Some("description") => {
+            let v = p.get("Value").or(p.get("Description.Value")).unwrap_or("");
+            return cloud.set_image_description(caller, id, v).await;
+        }
+        Some(other) => {
+            return Err(Error::invalid_value(format!(
+                "Invalid value '{other}' for Attribute"
+            )));
+        }
+        None => {}
+    }
+    if let Some(d) = p.get("Description.Value") {
+        cloud.set_image_description(caller, id, d).await?;
+        if !any {
+            return Ok(());
+        }
+    }
+    if !any {
+        return Err(Error::missing("LaunchPermission or Description"));
+    }
+    cloud.modify_image_launch(caller, id, &change).await
+}
 
 /// `TagSpecification.N`: tags to put on the resource a Create call makes.
 /// Only the resource type the call creates is allowed.

@@ -38,6 +38,9 @@ enum Command {
     Up(ServeArgs),
     /// Run the cloud controller (EC2 API, accounts, cloud state).
     Clc(ServeArgs),
+    /// Guest images for testing the cloud.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Manage accounts, users, access keys and properties in a data dir.
     Admin {
         #[arg(long, default_value = "/var/lib/ironbark")]
@@ -64,7 +67,39 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the small test guest (Debian kernel, busybox, dropbear) from
+    /// Debian packages: writes OUT/vmlinuz and OUT/initrd.img.
+    BuildTest {
+        #[arg(long)]
+        out: PathBuf,
+        /// Where downloaded packages are kept between builds.
+        #[arg(long, default_value = "/var/cache/ironbark/debs")]
+        cache: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminImageCmd {
+    /// Upload a kernel and ramdisk to Walrus and register them as eki-/eri-
+    /// and a bootable emi- (printed on the last line).
+    Import {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        ramdisk: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Keep the images to the administrator account (default: public).
+        #[arg(long)]
+        private: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCommand {
+    #[command(subcommand)]
+    Image(AdminImageCmd),
     #[command(subcommand)]
     Account(AccountCmd),
     #[command(subcommand)]
@@ -154,6 +189,14 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Up(a) | Command::Clc(a) => serve(a).await,
+        Command::Image(ImageCmd::BuildTest { out, cache }) => {
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+            let built = ironbark_testimage::build_test_image(&out, &cache)?;
+            println!("{}", built.kernel.display());
+            println!("{}", built.initrd.display());
+            Ok(())
+        }
         Command::Admin { data_dir, command } => {
             admin(data_dir, command).await.map_err(|e| e.to_string())
         }
@@ -195,9 +238,6 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("creating {}: {e}", a.data_dir.display()))?;
     let capacity = Arc::new(host::HostCapacity::measure(&a.data_dir));
     let region = cfg.region.clone();
-    let cloud = Cloud::open(cfg, capacity)
-        .await
-        .map_err(|e| e.to_string())?;
     let walrus_addr = a
         .walrus_listen
         .unwrap_or_else(|| SocketAddr::new(a.listen.ip(), a.listen.port().wrapping_add(7)));
@@ -210,6 +250,11 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .get("WALRUS_URL")
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| format!("http://{walrus_host}"));
+    let objects = Arc::new(walrus::WalrusObjects::new(&walrus_url, &region));
+    let cloud = Cloud::open(cfg, capacity)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_objects(objects.clone());
     let endpoints = admin_files::Endpoints {
         ec2: format!("{base}/"),
         s3: format!("{walrus_url}/"),
@@ -241,9 +286,9 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         domains: split("WALRUS_DOMAINS"),
     };
     let identities = Arc::new(walrus::CloudIdentities(cloud.clone()));
-    let s3_service = ironbark_walrus::Walrus::open(walrus_cfg, identities)
-        .await?
-        .service()?;
+    let walrus = ironbark_walrus::Walrus::open(walrus_cfg, identities).await?;
+    objects.attach(walrus.clone(), &cloud);
+    let s3_service = walrus.service()?;
     let walrus_listener = tokio::net::TcpListener::bind(walrus_addr)
         .await
         .map_err(|e| format!("listening on {walrus_addr}: {e}"))?;
@@ -259,6 +304,134 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Bucket the admin tool imports images into.
+const IMAGE_BUCKET: &str = "ironbark-images";
+
+/// Uploads kernel and ramdisk into Walrus directly (beside a running
+/// cloud, or without one) and registers eki-, eri- and emi-. The emi's
+/// object is a small manifest naming the two: it boots with no root disk.
+async fn image_import(
+    cloud: Cloud,
+    data_dir: &std::path::Path,
+    kernel: &std::path::Path,
+    ramdisk: &std::path::Path,
+    name: &str,
+    public: bool,
+) -> ironbark_types::Result<Vec<String>> {
+    use ironbark_clc::{Caller, LaunchPermissionChange, RegisterImage};
+    use ironbark_types::{ADMIN_ACCOUNT, Error, ImageKind};
+    let objects = Arc::new(walrus::WalrusObjects::new(
+        "http://127.0.0.1/",
+        "eucalyptus",
+    ));
+    let cloud = Arc::new(cloud.with_objects(objects.clone()));
+    let w = ironbark_walrus::Walrus::open_shared(
+        ironbark_walrus::WalrusConfig {
+            data_dir: data_dir.join("walrus"),
+            region: cloud.config().region.clone(),
+            locations: vec![],
+            domains: vec![],
+        },
+        Arc::new(walrus::CloudIdentities(cloud.clone())),
+    )
+    .await
+    .map_err(Error::internal)?;
+    objects.attach(w.clone(), &cloud);
+    let admin = cloud.account_named(ADMIN_ACCOUNT).await?;
+    let (key_id, _) = cloud.system_credentials().await?;
+    let caller = Caller {
+        account: admin.clone(),
+        user_name: ironbark_types::ACCOUNT_ADMIN_USER.into(),
+        access_key_id: key_id,
+    };
+    let upload = |key: String, path: std::path::PathBuf| {
+        let w = w.clone();
+        let admin = admin.clone();
+        async move {
+            w.put_local_file(admin.id.as_str(), &admin.name, IMAGE_BUCKET, &key, &path)
+                .await
+                .map_err(Error::internal)
+        }
+    };
+    upload(format!("{name}/vmlinuz"), kernel.to_path_buf()).await?;
+    upload(format!("{name}/initrd.img"), ramdisk.to_path_buf()).await?;
+    let reg = |loc: String, n: String, kind, k: Option<String>, r: Option<String>| RegisterImage {
+        location: loc,
+        name: n,
+        description: Some(format!(
+            "imported by ironbark admin from {}",
+            kernel.display()
+        )),
+        kernel_id: k,
+        ramdisk_id: r,
+        architecture: None,
+        kind: Some(kind),
+    };
+    let eki = cloud
+        .register_image(
+            &caller,
+            reg(
+                format!("{IMAGE_BUCKET}/{name}/vmlinuz"),
+                format!("{name}-kernel"),
+                ImageKind::Kernel,
+                None,
+                None,
+            ),
+        )
+        .await?;
+    let eri = cloud
+        .register_image(
+            &caller,
+            reg(
+                format!("{IMAGE_BUCKET}/{name}/initrd.img"),
+                format!("{name}-ramdisk"),
+                ImageKind::Ramdisk,
+                None,
+                None,
+            ),
+        )
+        .await?;
+    let manifest = serde_json::json!({
+        "ironbark-manifest": 1,
+        "boot": "kernel+ramdisk",
+        "kernel": eki.as_str(),
+        "ramdisk": eri.as_str(),
+    });
+    let tmp = std::env::temp_dir().join(format!("ironbark-manifest-{}.json", std::process::id()));
+    std::fs::write(&tmp, manifest.to_string()).map_err(Error::internal)?;
+    let put = upload(format!("{name}/{MANIFEST_SUFFIX}"), tmp.clone()).await;
+    let _ = std::fs::remove_file(&tmp);
+    put?;
+    let emi = cloud
+        .register_image(
+            &caller,
+            reg(
+                format!("{IMAGE_BUCKET}/{name}/{MANIFEST_SUFFIX}"),
+                name.to_string(),
+                ImageKind::Machine,
+                Some(eki.to_string()),
+                Some(eri.to_string()),
+            ),
+        )
+        .await?;
+    if public {
+        let all = LaunchPermissionChange {
+            add_all: true,
+            ..Default::default()
+        };
+        for id in [&eki, &eri, &emi] {
+            cloud
+                .modify_image_launch(&caller, id.as_str(), &all)
+                .await?;
+        }
+    }
+    Ok(vec![eki.to_string(), eri.to_string(), emi.to_string()])
+}
+
+/// Machine images whose object ends so are manifests of a kernel+ramdisk
+/// boot, with no root disk.
+const MANIFEST_SUFFIX: &str = "manifest.json";
 
 fn print(v: serde_json::Value) {
     println!(
@@ -287,6 +460,17 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
     // The endpoint is not needed for administration; the data dir is.
     let cloud = Cloud::open(CloudConfig::new(&data_dir, ""), Arc::new(NoCapacity)).await?;
     match cmd {
+        AdminCommand::Image(AdminImageCmd::Import {
+            kernel,
+            ramdisk,
+            name,
+            private,
+        }) => {
+            let ids = image_import(cloud, &data_dir, &kernel, &ramdisk, &name, !private).await?;
+            for id in ids {
+                println!("{id}");
+            }
+        }
         AdminCommand::Account(AccountCmd::Create { name }) => {
             print(creds_json(&cloud.create_account(&name).await?));
         }

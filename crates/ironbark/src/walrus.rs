@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
-use ironbark_clc::Cloud;
-use ironbark_types::AccountId;
-use ironbark_walrus::{Identities, Identity};
+use std::sync::{OnceLock, Weak};
+
+use ironbark_clc::{Cloud, ObjectSource};
+use ironbark_types::{ADMIN_ACCOUNT, AccountId, Error, ErrorKind, Result, now_ms};
+use ironbark_walrus::{Identities, Identity, Walrus};
 
 pub struct CloudIdentities(pub Arc<Cloud>);
 
@@ -38,6 +40,87 @@ impl Identities for CloudIdentities {
             .ok()
             .flatten()
             .map(|a| a.name)
+    }
+
+    async fn is_superuser(&self, account_id: &str) -> bool {
+        self.account_name(account_id).await.as_deref() == Some(ADMIN_ACCOUNT)
+    }
+}
+
+/// The CLC's view of Walrus for images: digests read as the registering
+/// account, and presigned URLs (signed with the administrator's key) that
+/// NCs fetch images from. Both halves exist only once the process has
+/// built the cloud and Walrus, which need each other, hence the cells.
+#[derive(Default)]
+pub struct WalrusObjects {
+    walrus: OnceLock<Walrus>,
+    cloud: OnceLock<Weak<Cloud>>,
+    base_url: String,
+    region: String,
+}
+
+impl WalrusObjects {
+    pub fn new(base_url: &str, region: &str) -> Self {
+        WalrusObjects {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            region: region.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn attach(&self, walrus: Walrus, cloud: &Arc<Cloud>) {
+        let _ = self.walrus.set(walrus);
+        let _ = self.cloud.set(Arc::downgrade(cloud));
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectSource for WalrusObjects {
+    async fn digest(&self, account: &AccountId, bucket: &str, key: &str) -> Result<(u64, String)> {
+        let w = self
+            .walrus
+            .get()
+            .ok_or_else(|| Error::internal("Walrus is not running"))?;
+        w.object_digest(account.as_str(), bucket, key)
+            .await
+            .map_err(|m| Error::new(ErrorKind::ImageManifestNotFound, m))
+    }
+
+    async fn presign_get(&self, bucket: &str, key: &str, secs: u32) -> Result<String> {
+        let cloud = self
+            .cloud
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Error::internal("the cloud is shutting down"))?;
+        let (id, secret) = cloud.system_credentials().await?;
+        let host = self
+            .base_url
+            .split_once("://")
+            .map(|(_, h)| h)
+            .unwrap_or(&self.base_url)
+            .trim_end_matches('/')
+            .to_string();
+        let path = format!(
+            "/{}/{}",
+            ironbark_sigv4::uri_encode(bucket.as_bytes()),
+            key.split('/')
+                .map(|seg| ironbark_sigv4::uri_encode(seg.as_bytes()))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let query = ironbark_sigv4::presign_v4(
+            "GET",
+            &path,
+            "",
+            &[("host".to_string(), host)],
+            id.as_str(),
+            &secret,
+            &self.region,
+            "s3",
+            now_ms() / 1000,
+            secs,
+        );
+        Ok(format!("{}{path}?{query}", self.base_url))
     }
 }
 

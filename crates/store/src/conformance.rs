@@ -54,7 +54,80 @@ pub async fn run_all(s: &dyn Store) {
     key_pairs(s).await;
     groups_and_rules(s).await;
     tags(s).await;
+    images(s).await;
     properties(s).await;
+}
+
+async fn images(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let other = AccountId::generate();
+    let k = Image {
+        id: ImageId::generate(ImageKind::Kernel),
+        account_id: a.id.clone(),
+        name: "kernel".into(),
+        description: "k".into(),
+        location: "b/vmlinuz".into(),
+        size: 10,
+        sha256: "ab".repeat(32),
+        kernel_id: None,
+        ramdisk_id: None,
+        architecture: "x86_64".into(),
+        public: false,
+        launch_permissions: vec![other.clone()],
+        created_ms: 1,
+    };
+    s.insert_image(&k).await.unwrap();
+    let m = Image {
+        id: ImageId::generate(ImageKind::Machine),
+        name: "machine".into(),
+        kernel_id: Some(k.id.clone()),
+        launch_permissions: vec![],
+        ..k.clone()
+    };
+    s.insert_image(&m).await.unwrap();
+    let dup = Image {
+        id: ImageId::generate(ImageKind::Machine),
+        ..m.clone()
+    };
+    assert_eq!(
+        s.insert_image(&dup).await.unwrap_err().kind,
+        ErrorKind::ImageNameDuplicate
+    );
+    assert_eq!(s.image(&k.id).await.unwrap().unwrap(), k);
+    assert_eq!(
+        s.image(&m.id).await.unwrap().unwrap().kernel_id,
+        Some(k.id.clone())
+    );
+    assert_eq!(s.list_images().await.unwrap().len(), 2);
+
+    s.set_image_launch(&m.id, true, std::slice::from_ref(&other))
+        .await
+        .unwrap();
+    let got = s.image(&m.id).await.unwrap().unwrap();
+    assert!(got.public && got.launch_permissions == vec![other.clone()]);
+    s.set_image_description(&m.id, "new").await.unwrap();
+    assert_eq!(s.image(&m.id).await.unwrap().unwrap().description, "new");
+    s.put_tags(
+        &a.id,
+        &[(m.id.to_string(), ResourceType::Image)],
+        &[("k".into(), "v".into())],
+    )
+    .await
+    .unwrap();
+    assert!(s.delete_image(&m.id).await.unwrap());
+    assert!(!s.delete_image(&m.id).await.unwrap());
+    assert!(
+        s.list_tags(Some(&a.id)).await.unwrap().is_empty(),
+        "tags go with the image"
+    );
+    assert_eq!(
+        s.set_image_launch(&m.id, false, &[])
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::ImageNotFound
+    );
+    assert!(s.delete_image(&k.id).await.unwrap());
 }
 
 async fn accounts(s: &dyn Store) {

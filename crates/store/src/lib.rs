@@ -86,6 +86,24 @@ pub trait Store: Send + Sync + 'static {
     /// All or nothing: any rule absent is `InvalidPermission.NotFound`.
     async fn remove_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()>;
 
+    // Images.
+    /// Refused with `InvalidAMIName.Duplicate` when the account has an
+    /// image of that name.
+    async fn insert_image(&self, image: &Image) -> Result<()>;
+    /// Every registered image; visibility is the caller's business.
+    async fn list_images(&self) -> Result<Vec<Image>>;
+    async fn image(&self, id: &ImageId) -> Result<Option<Image>>;
+    /// Removes the image, its permissions and tags; false if it was not there.
+    async fn delete_image(&self, id: &ImageId) -> Result<bool>;
+    /// Replaces who may launch the image.
+    async fn set_image_launch(
+        &self,
+        id: &ImageId,
+        public: bool,
+        accounts: &[AccountId],
+    ) -> Result<()>;
+    async fn set_image_description(&self, id: &ImageId, description: &str) -> Result<()>;
+
     // Tags.
     /// Sets tags on resources owned by `account` (replacing values of
     /// existing keys). Unknown or foreign resources are NotFound errors.

@@ -3,9 +3,10 @@
 //! entry. SQL here stays portable between SQLite and PostgreSQL (TEXT, BIGINT,
 //! INTEGER, composite keys; no AUTOINCREMENT, no SQLite-only pragmas).
 
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -68,4 +69,30 @@ CREATE TABLE properties (
     value TEXT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    location TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    kernel_id TEXT NOT NULL,
+    ramdisk_id TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    public INTEGER NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE image_launch_permissions (
+    image_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, account_id)
+);
+"#,
+    ),
+];

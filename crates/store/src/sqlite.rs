@@ -152,6 +152,28 @@ fn group_row(r: &SqliteRow) -> Result<SecurityGroup> {
     })
 }
 
+fn image_row(r: &SqliteRow) -> Result<Image> {
+    let opt_id = |col: &str| -> Result<Option<ImageId>> {
+        let v: String = r.try_get(col).map_err(db)?;
+        Ok((!v.is_empty()).then(|| ImageId::from_stored(v)))
+    };
+    Ok(Image {
+        id: ImageId::from_stored(r.try_get::<String, _>("id").map_err(db)?),
+        account_id: AccountId::from_stored(r.try_get::<String, _>("account_id").map_err(db)?),
+        name: r.try_get("name").map_err(db)?,
+        description: r.try_get("description").map_err(db)?,
+        location: r.try_get("location").map_err(db)?,
+        size: r.try_get::<i64, _>("size").map_err(db)? as u64,
+        sha256: r.try_get("sha256").map_err(db)?,
+        kernel_id: opt_id("kernel_id")?,
+        ramdisk_id: opt_id("ramdisk_id")?,
+        architecture: r.try_get("architecture").map_err(db)?,
+        public: r.try_get::<i64, _>("public").map_err(db)? != 0,
+        launch_permissions: Vec::new(),
+        created_ms: r.try_get("created_ms").map_err(db)?,
+    })
+}
+
 /// A rule row joined with its source group (if any) for the owner and name.
 fn rule_row(r: &SqliteRow) -> Result<(SecurityGroupId, Rule)> {
     let group = SecurityGroupId::from_stored(r.try_get::<String, _>("group_id").map_err(db)?);
@@ -200,6 +222,7 @@ fn resource_type_parse(s: &str) -> Result<ResourceType> {
     match s {
         "security-group" => Ok(ResourceType::SecurityGroup),
         "key-pair" => Ok(ResourceType::KeyPair),
+        "image" => Ok(ResourceType::Image),
         other => Err(Error::internal(format!(
             "unknown resource type {other} in store"
         ))),
@@ -211,6 +234,23 @@ const RULES_SELECT: &str = "SELECT r.group_id, r.protocol, r.from_port, r.to_por
      FROM security_group_rules r LEFT JOIN security_groups s ON s.id = r.source_group_id";
 
 impl SqliteStore {
+    async fn with_permissions(&self, mut images: Vec<Image>) -> Result<Vec<Image>> {
+        let rows = sqlx::query(
+            "SELECT image_id, account_id FROM image_launch_permissions ORDER BY account_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        for r in &rows {
+            let img: String = r.try_get("image_id").map_err(db)?;
+            let acct: String = r.try_get("account_id").map_err(db)?;
+            if let Some(i) = images.iter_mut().find(|i| i.id.as_str() == img) {
+                i.launch_permissions.push(AccountId::from_stored(acct));
+            }
+        }
+        Ok(images)
+    }
+
     /// Loads the rules of the listed groups: only the account's when the
     /// listing is scoped to one, so a call costs what that account holds.
     async fn attach_rules(
@@ -312,6 +352,7 @@ async fn resource_owned(
             "SELECT COUNT(*) FROM security_groups WHERE id = $1 AND account_id = $2"
         }
         ResourceType::KeyPair => "SELECT COUNT(*) FROM key_pairs WHERE id = $1 AND account_id = $2",
+        ResourceType::Image => "SELECT COUNT(*) FROM images WHERE id = $1 AND account_id = $2",
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(id)
@@ -331,6 +372,10 @@ fn not_found_for(id: &str, t: ResourceType) -> Error {
         ResourceType::KeyPair => Error::new(
             ErrorKind::KeyPairNotFound,
             format!("The key pair '{id}' does not exist"),
+        ),
+        ResourceType::Image => Error::new(
+            ErrorKind::ImageNotFound,
+            format!("The image id '[{id}]' does not exist"),
         ),
     }
 }
@@ -451,6 +496,9 @@ impl Store for SqliteStore {
             "DELETE FROM security_groups WHERE account_id = $1",
             "DELETE FROM key_pairs WHERE account_id = $1",
             "DELETE FROM tags WHERE account_id = $1",
+            "DELETE FROM image_launch_permissions WHERE image_id IN (SELECT id FROM images WHERE account_id = $1)",
+            "DELETE FROM image_launch_permissions WHERE account_id = $1",
+            "DELETE FROM images WHERE account_id = $1",
             "DELETE FROM access_keys WHERE account_id = $1",
             "DELETE FROM users WHERE account_id = $1",
             "DELETE FROM accounts WHERE id = $1",
@@ -810,6 +858,148 @@ impl Store for SqliteStore {
                     ),
                 ));
             }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn insert_image(&self, image: &Image) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO images (id, account_id, name, description, location, size, sha256, kernel_id, ramdisk_id, architecture, public, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(image.id.as_str())
+        .bind(image.account_id.as_str())
+        .bind(&image.name)
+        .bind(&image.description)
+        .bind(&image.location)
+        .bind(image.size as i64)
+        .bind(&image.sha256)
+        .bind(image.kernel_id.as_ref().map(|k| k.as_str()).unwrap_or(""))
+        .bind(image.ramdisk_id.as_ref().map(|k| k.as_str()).unwrap_or(""))
+        .bind(&image.architecture)
+        .bind(i64::from(image.public))
+        .bind(image.created_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::new(
+                    ErrorKind::ImageNameDuplicate,
+                    format!("AMI name {} is already in use by AMI {}", image.name, image.id),
+                )
+            } else {
+                db(e)
+            }
+        })?;
+        for a in &image.launch_permissions {
+            sqlx::query(
+                "INSERT INTO image_launch_permissions (image_id, account_id) VALUES ($1, $2)",
+            )
+            .bind(image.id.as_str())
+            .bind(a.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_images(&self) -> Result<Vec<Image>> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, name, description, location, size, sha256, kernel_id, ramdisk_id, architecture, public, created_ms \
+             FROM images ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let images = rows.iter().map(image_row).collect::<Result<Vec<_>>>()?;
+        self.with_permissions(images).await
+    }
+
+    async fn image(&self, id: &ImageId) -> Result<Option<Image>> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, description, location, size, sha256, kernel_id, ramdisk_id, architecture, public, created_ms \
+             FROM images WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let Some(img) = row.as_ref().map(image_row).transpose()? else {
+            return Ok(None);
+        };
+        Ok(self.with_permissions(vec![img]).await?.pop())
+    }
+
+    async fn delete_image(&self, id: &ImageId) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("DELETE FROM images WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        for sql in [
+            "DELETE FROM image_launch_permissions WHERE image_id = $1",
+            "DELETE FROM tags WHERE resource_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    async fn set_image_launch(
+        &self,
+        id: &ImageId,
+        public: bool,
+        accounts: &[AccountId],
+    ) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("UPDATE images SET public = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(i64::from(public))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n == 0 {
+            return Err(not_found_for(id.as_str(), ResourceType::Image));
+        }
+        sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for a in accounts {
+            sqlx::query(
+                "INSERT INTO image_launch_permissions (image_id, account_id) VALUES ($1, $2)",
+            )
+            .bind(id.as_str())
+            .bind(a.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn set_image_description(&self, id: &ImageId, description: &str) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("UPDATE images SET description = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(description)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n == 0 {
+            return Err(not_found_for(id.as_str(), ResourceType::Image));
         }
         tx.commit().await.map_err(db)
     }

@@ -38,6 +38,11 @@ pub enum ErrorKind {
     PermissionDuplicate,
     PermissionNotFound,
     PermissionMalformed,
+    // Images.
+    ImageNotFound,
+    ImageIdMalformed,
+    ImageNameDuplicate,
+    ImageManifestNotFound,
     // Tags.
     TagLimitExceeded,
     // Accounts (admin tooling).
@@ -83,6 +88,10 @@ impl ErrorKind {
             PermissionDuplicate => "InvalidPermission.Duplicate",
             PermissionNotFound => "InvalidPermission.NotFound",
             PermissionMalformed => "InvalidPermission.Malformed",
+            ImageNotFound => "InvalidAMIID.NotFound",
+            ImageIdMalformed => "InvalidAMIID.Malformed",
+            ImageNameDuplicate => "InvalidAMIName.Duplicate",
+            ImageManifestNotFound => "InvalidManifest",
             TagLimitExceeded => "TagLimitExceeded",
             AccountNotFound => "NoSuchEntity",
             AccountDuplicate => "EntityAlreadyExists",

@@ -92,6 +92,85 @@ prefixed_id!(
     ErrorKind::InvalidId
 );
 
+/// What an image is: a bootable machine image, or the kernel or ramdisk
+/// one boots with. Eucalyptus named them by prefix: `emi-`, `eki-`, `eri-`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageKind {
+    Machine,
+    Kernel,
+    Ramdisk,
+}
+
+impl ImageKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ImageKind::Machine => "emi-",
+            ImageKind::Kernel => "eki-",
+            ImageKind::Ramdisk => "eri-",
+        }
+    }
+
+    /// The spelling of `imageType` in DescribeImages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Machine => "machine",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Ramdisk => "ramdisk",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "machine" => Some(ImageKind::Machine),
+            "kernel" => Some(ImageKind::Kernel),
+            "ramdisk" => Some(ImageKind::Ramdisk),
+            _ => None,
+        }
+    }
+}
+
+string_id!(
+    /// An image: `emi-`, `eki-` or `eri-` and 8 or 17 hex digits. AWS-style
+    /// `ami-`/`aki-`/`ari-` spellings of the same id are accepted on input.
+    ImageId
+);
+
+impl ImageId {
+    pub fn generate(kind: ImageKind) -> Self {
+        ImageId(format!("{}{}", kind.prefix(), random_hex(17)))
+    }
+
+    pub fn kind(&self) -> ImageKind {
+        match &self.0[..4] {
+            "eki-" => ImageKind::Kernel,
+            "eri-" => ImageKind::Ramdisk,
+            _ => ImageKind::Machine,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad = || Error::new(ErrorKind::ImageIdMalformed, format!("Invalid id: \"{s}\""));
+        if s.len() < 4 {
+            return Err(bad());
+        }
+        let prefix = match &s[..4] {
+            "emi-" | "ami-" => "emi-",
+            "eki-" | "aki-" => "eki-",
+            "eri-" | "ari-" => "eri-",
+            _ => return Err(bad()),
+        };
+        let h = &s[4..];
+        if (h.len() == 8 || h.len() == 17)
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            Ok(ImageId(format!("{prefix}{h}")))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
 string_id!(
     /// An account: 12 decimal digits, as AWS account numbers are.
     AccountId
@@ -178,6 +257,26 @@ mod tests {
             assert!(AccessKeyId::parse(k.as_str()).is_ok());
             assert_eq!(generate_secret_key().len(), 40);
         }
+    }
+
+    #[test]
+    fn image_ids_know_their_kind_and_accept_aws_spellings() {
+        let k = ImageId::generate(ImageKind::Kernel);
+        assert_eq!(k.kind(), ImageKind::Kernel);
+        assert_eq!(ImageId::parse(k.as_str()).unwrap(), k);
+        assert_eq!(
+            ImageId::parse("ami-1234abcd").unwrap().as_str(),
+            "emi-1234abcd"
+        );
+        assert_eq!(
+            ImageId::parse("ari-1234abcd").unwrap().kind(),
+            ImageKind::Ramdisk
+        );
+        assert_eq!(
+            ImageId::parse("emi-xyz").unwrap_err().kind,
+            ErrorKind::ImageIdMalformed
+        );
+        assert!(ImageId::parse("sg-1234abcd").is_err());
     }
 
     #[test]

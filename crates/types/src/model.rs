@@ -110,11 +110,41 @@ pub struct SecurityGroup {
     pub created_ms: i64,
 }
 
+/// A registered image: where its bytes are in Walrus, what they hash to,
+/// what it boots with, and who may launch it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub id: ImageId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub description: String,
+    /// `bucket/key` of the image's object in Walrus.
+    pub location: String,
+    pub size: u64,
+    /// Hex SHA-256 of the object, checked by every NC that fetches it.
+    pub sha256: String,
+    pub kernel_id: Option<ImageId>,
+    pub ramdisk_id: Option<ImageId>,
+    pub architecture: String,
+    pub public: bool,
+    /// Other accounts allowed to launch it.
+    pub launch_permissions: Vec<AccountId>,
+    pub created_ms: i64,
+}
+
+impl Image {
+    /// Whether `account` may launch (and so see) this image.
+    pub fn launchable_by(&self, account: &AccountId) -> bool {
+        self.public || self.account_id == *account || self.launch_permissions.contains(account)
+    }
+}
+
 /// The kinds of resources tags can be put on; the id prefix tells which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ResourceType {
     SecurityGroup,
     KeyPair,
+    Image,
 }
 
 impl ResourceType {
@@ -123,6 +153,12 @@ impl ResourceType {
             Some(ResourceType::SecurityGroup)
         } else if id.starts_with(KeyPairId::PREFIX) {
             Some(ResourceType::KeyPair)
+        } else if ImageId::parse(id).is_ok()
+            || id.starts_with("emi-")
+            || id.starts_with("eki-")
+            || id.starts_with("eri-")
+        {
+            Some(ResourceType::Image)
         } else {
             None
         }
@@ -133,6 +169,7 @@ impl ResourceType {
         match self {
             ResourceType::SecurityGroup => "security-group",
             ResourceType::KeyPair => "key-pair",
+            ResourceType::Image => "image",
         }
     }
 }

@@ -39,6 +39,11 @@ pub trait Identities: Send + Sync + 'static {
     async fn lookup(&self, access_key: &str) -> Option<Identity>;
     /// The name of an account, for ACL grants by canonical id.
     async fn account_name(&self, account_id: &str) -> Option<String>;
+    /// Whether the account may read and write every bucket (the cloud's
+    /// administrator).
+    async fn is_superuser(&self, _account_id: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +80,27 @@ impl s3s::access::S3Access for AclDecides {
 }
 
 impl Walrus {
+    /// Opens Walrus' state for a tool running beside a live Walrus (the
+    /// admin CLI): no garbage collection, since the server may be midway
+    /// through writing a blob that no metadata names yet.
+    pub async fn open_shared(
+        config: WalrusConfig,
+        ids: Arc<dyn Identities>,
+    ) -> Result<Self, String> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let meta = meta::Meta::open(&dir.join("meta.db"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let blobs = blob::FsBlobs::open(dir.join("data")).map_err(|e| e.to_string())?;
+        Ok(Walrus {
+            meta: Arc::new(meta),
+            blobs,
+            ids,
+            config,
+        })
+    }
+
     /// Opens Walrus' state and removes blobs no object or part refers to
     /// (what a crash mid-upload leaves), before anything is served.
     pub async fn open(config: WalrusConfig, ids: Arc<dyn Identities>) -> Result<Self, String> {
@@ -93,7 +119,7 @@ impl Walrus {
             );
         }
         Ok(Walrus {
-            meta,
+            meta: Arc::new(meta),
             blobs,
             ids,
             config,

@@ -17,8 +17,10 @@ use crate::blob::{BlobError, FsBlobs};
 use crate::meta::{self, Meta, MetaError, Piece, StoredHeaders};
 use crate::{Identities, WalrusConfig};
 
+/// Cheap to clone: the process keeps a handle beside the one `s3s` owns.
+#[derive(Clone)]
 pub struct Walrus {
-    pub(crate) meta: Meta,
+    pub(crate) meta: Arc<Meta>,
     pub(crate) blobs: FsBlobs,
     pub(crate) ids: Arc<dyn Identities>,
     pub(crate) config: WalrusConfig,
@@ -52,6 +54,16 @@ fn meta_err(e: MetaError) -> S3Error {
         ),
         MetaError::Db(m) => internal(m),
     }
+}
+
+/// An error answered before the request body was read. hyper then closes
+/// the connection once the response is out; `Connection: close` says so (as
+/// S3 does), or a client reusing the connection sees its next request fail.
+fn closing(mut e: S3Error) -> S3Error {
+    let mut h = e.headers().cloned().unwrap_or_default();
+    h.insert("connection", "close".parse().expect("a valid header value"));
+    e.set_headers(h);
+    e
 }
 
 fn blob_err(e: BlobError) -> S3Error {
@@ -118,6 +130,34 @@ fn skip_past(p: &str) -> String {
     s
 }
 
+/// Where a listing resumes after a marker, start-after or continuation
+/// token: past every key under it when it is itself a common prefix of
+/// this listing (the NextMarker or token of a page that ended on a rolled-up
+/// prefix), else right after it. A key equal to `prefix` (a "folder"
+/// object) is an ordinary key, even when it ends with the delimiter.
+fn resume_after(after: &str, prefix: &str, delimiter: Option<&str>) -> String {
+    if let Some(d) = delimiter.filter(|d| !d.is_empty())
+        && let Some(rest) = after.strip_prefix(prefix)
+        && rest.find(d).is_some_and(|i| i + d.len() == rest.len())
+    {
+        return skip_past(after);
+    }
+    after.to_string()
+}
+
+/// The Content-Encoding to keep with an object: `aws-chunked` names how a
+/// streaming upload was framed on the wire, not the object's encoding, so
+/// S3 drops it (and keeps any other coding listed with it).
+fn object_encoding(e: Option<String>) -> Option<String> {
+    let e = e?;
+    let kept: Vec<&str> = e
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
 fn stored_headers(
     content_type: Option<String>,
     content_encoding: Option<String>,
@@ -129,7 +169,7 @@ fn stored_headers(
 ) -> StoredHeaders {
     StoredHeaders {
         content_type,
-        content_encoding,
+        content_encoding: object_encoding(content_encoding),
         content_disposition,
         content_language,
         cache_control,
@@ -157,7 +197,7 @@ impl Walrus {
 
     async fn bucket_for(&self, name: &str, who: &Requester, want: Perm) -> S3Result<meta::Bucket> {
         let b = self.meta.bucket(name).await.map_err(meta_err)?;
-        if !b.acl.allows(who, want) {
+        if !b.acl.allows(who, want) && !self.is_superuser(who).await {
             return Err(s3_error!(AccessDenied, "Access Denied"));
         }
         Ok(b)
@@ -179,10 +219,109 @@ impl Walrus {
             }
             None => return Err(s3_error!(AccessDenied, "Access Denied")),
         };
-        if !o.acl.allows(who, want) {
+        if !o.acl.allows(who, want) && !self.is_superuser(who).await {
             return Err(s3_error!(AccessDenied, "Access Denied"));
         }
         Ok(o)
+    }
+
+    /// The cloud administrator reads and writes every bucket, as
+    /// Eucalyptus' did: it is how the cloud itself fetches users' images.
+    async fn is_superuser(&self, who: &Requester) -> bool {
+        match who.account_id() {
+            Some(id) => self.ids.is_superuser(id).await,
+            None => false,
+        }
+    }
+
+    /// Size and hex SHA-256 of an object, read as `account_id` (the CLC
+    /// records them when an image is registered).
+    pub async fn object_digest(
+        &self,
+        account_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(u64, String), String> {
+        use sha2::Digest as _;
+        let name = self.ids.account_name(account_id).await.unwrap_or_default();
+        let who = Requester::Account {
+            id: account_id.to_string(),
+            name,
+        };
+        let o = self
+            .object_for(bucket, key, &who, Perm::Read)
+            .await
+            .map_err(|e| format!("{bucket}/{key}: {}", e.message().unwrap_or("not readable")))?;
+        let mut h = sha2::Sha256::new();
+        let mut s = Box::pin(self.object_stream(&o, 0, o.size));
+        while let Some(chunk) = s.next().await {
+            h.update(&chunk.map_err(|e| e.to_string())?);
+        }
+        Ok((o.size, hex::encode(h.finalize())))
+    }
+
+    /// Stores a local file as an object of `owner`'s, creating the
+    /// (private) bucket if needed: how the admin tool imports images.
+    pub async fn put_local_file(
+        &self,
+        owner_id: &str,
+        owner_name: &str,
+        bucket: &str,
+        key: &str,
+        path: &std::path::Path,
+    ) -> Result<String, String> {
+        match self.meta.bucket(bucket).await {
+            Ok(b) if b.owner_id != owner_id => {
+                return Err(format!("bucket {bucket} belongs to another account"));
+            }
+            Ok(_) => {}
+            Err(MetaError::NoSuchBucket) => {
+                let b = meta::Bucket {
+                    name: bucket.to_string(),
+                    owner_id: owner_id.to_string(),
+                    created_ms: now_ms(),
+                    location: String::new(),
+                    acl: Acl::private(owner_id, owner_name),
+                };
+                match self.meta.create_bucket(&b).await {
+                    Ok(()) | Err(MetaError::BucketExists { owned_by_you: true }) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file.metadata().await.map_err(|e| e.to_string())?.len();
+        let body = file_chunks(file);
+        let info = self
+            .blobs
+            .put(body, Some(len))
+            .await
+            .map_err(|e| e.to_string())?;
+        let etag = hex::encode(info.md5);
+        let o = meta::Object {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size: info.size,
+            etag: etag.clone(),
+            headers: StoredHeaders::default(),
+            pieces: vec![Piece {
+                blob: info.id.clone(),
+                size: info.size,
+            }],
+            modified_ms: now_ms(),
+            acl: Acl::private(owner_id, owner_name),
+        };
+        match self.meta.put_object(&o).await {
+            Ok(dead) => self.delete_blobs(dead).await,
+            Err(e) => {
+                self.blobs.delete(&info.id).await;
+                return Err(e.to_string());
+            }
+        }
+        Ok(etag)
     }
 
     fn writer_of(&self, who: &Requester, bucket: &meta::Bucket) -> (String, String) {
@@ -376,7 +515,7 @@ impl Walrus {
         max: usize,
     ) -> S3Result<(Vec<Entry>, bool)> {
         let mut out: Vec<Entry> = Vec::new();
-        let mut cursor = after.to_string();
+        let mut cursor = resume_after(after, prefix, delimiter);
         loop {
             let batch = self
                 .meta
@@ -508,6 +647,22 @@ fn headers_out(h: &StoredHeaders) -> HeadersOut {
             .map(ts),
         (!h.user_meta.is_empty()).then(|| h.user_meta.clone().into_iter().collect()),
     )
+}
+
+/// A file as a stream of 1 MiB chunks, without pulling in tokio-util.
+fn file_chunks(file: tokio::fs::File) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+    use tokio::io::AsyncReadExt;
+    Box::pin(futures::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    }))
 }
 
 fn multipart_etag(md5s: &[Vec<u8>]) -> String {
@@ -736,10 +891,11 @@ impl S3 for Walrus {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let who = self.requester(&req).await?;
+        let who = self.requester(&req).await.map_err(closing)?;
         let b = self
             .bucket_for(&req.input.bucket, &who, Perm::Write)
-            .await?;
+            .await
+            .map_err(closing)?;
         let (oid, oname) = self.writer_of(&who, &b);
         let i = req.input;
         let acl = self
@@ -755,7 +911,8 @@ impl S3 for Walrus {
                 &oname,
                 Some((&b.acl.owner_id, &b.acl.owner_name)),
             )
-            .await?;
+            .await
+            .map_err(closing)?;
         let info = self
             .store_body(i.body, i.content_length, i.content_md5.as_ref())
             .await?;
@@ -1125,14 +1282,6 @@ impl S3 for Walrus {
             })?,
             None => i.start_after.clone().unwrap_or_default(),
         };
-        let after = if i.continuation_token.is_some()
-            && after.ends_with(i.delimiter.as_deref().unwrap_or("\u{0}"))
-            && i.delimiter.as_deref().is_some_and(|d| !d.is_empty())
-        {
-            skip_past(&after)
-        } else {
-            after
-        };
         let (entries, truncated) = self
             .list(&i.bucket, &prefix, i.delimiter.as_deref(), &after, max)
             .await?;
@@ -1269,14 +1418,16 @@ impl S3 for Walrus {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let who = self.requester(&req).await?;
+        let who = self.requester(&req).await.map_err(closing)?;
         let i = req.input;
-        part_number_ok(i.part_number)?;
-        self.bucket_for(&i.bucket, &who, Perm::Write).await?;
+        part_number_ok(i.part_number).map_err(closing)?;
+        self.bucket_for(&i.bucket, &who, Perm::Write)
+            .await
+            .map_err(closing)?;
         self.meta
             .upload(&i.bucket, &i.key, &i.upload_id)
             .await
-            .map_err(meta_err)?;
+            .map_err(|e| closing(meta_err(e)))?;
         let info = self
             .store_body(i.body, i.content_length, i.content_md5.as_ref())
             .await?;
