@@ -13,6 +13,7 @@ mod accounts;
 mod auth;
 mod groups;
 mod images;
+mod instances;
 mod keypairs;
 mod tags;
 mod zones;
@@ -27,6 +28,7 @@ use ironbark_types::*;
 pub use accounts::{AccessKeyInfo, NewCredentials};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
+pub use instances::{Cluster, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
 pub use keypairs::CreatedKeyPair;
 pub use zones::{RegionInfo, ZoneLine};
 
@@ -53,6 +55,52 @@ pub struct CloudConfig {
     /// The URL clients reach the EC2 API at, as DescribeRegions reports it.
     pub ec2_endpoint: String,
     pub vm_types: Vec<VmType>,
+    pub network: NetworkConfig,
+}
+
+/// The managed network's operator settings (eucalyptus.conf's VNET_*).
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// VNET_SUBNET/VNET_NETMASK: the space segments are carved from.
+    pub subnet: Ipv4Cidr,
+    /// VNET_ADDRSPERNET: addresses per security group's segment (a power of two).
+    pub addrs_per_net: u32,
+    /// VNET_DNS: the DNS server DHCP hands out.
+    pub dns: String,
+    /// First isolation tag (VXLAN VNI); segment i gets `tag_base + i`.
+    pub tag_base: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            subnet: "10.200.0.0/16".parse().expect("valid default subnet"),
+            addrs_per_net: 32,
+            dns: "192.0.2.53".into(),
+            tag_base: 1000,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// How many segments fit in the subnet.
+    pub fn max_segments(&self) -> u32 {
+        let size = 1u64 << (32 - u32::from(self.subnet.prefix()));
+        (size / u64::from(self.addrs_per_net.max(4))).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Segment `i`'s block, its gateway (the CC), and the host addresses
+    /// instances may use (network, gateway and broadcast excluded).
+    pub fn block(&self, i: u32) -> (Ipv4Cidr, std::net::Ipv4Addr, Vec<std::net::Ipv4Addr>) {
+        let base = u32::from(self.subnet.addr()) + i * self.addrs_per_net;
+        let prefix = 32 - self.addrs_per_net.trailing_zeros() as u8;
+        let cidr = Ipv4Cidr::new(base.into(), prefix).expect("prefix <= 32");
+        let gw = std::net::Ipv4Addr::from(base + 1);
+        let hosts = (2..self.addrs_per_net - 1)
+            .map(|o| std::net::Ipv4Addr::from(base + o))
+            .collect();
+        (cidr, gw, hosts)
+    }
 }
 
 impl CloudConfig {
@@ -63,6 +111,7 @@ impl CloudConfig {
             zones: vec!["zone1".into()],
             ec2_endpoint: ec2_endpoint.into(),
             vm_types: VmType::defaults(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -89,6 +138,13 @@ pub struct Cloud {
     config: CloudConfig,
     capacity: Arc<dyn CapacitySource>,
     objects: Arc<dyn ObjectSource>,
+    cluster: Arc<dyn Cluster>,
+    /// RunInstances places and addresses instances from what is free;
+    /// one at a time, so two calls never take the same node room or IP.
+    run_lock: tokio::sync::Mutex<()>,
+    /// Desired-state generation; starts at the clock so it keeps growing
+    /// across restarts.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Layout of a data dir, in one place so the server and the admin tool agree.
@@ -113,7 +169,16 @@ impl Cloud {
             config,
             capacity,
             objects: Arc::new(NoObjects),
+            cluster: Arc::new(NoCluster),
+            run_lock: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
         }
+    }
+
+    /// Attaches the zone's CC.
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Attaches the object store images are registered from.

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use ironbark_clc::{
-    Caller, Cloud, GroupRef, LaunchPermissionChange, PermissionSpec, RegisterImage, SourceGroupSpec,
+    Caller, Cloud, GroupRef, LaunchPermissionChange, PermissionSpec, RegisterImage, RunRequest,
+    SourceGroupSpec,
 };
 use ironbark_types::*;
 
@@ -78,6 +79,25 @@ pub async fn handle(
             r.w.elem("return", "true");
         }
         "DescribeTags" => describe_tags(cloud, caller, p, &mut r).await?,
+        "RunInstances" => run_instances(cloud, caller, p, &mut r).await?,
+        "DescribeInstances" => describe_instances(cloud, caller, p, &mut r).await?,
+        "TerminateInstances" => terminate_instances(cloud, caller, p, &mut r).await?,
+        "RebootInstances" => {
+            cloud
+                .reboot_instances(caller, &p.list("InstanceId"))
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "GetConsoleOutput" => {
+            let id = p
+                .get("InstanceId")
+                .ok_or_else(|| Error::missing("InstanceId"))?;
+            let (i, text) = cloud.console_output(caller, id).await?;
+            r.w.elem("instanceId", i.id.as_str());
+            r.w.elem("timestamp", &iso8601_ms(now_ms()));
+            r.w.elem("output", &base64_encode(text.as_bytes()));
+        }
+        "DescribeInstanceStatus" => describe_instance_status(cloud, caller, p, &mut r).await?,
         "RegisterImage" => register_image(cloud, caller, p, &mut r).await?,
         "DescribeImages" => describe_images(cloud, caller, p, &mut r).await?,
         "DeregisterImage" => {
@@ -489,6 +509,253 @@ async fn describe_groups(
 
 /// The group sources and the CIDR sources of one protocol/port range.
 type SourcesOf<'a> = (Vec<&'a Rule>, Vec<&'a Rule>);
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn count(p: &Params, name: &str, default: u32) -> Result<u32> {
+    match p.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                Error::invalid_value(format!(
+                    "Invalid value '{v}' for {name}: a positive integer"
+                ))
+            }),
+    }
+}
+
+async fn run_instances(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
+    let image_id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+    let min = count(p, "MinCount", 1)?;
+    let max = count(p, "MaxCount", min)?;
+    if min > max {
+        return Err(Error::invalid_value(format!(
+            "MinCount ({min}) must not be greater than MaxCount ({max})"
+        )));
+    }
+    let made = cloud
+        .run_instances(
+            caller,
+            RunRequest {
+                image_id: image_id.to_string(),
+                min_count: min,
+                max_count: max,
+                instance_type: p.get("InstanceType").map(str::to_string),
+                key_name: p.get("KeyName").map(str::to_string),
+                group_names: p.list("SecurityGroup"),
+                group_ids: p.list("SecurityGroupId"),
+                user_data: p.get("UserData").map(str::to_string),
+                zone: p
+                    .get("Placement.AvailabilityZone")
+                    .filter(|z| !z.is_empty())
+                    .map(str::to_string),
+                kernel_id: p.get("KernelId").map(str::to_string),
+                ramdisk_id: p.get("RamdiskId").map(str::to_string),
+            },
+        )
+        .await?;
+    let first = &made[0];
+    r.w.elem("reservationId", first.reservation_id.as_str());
+    r.w.elem("ownerId", first.account_id.as_str());
+    group_set(&mut r.w, first);
+    r.w.open("instancesSet");
+    for i in &made {
+        instance_item(&mut r.w, i, &[]);
+    }
+    r.w.close("instancesSet");
+    Ok(())
+}
+
+fn group_set(w: &mut crate::xml::Writer, i: &Instance) {
+    w.open("groupSet");
+    w.open("item");
+    w.elem("groupId", i.group_id.as_str());
+    w.elem("groupName", &i.group_name);
+    w.close("item");
+    w.close("groupSet");
+}
+
+fn state_elem(w: &mut crate::xml::Writer, tag: &str, s: InstanceState) {
+    w.open(tag);
+    w.elem("code", &s.code().to_string());
+    w.elem("name", s.as_str());
+    w.close(tag);
+}
+
+fn instance_item(w: &mut crate::xml::Writer, i: &Instance, tags: &[Tag]) {
+    w.open("item");
+    w.elem("instanceId", i.id.as_str());
+    w.elem("imageId", i.image_id.as_str());
+    state_elem(w, "instanceState", i.state);
+    let live = i.state != InstanceState::Terminated;
+    let private_dns = format!("ip-{}.{}.internal", i.private_ip.replace('.', "-"), i.zone);
+    w.elem("privateDnsName", if live { &private_dns } else { "" });
+    w.elem(
+        "dnsName",
+        i.public_ip.as_deref().filter(|_| live).unwrap_or(""),
+    );
+    w.elem("reason", i.state_reason.as_deref().unwrap_or(""));
+    if let Some(k) = &i.key_name {
+        w.elem("keyName", k);
+    }
+    w.elem("amiLaunchIndex", &i.launch_index.to_string());
+    w.empty("productCodes");
+    w.elem("instanceType", &i.instance_type);
+    w.elem("launchTime", &iso8601_ms(i.launch_ms));
+    w.open("placement");
+    w.elem("availabilityZone", &i.zone);
+    w.empty("groupName");
+    w.elem("tenancy", "default");
+    w.close("placement");
+    if let Some(k) = &i.kernel_id {
+        w.elem("kernelId", k.as_str());
+    }
+    if let Some(k) = &i.ramdisk_id {
+        w.elem("ramdiskId", k.as_str());
+    }
+    w.open("monitoring");
+    w.elem("state", "disabled");
+    w.close("monitoring");
+    if live {
+        w.elem("privateIpAddress", &i.private_ip);
+        if let Some(ip) = &i.public_ip {
+            w.elem("ipAddress", ip);
+        }
+    }
+    group_set(w, i);
+    if let Some(reason) = &i.state_reason {
+        let (code, msg) = reason
+            .split_once(": ")
+            .unwrap_or((reason.as_str(), reason.as_str()));
+        w.open("stateReason");
+        w.elem("code", code);
+        w.elem("message", msg);
+        w.close("stateReason");
+    }
+    w.elem("architecture", "x86_64");
+    w.elem("rootDeviceType", "instance-store");
+    w.empty("blockDeviceMapping");
+    w.elem("virtualizationType", "paravirtual");
+    tag_set(w, tags);
+    w.elem("hypervisor", "kvm");
+    w.close("item");
+}
+
+async fn describe_instances(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let found = cloud
+        .describe_instances(caller, &p.list("InstanceId"), &filters(p)?)
+        .await?;
+    // One reservation element per reservation, in launch order.
+    let mut order: Vec<ReservationId> = Vec::new();
+    for (i, _) in &found {
+        if !order.contains(&i.reservation_id) {
+            order.push(i.reservation_id.clone());
+        }
+    }
+    r.w.open("reservationSet");
+    for res in order {
+        let members: Vec<&(Instance, Vec<Tag>)> = found
+            .iter()
+            .filter(|(i, _)| i.reservation_id == res)
+            .collect();
+        let first = &members[0].0;
+        r.w.open("item");
+        r.w.elem("reservationId", res.as_str());
+        r.w.elem("ownerId", first.account_id.as_str());
+        group_set(&mut r.w, first);
+        r.w.open("instancesSet");
+        for (i, tags) in members {
+            instance_item(&mut r.w, i, tags);
+        }
+        r.w.close("instancesSet");
+        r.w.close("item");
+    }
+    r.w.close("reservationSet");
+    Ok(())
+}
+
+async fn terminate_instances(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let changes = cloud
+        .terminate_instances(caller, &p.list("InstanceId"))
+        .await?;
+    r.w.open("instancesSet");
+    for c in changes {
+        r.w.open("item");
+        r.w.elem("instanceId", c.id.as_str());
+        state_elem(&mut r.w, "currentState", c.current);
+        state_elem(&mut r.w, "previousState", c.previous);
+        r.w.close("item");
+    }
+    r.w.close("instancesSet");
+    Ok(())
+}
+
+async fn describe_instance_status(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let all = p
+        .get("IncludeAllInstances")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let found = cloud
+        .describe_instances(caller, &p.list("InstanceId"), &[])
+        .await?;
+    r.w.open("instanceStatusSet");
+    for (i, _) in found {
+        if !all && i.state != InstanceState::Running {
+            continue;
+        }
+        r.w.open("item");
+        r.w.elem("instanceId", i.id.as_str());
+        r.w.elem("availabilityZone", &i.zone);
+        state_elem(&mut r.w, "instanceState", i.state);
+        let status = if i.state == InstanceState::Running {
+            "ok"
+        } else {
+            "not-applicable"
+        };
+        for tag in ["systemStatus", "instanceStatus"] {
+            r.w.open(tag);
+            r.w.elem("status", status);
+            r.w.open("details");
+            r.w.open("item");
+            r.w.elem("name", "reachability");
+            r.w.elem(
+                "status",
+                if status == "ok" {
+                    "passed"
+                } else {
+                    "initializing"
+                },
+            );
+            r.w.close("item");
+            r.w.close("details");
+            r.w.close(tag);
+        }
+        r.w.close("item");
+    }
+    r.w.close("instanceStatusSet");
+    Ok(())
+}
 
 async fn register_image(
     cloud: &Cloud,

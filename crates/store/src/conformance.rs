@@ -55,7 +55,105 @@ pub async fn run_all(s: &dyn Store) {
     groups_and_rules(s).await;
     tags(s).await;
     images(s).await;
+    instances(s).await;
     properties(s).await;
+}
+
+async fn instances(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let g = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
+    let r = ReservationId::generate();
+    let mk = |n: u32| Instance {
+        id: InstanceId::generate(),
+        reservation_id: r.clone(),
+        account_id: a.id.clone(),
+        image_id: ImageId::generate(ImageKind::Machine),
+        kernel_id: Some(ImageId::generate(ImageKind::Kernel)),
+        ramdisk_id: None,
+        instance_type: "m1.small".into(),
+        key_name: Some("k".into()),
+        group_id: g.id.clone(),
+        group_name: g.name.clone(),
+        user_data: Some("aGk=".into()),
+        zone: "zone1".into(),
+        node_id: "node-1".into(),
+        private_ip: format!("10.0.0.{}", n + 2),
+        mac: format!("d0:0d:00:00:00:0{n}"),
+        public_ip: None,
+        state: InstanceState::Pending,
+        state_reason: None,
+        launch_index: n,
+        launch_ms: 100,
+        terminated_ms: None,
+    };
+    let (i0, i1) = (mk(0), mk(1));
+    s.insert_instances(&[i0.clone(), i1.clone()]).await.unwrap();
+    assert_eq!(s.instance(&i0.id).await.unwrap().unwrap(), i0);
+    assert_eq!(s.list_instances(Some(&a.id)).await.unwrap().len(), 2);
+    assert!(
+        s.list_instances(Some(&AccountId::generate()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Compare-and-set: only from the expected states.
+    let up = s
+        .transition_instance(
+            &i0.id,
+            &[InstanceState::Pending],
+            InstanceState::Running,
+            None,
+            5,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(up.state, InstanceState::Running);
+    assert!(
+        s.transition_instance(
+            &i0.id,
+            &[InstanceState::Pending],
+            InstanceState::Running,
+            None,
+            5
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+    let t = s
+        .transition_instance(
+            &i1.id,
+            &[InstanceState::Pending, InstanceState::Running],
+            InstanceState::Terminated,
+            Some("gone"),
+            77,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.terminated_ms, Some(77));
+    assert_eq!(t.state_reason.as_deref(), Some("gone"));
+    assert!(s.delete_instance(&i1.id).await.unwrap());
+    assert!(s.instance(&i1.id).await.unwrap().is_none());
+
+    // Segments: stable per group, lowest free index, bounded.
+    let g2 = SecurityGroupId::generate();
+    assert_eq!(s.segment_of(&g.id, 2).await.unwrap(), 0);
+    assert_eq!(s.segment_of(&g.id, 2).await.unwrap(), 0);
+    assert_eq!(s.segment_of(&g2, 2).await.unwrap(), 1);
+    assert_eq!(
+        s.segment_of(&SecurityGroupId::generate(), 2)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::InsufficientInstanceCapacity
+    );
+    s.release_segment(&g.id).await.unwrap();
+    assert_eq!(s.segments().await.unwrap(), vec![(g2.clone(), 1)]);
+    s.release_segment(&g2).await.unwrap();
+    assert!(s.delete_instance(&i0.id).await.unwrap());
 }
 
 async fn images(s: &dyn Store) {

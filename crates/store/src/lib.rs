@@ -104,6 +104,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     async fn set_image_description(&self, id: &ImageId, description: &str) -> Result<()>;
 
+    // Instances.
+    /// Records a reservation's instances at once.
+    async fn insert_instances(&self, instances: &[Instance]) -> Result<()>;
+    /// Every instance record (terminated ones until buried); `None` is the
+    /// administrator's view.
+    async fn list_instances(&self, account: Option<&AccountId>) -> Result<Vec<Instance>>;
+    async fn instance(&self, id: &InstanceId) -> Result<Option<Instance>>;
+    /// Moves an instance to `to` if its state is one of `from`, and returns
+    /// the updated record; `None` when it was in another state (the move
+    /// lost a race and must not happen).
+    async fn transition_instance(
+        &self,
+        id: &InstanceId,
+        from: &[InstanceState],
+        to: InstanceState,
+        reason: Option<&str>,
+        at_ms: i64,
+    ) -> Result<Option<Instance>>;
+    /// Erases a terminated record (Eucalyptus' BURIED).
+    async fn delete_instance(&self, id: &InstanceId) -> Result<bool>;
+    /// The segment index of a group, allocating the lowest free one below
+    /// `max` the first time. Err `InsufficientInstanceCapacity` when all
+    /// are taken.
+    async fn segment_of(&self, group: &SecurityGroupId, max: u32) -> Result<u32>;
+    async fn segments(&self) -> Result<Vec<(SecurityGroupId, u32)>>;
+    /// Frees a group's segment (when no live instance uses it).
+    async fn release_segment(&self, group: &SecurityGroupId) -> Result<()>;
+
     // Tags.
     /// Sets tags on resources owned by `account` (replacing values of
     /// existing keys). Unknown or foreign resources are NotFound errors.

@@ -95,4 +95,37 @@ CREATE TABLE image_launch_permissions (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    reservation_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    kernel_id TEXT NOT NULL,
+    ramdisk_id TEXT NOT NULL,
+    instance_type TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    user_data TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    private_ip TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    public_ip TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL,
+    launch_index INTEGER NOT NULL,
+    launch_ms BIGINT NOT NULL,
+    terminated_ms BIGINT NOT NULL
+);
+CREATE INDEX instances_account ON instances (account_id);
+CREATE TABLE segments (
+    group_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL UNIQUE
+);
+"#,
+    ),
 ];

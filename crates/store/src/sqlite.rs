@@ -174,6 +174,41 @@ fn image_row(r: &SqliteRow) -> Result<Image> {
     })
 }
 
+fn instance_row(r: &SqliteRow) -> Result<Instance> {
+    let text = |c: &str| -> Result<String> { r.try_get::<String, _>(c).map_err(db) };
+    let opt = |c: &str| -> Result<Option<String>> {
+        let v = text(c)?;
+        Ok((!v.is_empty()).then_some(v))
+    };
+    let terminated: i64 = r.try_get("terminated_ms").map_err(db)?;
+    Ok(Instance {
+        id: InstanceId::from_stored(text("id")?),
+        reservation_id: ReservationId::from_stored(text("reservation_id")?),
+        account_id: AccountId::from_stored(text("account_id")?),
+        image_id: ImageId::from_stored(text("image_id")?),
+        kernel_id: opt("kernel_id")?.map(ImageId::from_stored),
+        ramdisk_id: opt("ramdisk_id")?.map(ImageId::from_stored),
+        instance_type: text("instance_type")?,
+        key_name: opt("key_name")?,
+        group_id: SecurityGroupId::from_stored(text("group_id")?),
+        group_name: text("group_name")?,
+        user_data: opt("user_data")?,
+        zone: text("zone")?,
+        node_id: text("node_id")?,
+        private_ip: text("private_ip")?,
+        mac: text("mac")?,
+        public_ip: opt("public_ip")?,
+        state: InstanceState::parse(&text("state")?)
+            .ok_or_else(|| Error::internal("unknown instance state in store"))?,
+        state_reason: opt("state_reason")?,
+        launch_index: r.try_get::<i64, _>("launch_index").map_err(db)? as u32,
+        launch_ms: r.try_get("launch_ms").map_err(db)?,
+        terminated_ms: (terminated > 0).then_some(terminated),
+    })
+}
+
+const INSTANCE_SELECT: &str = "SELECT id, reservation_id, account_id, image_id, kernel_id, ramdisk_id, instance_type, key_name, group_id, group_name, user_data, zone, node_id, private_ip, mac, public_ip, state, state_reason, launch_index, launch_ms, terminated_ms FROM instances";
+
 /// A rule row joined with its source group (if any) for the owner and name.
 fn rule_row(r: &SqliteRow) -> Result<(SecurityGroupId, Rule)> {
     let group = SecurityGroupId::from_stored(r.try_get::<String, _>("group_id").map_err(db)?);
@@ -1001,6 +1036,191 @@ impl Store for SqliteStore {
         if n == 0 {
             return Err(not_found_for(id.as_str(), ResourceType::Image));
         }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn insert_instances(&self, instances: &[Instance]) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        for i in instances {
+            sqlx::query(
+                "INSERT INTO instances (id, reservation_id, account_id, image_id, kernel_id, ramdisk_id, instance_type, key_name, group_id, group_name, user_data, zone, node_id, private_ip, mac, public_ip, state, state_reason, launch_index, launch_ms, terminated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+            )
+            .bind(i.id.as_str())
+            .bind(i.reservation_id.as_str())
+            .bind(i.account_id.as_str())
+            .bind(i.image_id.as_str())
+            .bind(i.kernel_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+            .bind(i.ramdisk_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+            .bind(&i.instance_type)
+            .bind(i.key_name.as_deref().unwrap_or(""))
+            .bind(i.group_id.as_str())
+            .bind(&i.group_name)
+            .bind(i.user_data.as_deref().unwrap_or(""))
+            .bind(&i.zone)
+            .bind(&i.node_id)
+            .bind(&i.private_ip)
+            .bind(&i.mac)
+            .bind(i.public_ip.as_deref().unwrap_or(""))
+            .bind(i.state.as_str())
+            .bind(i.state_reason.as_deref().unwrap_or(""))
+            .bind(i64::from(i.launch_index))
+            .bind(i.launch_ms)
+            .bind(i.terminated_ms.unwrap_or(0))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_instances(&self, account: Option<&AccountId>) -> Result<Vec<Instance>> {
+        let rows = match account {
+            Some(a) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{INSTANCE_SELECT} WHERE account_id = $1 ORDER BY launch_ms, reservation_id, launch_index"
+                )))
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{INSTANCE_SELECT} ORDER BY launch_ms, reservation_id, launch_index"
+                )))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(instance_row).collect()
+    }
+
+    async fn instance(&self, id: &InstanceId) -> Result<Option<Instance>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INSTANCE_SELECT} WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(instance_row).transpose()
+    }
+
+    async fn transition_instance(
+        &self,
+        id: &InstanceId,
+        from: &[InstanceState],
+        to: InstanceState,
+        reason: Option<&str>,
+        at_ms: i64,
+    ) -> Result<Option<Instance>> {
+        let (_g, mut tx) = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INSTANCE_SELECT} WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(mut inst) = row.as_ref().map(instance_row).transpose()? else {
+            return Ok(None);
+        };
+        if !from.contains(&inst.state) {
+            return Ok(None);
+        }
+        inst.state = to;
+        if let Some(r) = reason {
+            inst.state_reason = Some(r.to_string());
+        }
+        if to == InstanceState::Terminated {
+            inst.terminated_ms = Some(at_ms);
+        }
+        sqlx::query(
+            "UPDATE instances SET state = $2, state_reason = $3, terminated_ms = $4 WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(inst.state.as_str())
+        .bind(inst.state_reason.as_deref().unwrap_or(""))
+        .bind(inst.terminated_ms.unwrap_or(0))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(inst))
+    }
+
+    async fn delete_instance(&self, id: &InstanceId) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    async fn segment_of(&self, group: &SecurityGroupId, max: u32) -> Result<u32> {
+        let (_g, mut tx) = self.begin().await?;
+        let have: Option<i64> = sqlx::query_scalar("SELECT idx FROM segments WHERE group_id = $1")
+            .bind(group.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if let Some(i) = have {
+            return Ok(i as u32);
+        }
+        let used: Vec<i64> = sqlx::query_scalar("SELECT idx FROM segments ORDER BY idx")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let free = (0..i64::from(max))
+            .find(|i| used.binary_search(i).is_err())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InsufficientInstanceCapacity,
+                    "Every network segment of this zone is in use (VNET_SUBNET is full)",
+                )
+            })?;
+        sqlx::query("INSERT INTO segments (group_id, idx) VALUES ($1, $2)")
+            .bind(group.as_str())
+            .bind(free)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(free as u32)
+    }
+
+    async fn segments(&self) -> Result<Vec<(SecurityGroupId, u32)>> {
+        let rows = sqlx::query("SELECT group_id, idx FROM segments ORDER BY idx")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    SecurityGroupId::from_stored(r.try_get::<String, _>("group_id").map_err(db)?),
+                    r.try_get::<i64, _>("idx").map_err(db)? as u32,
+                ))
+            })
+            .collect()
+    }
+
+    async fn release_segment(&self, group: &SecurityGroupId) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query("DELETE FROM segments WHERE group_id = $1")
+            .bind(group.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)
     }
 

@@ -43,6 +43,11 @@ pub enum ErrorKind {
     ImageIdMalformed,
     ImageNameDuplicate,
     ImageManifestNotFound,
+    // Instances.
+    InstanceNotFound,
+    InstanceIdMalformed,
+    InsufficientInstanceCapacity,
+    IncorrectInstanceState,
     // Tags.
     TagLimitExceeded,
     // Accounts (admin tooling).
@@ -92,6 +97,10 @@ impl ErrorKind {
             ImageIdMalformed => "InvalidAMIID.Malformed",
             ImageNameDuplicate => "InvalidAMIName.Duplicate",
             ImageManifestNotFound => "InvalidManifest",
+            InstanceNotFound => "InvalidInstanceID.NotFound",
+            InstanceIdMalformed => "InvalidInstanceID.Malformed",
+            InsufficientInstanceCapacity => "InsufficientInstanceCapacity",
+            IncorrectInstanceState => "IncorrectInstanceState",
             TagLimitExceeded => "TagLimitExceeded",
             AccountNotFound => "NoSuchEntity",
             AccountDuplicate => "EntityAlreadyExists",
@@ -112,6 +121,7 @@ impl ErrorKind {
             AuthFailure | MissingAuthenticationToken | SignatureDoesNotMatch => 401,
             RequestExpired | IncompleteSignature => 400,
             Internal => 500,
+            InsufficientInstanceCapacity => 500,
             _ => 400,
         }
     }

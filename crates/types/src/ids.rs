@@ -86,6 +86,18 @@ prefixed_id!(
     ErrorKind::GroupIdMalformed
 );
 prefixed_id!(
+    /// An instance, `i-…`.
+    InstanceId,
+    "i-",
+    ErrorKind::InstanceIdMalformed
+);
+prefixed_id!(
+    /// A reservation (one RunInstances call), `r-…`.
+    ReservationId,
+    "r-",
+    ErrorKind::InvalidId
+);
+prefixed_id!(
     /// A key pair, `key-…` (what KeyPairId filters and tags address).
     KeyPairId,
     "key-",

@@ -139,6 +139,88 @@ impl Image {
     }
 }
 
+/// An instance's life, as EC2 names it. Eucalyptus' TERMINATED → BURIED
+/// step is the record's deletion, so it has no state of its own here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+
+    /// EC2's numeric state code.
+    pub fn code(self) -> u32 {
+        match self {
+            InstanceState::Pending => 0,
+            InstanceState::Running => 16,
+            InstanceState::ShuttingDown => 32,
+            InstanceState::Terminated => 48,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "terminated" => InstanceState::Terminated,
+            _ => return None,
+        })
+    }
+
+    /// Whether a move to `next` is a step of the life cycle. Terminated is
+    /// final; everything may end in it (a VM can die at any time).
+    pub fn may_become(self, next: InstanceState) -> bool {
+        use InstanceState::*;
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Pending, ShuttingDown)
+                | (Running, ShuttingDown)
+                | (Pending | Running | ShuttingDown, Terminated)
+        )
+    }
+}
+
+/// An instance as the CLC records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub reservation_id: ReservationId,
+    pub account_id: AccountId,
+    pub image_id: ImageId,
+    pub kernel_id: Option<ImageId>,
+    pub ramdisk_id: Option<ImageId>,
+    pub instance_type: String,
+    pub key_name: Option<String>,
+    pub group_id: SecurityGroupId,
+    pub group_name: String,
+    /// Base64 as the client sent it.
+    pub user_data: Option<String>,
+    pub zone: String,
+    pub node_id: String,
+    pub private_ip: String,
+    pub mac: String,
+    pub public_ip: Option<String>,
+    pub state: InstanceState,
+    pub state_reason: Option<String>,
+    pub launch_index: u32,
+    pub launch_ms: i64,
+    /// When it reached `terminated` (the bury clock starts there).
+    pub terminated_ms: Option<i64>,
+}
+
 /// The kinds of resources tags can be put on; the id prefix tells which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ResourceType {
@@ -267,6 +349,20 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_life_cycle_moves() {
+        use InstanceState::*;
+        assert!(Pending.may_become(Running));
+        assert!(Running.may_become(ShuttingDown));
+        assert!(ShuttingDown.may_become(Terminated));
+        assert!(Pending.may_become(Terminated));
+        assert!(!Terminated.may_become(Running));
+        assert!(!Running.may_become(Pending));
+        assert!(!ShuttingDown.may_become(Running));
+        assert_eq!(ShuttingDown.code(), 32);
+        assert_eq!(InstanceState::parse("shutting-down"), Some(ShuttingDown));
+    }
 
     #[test]
     fn iso8601_matches_known_instants() {

@@ -1,0 +1,108 @@
+//! The cluster controller's control API, as data.
+//!
+//! The CLC owns cloud state and sends its CC the whole desired state of the
+//! zone ([`ZoneDesired`], `PUT /v1/zone`): every instance that should run,
+//! on which node, in which security group's segment, with which addresses
+//! and metadata. The CC reconciles: it builds each group's bridge, DHCP and
+//! filtering, serves each instance's metadata, and hands every NC the full
+//! set of instances it should run. It reports back what the nodes really
+//! run ([`ZoneReport`], `GET /v1/zone`, and pushed to the CLC as events
+//! happen). `POST /v1/instances/{id}/terminate` is the original's explicit
+//! terminate: sent to the instance's NC, or to every NC when that one does
+//! not answer. Requests carry `Authorization: Bearer <cluster token>`.
+
+use ironbark_node_api::{InstanceReport, InstanceSpec, NodeReport};
+use serde::{Deserialize, Serialize};
+
+/// Default TCP port of the CC's control API.
+pub const DEFAULT_PORT: u16 = 8774;
+
+/// One security group's private segment in this zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub group_id: String,
+    /// Isolation tag: a VXLAN VNI here (802.1Q VLAN ids where the kernel has them).
+    pub tag: u32,
+    /// The bridge every host joins for this segment.
+    pub bridge: String,
+    /// The block carved from VNET_SUBNET, e.g. `10.1.2.0/28`.
+    pub subnet: String,
+    /// The CC's address on the segment: DHCP server, gateway, metadata.
+    pub gateway: String,
+}
+
+/// The EC2 metadata an instance sees at 169.254.169.254.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMetadata {
+    pub ami_id: String,
+    pub reservation_id: String,
+    pub instance_type: String,
+    pub hostname: String,
+    pub local_ipv4: String,
+    pub public_ipv4: Option<String>,
+    pub availability_zone: String,
+    pub security_groups: Vec<String>,
+    /// (key name, one-line OpenSSH public key)
+    pub public_key: Option<(String, String)>,
+    /// Raw user data (already base64-decoded).
+    pub user_data: Option<Vec<u8>>,
+    pub kernel_id: Option<String>,
+    pub ramdisk_id: Option<String>,
+    /// device name -> what it is (ami, ephemeral0, root)
+    pub block_device_mapping: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDesired {
+    /// What the NC runs (its NIC's bridge is the segment's bridge).
+    pub spec: InstanceSpec,
+    pub node_id: String,
+    pub group_id: String,
+    pub private_ip: String,
+    pub metadata: InstanceMetadata,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneDesired {
+    /// Only grows; a CC ignores an older view that arrives late.
+    pub generation: u64,
+    pub segments: Vec<Segment>,
+    pub instances: Vec<InstanceDesired>,
+}
+
+/// A node as the CC sees it: its last report, and whether it answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub url: String,
+    pub reachable: bool,
+    pub last_seen_ms: Option<i64>,
+    pub report: Option<NodeReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneReport {
+    pub zone: String,
+    pub generation: u64,
+    pub nodes: Vec<NodeStatus>,
+}
+
+impl ZoneReport {
+    /// Every instance report in the zone, with the node it came from.
+    pub fn instances(&self) -> impl Iterator<Item = (&str, &InstanceReport)> {
+        self.nodes.iter().flat_map(|n| {
+            n.report
+                .iter()
+                .flat_map(move |r| r.instances.iter().map(move |i| (n.node_id.as_str(), i)))
+        })
+    }
+}
+
+/// The answer to a terminate: which nodes acknowledged, and whether the
+/// CC had to fall back to asking every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateOutcome {
+    pub broadcast: bool,
+    pub acknowledged_by: Vec<String>,
+    pub found_on: Option<String>,
+}
