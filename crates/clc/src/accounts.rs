@@ -157,6 +157,19 @@ impl Cloud {
                 "The administrator account cannot be deleted",
             ));
         }
+        let live = self
+            .store
+            .list_instances(Some(&account.id))
+            .await?
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .count();
+        if live > 0 {
+            return Err(Error::new(
+                ErrorKind::DeleteConflict,
+                format!("Account '{name}' still has {live} instance(s); terminate them first"),
+            ));
+        }
         self.store.delete_account(&account.id).await
     }
 

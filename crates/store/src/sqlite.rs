@@ -534,6 +534,7 @@ impl Store for SqliteStore {
             "DELETE FROM image_launch_permissions WHERE image_id IN (SELECT id FROM images WHERE account_id = $1)",
             "DELETE FROM image_launch_permissions WHERE account_id = $1",
             "DELETE FROM images WHERE account_id = $1",
+            "DELETE FROM instances WHERE account_id = $1",
             "DELETE FROM access_keys WHERE account_id = $1",
             "DELETE FROM users WHERE account_id = $1",
             "DELETE FROM accounts WHERE id = $1",
