@@ -1,0 +1,83 @@
+//! The boundary between the reconciler and whatever runs VMs.
+//!
+//! The [`crate::node::Node`] decides *what* runs; a [`Hypervisor`] knows *how*:
+//! it turns a [`Launch`] (an instance directory plus resolved image paths)
+//! into disks, tap devices and a running VM, and stops, resets and finds VMs
+//! again by their directory. Everything is keyed by the instance directory
+//! because that is what survives an NC restart: the real implementation
+//! keeps its pidfile and QMP socket there, so a new NC process finds the
+//! VMs the old one started.
+//!
+//! Two implementations: [`crate::qemu::QemuHypervisor`] (real QEMU) and
+//! [`crate::fake::FakeHypervisor`] (in memory, for tests of the reconciler).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use ironbark_node_api::NicSpec;
+
+/// Everything needed to start one VM; paths are absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub instance_id: String,
+    /// The instance directory; it exists (with `spec.json`) before `start`.
+    pub dir: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Ephemeral disk size; 0 means none. Also the minimum root size.
+    pub disk_gib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// A cached root disk image (raw or qcow2) to overlay copy-on-write.
+    pub root: Option<PathBuf>,
+    /// Appended to the hypervisor's own kernel arguments.
+    pub cmdline: String,
+    pub nics: Vec<NicSpec>,
+}
+
+/// A VM found running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmInfo {
+    /// Its host process, when there is one.
+    pub pid: Option<u32>,
+}
+
+/// A tap device on the host (or in the NC's network namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapInfo {
+    pub name: String,
+    /// A process holds it open (its carrier is up): some VM uses it.
+    pub in_use: bool,
+}
+
+/// A hypervisor operation that failed; the message says what and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HvError(pub String);
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Prepares disks and taps and starts the VM; returns once it runs and
+    /// answers its control channel. Starting a VM whose directory already
+    /// has one running returns that one. On error, what was made so far may
+    /// remain: the caller cleans up with [`Hypervisor::stop`] and
+    /// [`Hypervisor::delete_tap`], which are idempotent.
+    async fn start(&self, launch: &Launch) -> Result<VmInfo, HvError>;
+
+    /// The VM running from `dir`, if there is one (adoption after an NC
+    /// restart, liveness checks).
+    async fn find(&self, dir: &Path) -> Option<VmInfo>;
+
+    /// Stops the VM running from `dir`: graceful first, forced after a
+    /// timeout. `Ok` once no VM runs from `dir` (also when none did).
+    async fn stop(&self, dir: &Path) -> Result<(), HvError>;
+
+    /// Hard-resets the VM running from `dir`.
+    async fn reboot(&self, dir: &Path) -> Result<(), HvError>;
+
+    /// Deletes a tap device; `Ok` if it does not exist.
+    async fn delete_tap(&self, tap: &str) -> Result<(), HvError>;
+
+    /// The tap devices present, for the orphan sweep.
+    async fn list_taps(&self) -> Result<Vec<TapInfo>, HvError>;
+}
