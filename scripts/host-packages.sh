@@ -9,6 +9,7 @@ IRONBARK_PACKAGES=(
   openssh-client                  # ssh-keygen: key-pair tests cross-check fingerprints
   python3 python3-venv            # the real AWS CLI and boto3 run from a venv in tests
   ca-certificates curl procps
+  rclone                          # S3 tool the Walrus tests drive
 )
 
 install_host_packages() {

@@ -25,6 +25,18 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "CLC_URL",
         "URL clients use to reach the cloud, if not http://<listen>/",
     ),
+    (
+        "WALRUS_URL",
+        "URL clients use to reach Walrus, if not http://<walrus-listen>/",
+    ),
+    (
+        "WALRUS_LOCATIONS",
+        "comma-separated LocationConstraint values CreateBucket accepts (default: the region)",
+    ),
+    (
+        "WALRUS_DOMAINS",
+        "comma-separated base domains for virtual-host-style bucket addressing",
+    ),
 ];
 
 impl ConfigFile {

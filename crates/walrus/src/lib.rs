@@ -134,9 +134,57 @@ impl Walrus {
         b.set_auth(Auth(ids));
         b.set_access(AclDecides);
         if !domains.is_empty() {
-            let host = s3s::host::MultiDomain::new(&domains).map_err(|e| e.to_string())?;
-            b.set_host(host);
+            let inner = s3s::host::MultiDomain::new(&domains).map_err(|e| e.to_string())?;
+            b.set_host(Domains { inner, domains });
         }
         Ok(b.build())
+    }
+}
+
+/// The base domains of virtual-host-style requests, matched whatever port
+/// the Host header carries: clients address `bucket.<domain>:8780`, and
+/// `s3s` alone would only match a domain configured with that very port.
+struct Domains {
+    inner: s3s::host::MultiDomain,
+    domains: Vec<String>,
+}
+
+impl s3s::host::S3Host for Domains {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<s3s::host::VirtualHost<'a>> {
+        let bare = match host.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let ours = self.domains.iter().any(|d| {
+            bare == d
+                || bare
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|b| b.ends_with('.'))
+        });
+        self.inner.parse_host_header(if ours { bare } else { host })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use s3s::host::S3Host;
+
+    #[test]
+    fn virtual_hosts_match_with_or_without_a_port() {
+        let d = super::Domains {
+            inner: s3s::host::MultiDomain::new(&["s3.test"]).unwrap(),
+            domains: vec!["s3.test".into()],
+        };
+        for host in ["b1.s3.test", "b1.s3.test:8780"] {
+            let vh = d.parse_host_header(host).unwrap();
+            assert_eq!(vh.bucket(), Some("b1"), "{host}");
+            assert_eq!(vh.domain(), "s3.test");
+        }
+        assert_eq!(d.parse_host_header("s3.test:8780").unwrap().bucket(), None);
+        // Other hosts keep s3s' meaning (a CNAME naming the bucket).
+        assert_eq!(
+            d.parse_host_header("images.example.com").unwrap().bucket(),
+            Some("images.example.com")
+        );
     }
 }
