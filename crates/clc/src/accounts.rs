@@ -95,6 +95,9 @@ impl Cloud {
             created_ms: now,
         };
         self.store.create_account(&account, &user, &key).await?;
+        // Made now rather than on first use, so describing groups never
+        // has to write.
+        self.ensure_default_group(&account.id).await?;
         tracing::info!(account = %account.id, name, "account created");
         Ok(NewCredentials {
             account_id: account.id,

@@ -3,10 +3,35 @@
 //! the codes EC2 uses: an unknown or disabled key is `AuthFailure`, a bad
 //! signature `SignatureDoesNotMatch`, a stale timestamp `RequestExpired`.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use ironbark_sigv4::{AuthError, HttpRequest};
 use ironbark_types::*;
 
 use crate::{Caller, Cloud};
+
+/// An access key as authentication needs it, unsealed.
+#[derive(Clone)]
+pub(crate) struct CachedKey {
+    id: AccessKeyId,
+    secret: String,
+    account: Account,
+    user_name: String,
+}
+
+/// Keys looked up since the store last changed. Any commit anywhere (this
+/// process or the admin tool) changes the store's version and empties the
+/// cache, so a deleted key stops working at once; the age limit is a
+/// backstop, not the mechanism.
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    version: u64,
+    filled: Option<Instant>,
+    keys: HashMap<String, Option<CachedKey>>,
+}
+
+const CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 
 fn auth_error(e: AuthError) -> Error {
     match e {
@@ -36,9 +61,30 @@ fn unknown_key() -> Error {
 }
 
 impl Cloud {
-    /// An active access key's secret and owning account, for services (Walrus)
-    /// that verify signatures with their own protocol library.
-    pub async fn key_owner(&self, access_key: &str) -> Result<Option<(String, Account)>> {
+    /// An active key, from the cache or the store (negative answers are
+    /// cached too, so unknown keys cost no query either).
+    async fn cached_key(&self, access_key: &str) -> Result<Option<CachedKey>> {
+        let version = self.store.version();
+        {
+            let mut c = self.auth_cache.lock().expect("auth cache lock");
+            if c.version != version || c.filled.is_none_or(|t| t.elapsed() > CACHE_MAX_AGE) {
+                c.keys.clear();
+                c.version = version;
+                c.filled = Some(Instant::now());
+            }
+            if let Some(hit) = c.keys.get(access_key) {
+                return Ok(hit.clone());
+            }
+        }
+        let found = self.load_key(access_key).await?;
+        let mut c = self.auth_cache.lock().expect("auth cache lock");
+        if c.version == version && c.keys.len() < 100_000 {
+            c.keys.insert(access_key.to_string(), found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn load_key(&self, access_key: &str) -> Result<Option<CachedKey>> {
         let Ok(id) = AccessKeyId::parse(access_key) else {
             return Ok(None);
         };
@@ -53,34 +99,41 @@ impl Cloud {
             .store
             .account_by_id(&key.account_id)
             .await?
-            .map(|a| (secret, a)))
+            .map(|account| CachedKey {
+                id: key.id,
+                secret,
+                account,
+                user_name: key.user_name,
+            }))
+    }
+
+    /// An active access key's secret and owning account, for services (Walrus)
+    /// that verify signatures with their own protocol library.
+    pub async fn key_owner(&self, access_key: &str) -> Result<Option<(String, Account)>> {
+        Ok(self
+            .cached_key(access_key)
+            .await?
+            .map(|k| (k.secret, k.account)))
     }
 
     /// Resolves the caller of a signed request; `now_unix` is the server clock.
     pub async fn authenticate(&self, req: &HttpRequest<'_>, now_unix: i64) -> Result<Caller> {
         let claim = ironbark_sigv4::claim(req).map_err(auth_error)?;
-        let id = AccessKeyId::parse(&claim.access_key_id).map_err(|_| unknown_key())?;
-        let key = self.store.access_key(&id).await?.ok_or_else(unknown_key)?;
-        if !key.active {
-            return Err(unknown_key());
-        }
-        let secret = self.open_secret(&key)?;
-        if let Err(e) = ironbark_sigv4::verify(req, &claim, &secret, now_unix) {
+        let key = self
+            .cached_key(&claim.access_key_id)
+            .await?
+            .ok_or_else(unknown_key)?;
+        if let Err(e) = ironbark_sigv4::verify(req, &claim, &key.secret, now_unix) {
             if matches!(e, AuthError::SignatureMismatch)
                 && let Ok(x) = ironbark_sigv4::explain(req)
             {
                 // What AWS echoes back to help a client author; kept to the log.
-                tracing::debug!(key = %id, string_to_sign = %x.string_to_sign, "signature mismatch");
+                tracing::debug!(key = %key.id, string_to_sign = %x.string_to_sign, "signature mismatch");
             }
             return Err(auth_error(e));
         }
-        let account = self
-            .store
-            .account_by_id(&key.account_id)
-            .await?
-            .ok_or_else(unknown_key)?;
         Ok(Caller {
-            account,
+            account: key.account,
             user_name: key.user_name,
             access_key_id: key.id,
         })

@@ -282,13 +282,20 @@ impl Cloud {
             .iter()
             .filter(|n| !(verbose && *n == "verbose"))
             .collect();
-        self.ensure_default_group(&caller.account.id).await?;
         let scope = if verbose {
             None
         } else {
             Some(&caller.account.id)
         };
-        let all = self.store.list_groups(scope).await?;
+        let mut all = self.store.list_groups(scope).await?;
+        // Accounts made before default groups came with them get one now.
+        if !all
+            .iter()
+            .any(|g| g.name == DEFAULT_GROUP && g.account_id == caller.account.id)
+        {
+            self.ensure_default_group(&caller.account.id).await?;
+            all = self.store.list_groups(scope).await?;
+        }
         for n in &names {
             if !all.iter().any(|g| &g.name == *n) {
                 return Err(not_found(n));

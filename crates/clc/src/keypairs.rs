@@ -57,10 +57,9 @@ impl Cloud {
         check_text("KeyName", name, 255)?;
         let exists = self
             .store
-            .list_key_pairs(Some(&caller.account.id))
+            .key_pair_named(&caller.account.id, name)
             .await?
-            .iter()
-            .any(|k| k.name == name);
+            .is_some();
         if exists {
             return Err(Error::new(
                 ErrorKind::KeyPairDuplicate,
@@ -81,6 +80,7 @@ impl Cloud {
         self.check_new_key_name(caller, name).await?;
         // RSA generation is CPU-bound for tens of milliseconds: keep it off
         // the threads that serve other requests.
+        let _permit = self.keygen.acquire().await.map_err(Error::internal)?;
         let generated = tokio::task::spawn_blocking(move || ironbark_keypair::generate(kt))
             .await
             .map_err(Error::internal)?

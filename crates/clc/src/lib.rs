@@ -145,6 +145,11 @@ pub struct Cloud {
     /// Desired-state generation; starts at the clock so it keeps growing
     /// across restarts.
     generation: std::sync::atomic::AtomicU64,
+    /// Access keys already unsealed, valid while the store's version holds.
+    auth_cache: std::sync::Mutex<auth::AuthCache>,
+    /// RSA generation is CPU-bound: as many at once as there are cores, so
+    /// each finishes as soon as it can instead of all finishing late.
+    keygen: tokio::sync::Semaphore,
 }
 
 /// Layout of a data dir, in one place so the server and the admin tool agree.
@@ -172,6 +177,12 @@ impl Cloud {
             cluster: Arc::new(NoCluster),
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
+            auth_cache: std::sync::Mutex::new(auth::AuthCache::default()),
+            keygen: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            ),
         }
     }
 

@@ -350,6 +350,11 @@ async fn key_pairs(s: &dyn Store) {
         vec![kp.clone()]
     );
     assert_eq!(s.list_key_pairs(None).await.unwrap().len(), 1);
+    assert_eq!(
+        s.key_pair_named(&a.id, "mykey").await.unwrap(),
+        Some(kp.clone())
+    );
+    assert!(s.key_pair_named(&a.id, "other").await.unwrap().is_none());
     assert!(
         s.list_key_pairs(Some(&AccountId::generate()))
             .await
@@ -558,7 +563,12 @@ async fn tags(s: &dyn Store) {
 
 async fn properties(s: &dyn Store) {
     assert!(s.property("cloud.x").await.unwrap().is_none());
+    let v0 = s.version();
     s.set_property("cloud.x", "1").await.unwrap();
+    assert_ne!(s.version(), v0, "a commit changes the version");
+    let v1 = s.version();
+    s.list_properties().await.unwrap();
+    assert_eq!(s.version(), v1, "reads do not");
     s.set_property("cloud.x", "2").await.unwrap();
     assert_eq!(s.property("cloud.x").await.unwrap().as_deref(), Some("2"));
     assert_eq!(

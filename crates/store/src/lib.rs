@@ -43,6 +43,10 @@ pub const MAX_TAGS_PER_RESOURCE: usize = 50;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Changes whenever any process commits a change: what in-memory caches
+    /// above the store compare against (cheap: no query).
+    fn version(&self) -> u64;
+
     // Accounts, users, access keys.
     /// Creates the account, its first user and that user's key at once, so
     /// an account never exists without a way to use it.
@@ -67,6 +71,7 @@ pub trait Store: Send + Sync + 'static {
 
     // Key pairs.
     async fn insert_key_pair(&self, kp: &KeyPair) -> Result<()>;
+    async fn key_pair_named(&self, account: &AccountId, name: &str) -> Result<Option<KeyPair>>;
     /// `None` lists every account's (the administrator's view).
     async fn list_key_pairs(&self, account: Option<&AccountId>) -> Result<Vec<KeyPair>>;
     /// Returns whether a key pair was removed.

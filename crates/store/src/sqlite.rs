@@ -6,8 +6,9 @@
 //! failures a deferred transaction can hit when two start together. Other
 //! processes (the admin CLI) are covered by the busy timeout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,11 @@ use crate::{MAX_TAGS_PER_RESOURCE, Store, StoredAccessKey, TagSelector};
 pub struct SqliteStore {
     pool: SqlitePool,
     write: Mutex<()>,
+    /// Commits made by this process.
+    local_changes: AtomicU64,
+    /// Replaced (new inode) after every commit, so other processes sharing
+    /// the database notice with one stat() that cached state is stale.
+    marker: Option<PathBuf>,
 }
 
 fn db(e: sqlx::Error) -> Error {
@@ -44,7 +50,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        Self::with_options(opts, 4).await
+        let mut s = Self::with_options(opts, 4).await?;
+        s.marker = Some(path.with_extension("version"));
+        s.changed();
+        Ok(s)
     }
 
     /// A private in-memory database, for tests.
@@ -66,6 +75,8 @@ impl SqliteStore {
         let store = SqliteStore {
             pool,
             write: Mutex::new(()),
+            local_changes: AtomicU64::new(0),
+            marker: None,
         };
         store.migrate().await?;
         Ok(store)
@@ -97,10 +108,35 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            tx.commit().await.map_err(db)?;
+            self.commit(tx).await?;
             tracing::info!(version, "applied state migration");
         }
         Ok(())
+    }
+
+    async fn commit(&self, tx: Transaction<'_, Sqlite>) -> Result<()> {
+        tx.commit().await.map_err(db)?;
+        self.changed();
+        Ok(())
+    }
+
+    fn changed(&self) {
+        self.local_changes.fetch_add(1, Ordering::SeqCst);
+        if let Some(m) = &self.marker {
+            // A failure only costs other processes a cache refresh they
+            // would get from their time limit anyway.
+            let tmp = m.with_extension(format!("version.{}", std::process::id()));
+            // Unique content: inode numbers and coarse mtimes can repeat.
+            let stamp = format!(
+                "{}-{}-{}",
+                std::process::id(),
+                self.local_changes.load(Ordering::SeqCst),
+                now_ms()
+            );
+            if std::fs::write(&tmp, stamp).is_ok() {
+                let _ = std::fs::rename(&tmp, m);
+            }
+        }
     }
 
     async fn begin(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Transaction<'_, Sqlite>)> {
@@ -446,6 +482,16 @@ async fn insert_access_key_tx(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn version(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.local_changes.load(Ordering::SeqCst).hash(&mut h);
+        if let Some(m) = &self.marker {
+            std::fs::read(m).unwrap_or_default().hash(&mut h);
+        }
+        h.finish()
+    }
+
     async fn create_account(
         &self,
         account: &Account,
@@ -477,7 +523,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         insert_access_key_tx(&mut tx, key).await?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn account_by_name(&self, name: &str) -> Result<Option<Account>> {
@@ -545,7 +591,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn create_user(&self, user: &User) -> Result<()> {
@@ -566,7 +612,7 @@ impl Store for SqliteStore {
                     db(e)
                 }
             })?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_users(&self, account: &AccountId) -> Result<Vec<User>> {
@@ -606,7 +652,7 @@ impl Store for SqliteStore {
             ));
         }
         insert_access_key_tx(&mut tx, key).await?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn access_key(&self, id: &AccessKeyId) -> Result<Option<StoredAccessKey>> {
@@ -646,7 +692,7 @@ impl Store for SqliteStore {
                 format!("Access key {id} does not exist"),
             ));
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn insert_key_pair(&self, kp: &KeyPair) -> Result<()> {
@@ -674,7 +720,20 @@ impl Store for SqliteStore {
                 db(e)
             }
         })?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
+    }
+
+    async fn key_pair_named(&self, account: &AccountId, name: &str) -> Result<Option<KeyPair>> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, fingerprint, key_type, public_key, created_ms \
+             FROM key_pairs WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(key_pair_row).transpose()
     }
 
     async fn list_key_pairs(&self, account: Option<&AccountId>) -> Result<Vec<KeyPair>> {
@@ -718,7 +777,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -748,7 +807,7 @@ impl Store for SqliteStore {
         for rule in &group.rules {
             insert_rule(&mut tx, &group.id, rule).await?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_groups(&self, account: Option<&AccountId>) -> Result<Vec<SecurityGroup>> {
@@ -836,7 +895,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn add_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()> {
@@ -861,7 +920,7 @@ impl Store for SqliteStore {
             }
             insert_rule(&mut tx, group, rule).await?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn remove_rules(&self, group: &SecurityGroupId, rules: &[Rule]) -> Result<()> {
@@ -895,7 +954,7 @@ impl Store for SqliteStore {
                 ));
             }
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn insert_image(&self, image: &Image) -> Result<()> {
@@ -938,7 +997,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_images(&self) -> Result<Vec<Image>> {
@@ -986,7 +1045,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -1022,7 +1081,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn set_image_description(&self, id: &ImageId, description: &str) -> Result<()> {
@@ -1037,7 +1096,7 @@ impl Store for SqliteStore {
         if n == 0 {
             return Err(not_found_for(id.as_str(), ResourceType::Image));
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn insert_instances(&self, instances: &[Instance]) -> Result<()> {
@@ -1072,7 +1131,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_instances(&self, account: Option<&AccountId>) -> Result<Vec<Instance>> {
@@ -1147,7 +1206,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(Some(inst))
     }
 
@@ -1164,7 +1223,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(n > 0)
     }
 
@@ -1196,7 +1255,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(free as u32)
     }
 
@@ -1222,7 +1281,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn put_tags(
@@ -1270,7 +1329,7 @@ impl Store for SqliteStore {
                 ));
             }
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn delete_tags(
@@ -1315,7 +1374,7 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             }
         }
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>> {
@@ -1374,7 +1433,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn list_properties(&self) -> Result<Vec<(String, String)>> {
@@ -1455,6 +1514,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n as usize, MIGRATIONS.len());
+        // Another handle on the file (another process, as the admin tool
+        // is) committing changes what this one reports as its version.
+        let other = SqliteStore::open(&path).await.unwrap();
+        let v = s.version();
+        other.set_property("cloud.test", "2").await.unwrap();
+        assert_ne!(s.version(), v);
+        other.pool.close().await;
         s.pool.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
