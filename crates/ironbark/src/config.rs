@@ -33,6 +33,18 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "WALRUS_LOCATIONS",
         "comma-separated LocationConstraint values CreateBucket accepts (default: the region)",
     ),
+    ("VNET_MODE", "network mode; MANAGED (the only one)"),
+    (
+        "VNET_SUBNET",
+        "address space security-group segments are carved from",
+    ),
+    ("VNET_NETMASK", "its netmask"),
+    (
+        "VNET_ADDRSPERNET",
+        "addresses per security group's segment (a power of two)",
+    ),
+    ("VNET_DNS", "DNS server handed to instances by DHCP"),
+    ("NC_ACCEL", "kvm, tcg or auto (a real probe boot picks)"),
     (
         "WALRUS_DOMAINS",
         "comma-separated base domains for virtual-host-style bucket addressing",

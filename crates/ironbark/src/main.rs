@@ -9,6 +9,7 @@ mod admin_files;
 mod config;
 mod host;
 mod objectstorage;
+mod roles;
 mod server;
 mod walrus;
 
@@ -250,11 +251,27 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .get("WALRUS_URL")
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| format!("http://{walrus_host}"));
+    cfg.network = network_config(&file)?;
+    let token = roles::cluster_token(&a.data_dir)?;
+    let ports = roles::Ports::around(a.listen);
+    let loopback = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        }
+    };
+    let cc_url = loopback(ports.cc);
+    let nc_url = loopback(ports.nc);
+    let node_id = "nc-1".to_string();
     let objects = Arc::new(walrus::WalrusObjects::new(&walrus_url, &region));
     let cloud = Cloud::open(cfg, capacity)
         .await
         .map_err(|e| e.to_string())?
-        .with_objects(objects.clone());
+        .with_objects(objects.clone())
+        .with_cluster(Arc::new(roles::HttpCluster(
+            ironbark_cc::ClusterClient::new(&cc_url, &token).map_err(|e| e.to_string())?,
+        )));
     let endpoints = admin_files::Endpoints {
         ec2: format!("{base}/"),
         s3: format!("{walrus_url}/"),
@@ -296,13 +313,79 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
     tokio::spawn(walrus::serve(s3_service.clone(), walrus_listener));
+
+    // The zone's CC and this host's NC, over loopback HTTP as across hosts.
+    let accel = file
+        .get("NC_ACCEL")
+        .unwrap_or("auto")
+        .parse::<ironbark_nc::AccelMode>()
+        .map_err(|e| format!("NC_ACCEL: {e}"))?;
+    roles::start_nc(
+        &a.data_dir,
+        ports.nc,
+        &token,
+        roles::NcSettings {
+            node_id: node_id.clone(),
+            accel,
+            cc_url: Some(cc_url.clone()),
+        },
+    )
+    .await?;
+    let mut cc_cfg = ironbark_cc::CcConfig::new(
+        cloud.config().zones[0].clone(),
+        &token,
+        a.data_dir.join("cc"),
+    );
+    cc_cfg.listen = ports.cc;
+    cc_cfg.metadata_listen = ports.metadata;
+    cc_cfg.nodes = vec![(node_id, nc_url)];
+    cc_cfg.clc_callback_url = Some(format!("{base}/internal/v1/zone-report"));
+    cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
+    roles::start_cc(cc_cfg).await?;
+    roles::spawn_clc_loop(cloud.clone());
+
     let app = server::App {
         cloud,
         s3: Some(s3_service),
+        token,
     };
     server::serve(app, listener)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// VNET_SUBNET, VNET_NETMASK, VNET_ADDRSPERNET, VNET_DNS, as eucalyptus.conf spelled them.
+fn network_config(file: &config::ConfigFile) -> Result<ironbark_clc::NetworkConfig, String> {
+    let mut n = ironbark_clc::NetworkConfig::default();
+    if let Some(subnet) = file.get("VNET_SUBNET") {
+        let mask = file.get("VNET_NETMASK").unwrap_or("255.255.0.0");
+        let mask: std::net::Ipv4Addr = mask
+            .parse()
+            .map_err(|_| format!("VNET_NETMASK: bad mask {mask}"))?;
+        let bits = u32::from(mask);
+        if bits.leading_ones() + bits.trailing_zeros() != 32 {
+            return Err(format!("VNET_NETMASK: {mask} is not a netmask"));
+        }
+        let prefix = bits.leading_ones() as u8;
+        n.subnet = format!("{subnet}/{prefix}")
+            .parse()
+            .map_err(|e: ironbark_types::Error| format!("VNET_SUBNET: {}", e.message))?;
+    }
+    if let Some(v) = file.get("VNET_ADDRSPERNET") {
+        let k: u32 = v
+            .parse()
+            .map_err(|_| format!("VNET_ADDRSPERNET: not a number: {v}"))?;
+        if !k.is_power_of_two() || !(8..=65536).contains(&k) {
+            return Err(format!(
+                "VNET_ADDRSPERNET: {k} must be a power of two from 8 to 65536"
+            ));
+        }
+        n.addrs_per_net = k;
+    }
+    if let Some(d) = file.get("VNET_DNS") {
+        n.dns = d.to_string();
+    }
+    Ok(n)
 }
 
 /// Bucket the admin tool imports images into.

@@ -28,6 +28,48 @@ const EC2_PATHS: &[&str] = &[
     "/services/Eucalyptus/",
 ];
 
+/// Where the CC pushes its zone report when a node's state changes.
+pub const ZONE_REPORT_PATH: &str = "/internal/v1/zone-report";
+
+/// A CC's report, pushed as things happen: the fast path to `terminated`.
+async fn zone_report(app: &App, req: axum::extract::Request) -> Response {
+    let plain = |status: StatusCode, text: &str| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(text.to_string()))
+            .expect("static response parts are valid")
+    };
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), app.token.as_bytes()));
+    if !authorized {
+        return plain(StatusCode::UNAUTHORIZED, "cluster token required");
+    }
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST a ZoneReport");
+    }
+    let body = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
+        Ok(b) => b,
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "report too large"),
+    };
+    let report: ironbark_cluster_api::ZoneReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("bad report: {e}")),
+    };
+    match app.cloud.observe(&report).await {
+        Ok(()) => plain(StatusCode::NO_CONTENT, ""),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Largest Query API request body accepted; real ones are a few KiB.
 const MAX_QUERY_BODY: usize = 1 << 20;
 
@@ -36,6 +78,8 @@ pub struct App {
     pub cloud: Arc<Cloud>,
     /// Walrus, served under `/services/objectstorage` as well as on its own port.
     pub s3: Option<s3s::service::S3Service>,
+    /// The cluster token the CC's reports to the CLC carry.
+    pub token: String,
 }
 
 pub fn router(app: App) -> Router {
@@ -44,6 +88,9 @@ pub fn router(app: App) -> Router {
 
 async fn dispatch(State(app): State<App>, req: axum::extract::Request) -> Response {
     let path = req.uri().path();
+    if path == ZONE_REPORT_PATH {
+        return zone_report(&app, req).await;
+    }
     if (path == crate::objectstorage::PREFIX
         || path.starts_with(&format!("{}/", crate::objectstorage::PREFIX)))
         && let Some(s3) = &app.s3

@@ -1,0 +1,94 @@
+//! The CC's configuration: who it is, where it listens, which NCs it drives
+//! and how it lays out the host network.
+//!
+//! Everything has a default except what cannot be guessed (zone name, the
+//! cluster token, the state directory); the `ironbark` binary fills this from
+//! its command line and configuration file.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default TCP port of the metadata listener the 169.254.169.254 redirect
+/// points at (the next free one after the roles' ports 8773–8776).
+pub const DEFAULT_METADATA_PORT: u16 = 8777;
+
+/// Default prefix of the bridges the CC owns. The CLC names segment bridges
+/// `ibr<n>`; anything with this prefix that the plan does not list is
+/// removed as stale, so it must not collide with the operator's own.
+pub const DEFAULT_BRIDGE_PREFIX: &str = "ibr";
+
+#[derive(Clone, Debug)]
+pub struct CcConfig {
+    /// The availability zone this CC runs (reported in [`ironbark_cluster_api::ZoneReport::zone`]).
+    pub zone: String,
+    /// The cluster bearer token: required on the CC's API, sent to the NCs
+    /// and to the CLC callback.
+    pub token: String,
+    /// The control API's listen address.
+    pub listen: SocketAddr,
+    /// The metadata listener. Its port is the DNAT target on every segment
+    /// gateway, so the address must be a wildcard (`0.0.0.0`): the
+    /// redirected connections arrive addressed to each gateway.
+    pub metadata_listen: SocketAddr,
+    /// `(node_id, base URL)` of every NC this CC drives.
+    pub nodes: Vec<(String, String)>,
+    /// Where to POST a [`ironbark_cluster_api::ZoneReport`] when a node reports a change.
+    pub clc_callback_url: Option<String>,
+    pub callback_timeout: Duration,
+    /// How long the instance's own node gets to acknowledge a terminate
+    /// before the CC asks every node.
+    pub terminate_timeout: Duration,
+    /// Bound on every other call to an NC (desired state, report, reboot,
+    /// console).
+    pub node_timeout: Duration,
+    /// How often every NC is polled for its report (the safety net behind
+    /// events).
+    pub poll_interval: Duration,
+    /// See [`DEFAULT_BRIDGE_PREFIX`].
+    pub bridge_prefix: String,
+    /// DNS servers handed out by DHCP; none means the option is left out.
+    pub dns_servers: Vec<String>,
+    /// DHCP lease time in dnsmasq's syntax (`12h`, `45m`, `infinite`).
+    pub lease_time: String,
+    /// Run every network command inside this network namespace (`ip netns
+    /// exec`); tests use it so they never touch the host's own network.
+    pub netns: Option<String>,
+    /// Generated files: `dhcp/<bridge>/{dnsmasq.conf,hosts,leases,pid,log}`.
+    pub state_dir: PathBuf,
+    /// The dnsmasq program.
+    pub dnsmasq: PathBuf,
+}
+
+impl CcConfig {
+    pub fn new(
+        zone: impl Into<String>,
+        token: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        CcConfig {
+            zone: zone.into(),
+            token: token.into(),
+            listen: any(ironbark_cluster_api::DEFAULT_PORT),
+            metadata_listen: any(DEFAULT_METADATA_PORT),
+            nodes: Vec::new(),
+            clc_callback_url: None,
+            callback_timeout: Duration::from_secs(2),
+            terminate_timeout: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(6),
+            bridge_prefix: DEFAULT_BRIDGE_PREFIX.to_string(),
+            dns_servers: Vec::new(),
+            lease_time: "12h".to_string(),
+            netns: None,
+            state_dir: state_dir.into(),
+            dnsmasq: PathBuf::from("dnsmasq"),
+        }
+    }
+
+    /// The port the metadata redirect points at.
+    pub fn metadata_port(&self) -> u16 {
+        self.metadata_listen.port()
+    }
+}

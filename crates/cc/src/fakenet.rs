@@ -1,0 +1,250 @@
+//! An in-memory [`HostNet`] for tests: it keeps the bridges, DHCP servers
+//! and nftables table a real host would have, records every change as a
+//! [`NetOp`] (observations are not recorded), and can be made to drift or
+//! fail on purpose.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::hostnet::{BridgeState, DhcpState, HostNet, NetError};
+use crate::plan::{DhcpPlan, NftPlan};
+
+/// A change the reconciler asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetOp {
+    AddBridge(String),
+    SetUp(String),
+    DeleteBridge(String),
+    AddAddress(String, String),
+    DeleteAddress(String, String),
+    StartDhcp(String),
+    ReloadDhcp(String),
+    StopDhcp(String),
+    /// The fingerprint of the table loaded.
+    ApplyNft(String),
+    DeleteNft,
+}
+
+#[derive(Default)]
+struct State {
+    bridges: BTreeMap<String, BridgeState>,
+    dhcp: BTreeMap<String, DhcpState>,
+    nft: Option<NftPlan>,
+    ops: Vec<NetOp>,
+    fail: Vec<NetOp>,
+}
+
+#[derive(Default)]
+pub struct FakeHostNet {
+    state: Mutex<State>,
+}
+
+impl FakeHostNet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The changes made so far, and forgets them.
+    pub fn take_ops(&self) -> Vec<NetOp> {
+        std::mem::take(&mut self.lock().ops)
+    }
+
+    pub fn bridge_names(&self) -> Vec<String> {
+        self.lock().bridges.keys().cloned().collect()
+    }
+
+    pub fn bridge(&self, name: &str) -> Option<BridgeState> {
+        self.lock().bridges.get(name).cloned()
+    }
+
+    pub fn dhcp(&self, bridge: &str) -> Option<DhcpState> {
+        self.lock().dhcp.get(bridge).cloned()
+    }
+
+    /// The table text as loaded.
+    pub fn nft_table(&self) -> Option<String> {
+        self.lock().nft.as_ref().map(|n| n.table.clone())
+    }
+
+    /// Makes `op` fail (once per call, every time it is asked for).
+    pub fn fail_on(&self, op: NetOp) {
+        self.lock().fail.push(op);
+    }
+
+    /// Drift: the DHCP server of `bridge` died.
+    pub fn crash_dhcp(&self, bridge: &str) {
+        if let Some(d) = self.lock().dhcp.get_mut(bridge) {
+            d.running = false;
+        }
+    }
+
+    /// Drift: someone set the bridge down.
+    pub fn set_down(&self, bridge: &str) {
+        if let Some(b) = self.lock().bridges.get_mut(bridge) {
+            b.up = false;
+        }
+    }
+
+    /// Drift: someone ran `nft flush ruleset`.
+    pub fn flush_nft(&self) {
+        self.lock().nft = None;
+    }
+
+    /// A bridge the reconciler did not create (a leftover, or the host's own).
+    pub fn insert_bridge(&self, name: &str, addresses: &[&str]) {
+        self.lock().bridges.insert(
+            name.to_string(),
+            BridgeState {
+                name: name.to_string(),
+                up: true,
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            },
+        );
+    }
+
+    /// Records `op`, or fails it if told to.
+    fn record(&self, st: &mut State, op: NetOp) -> Result<(), NetError> {
+        if st.fail.contains(&op) {
+            return Err(NetError::Command {
+                command: format!("fake {op:?}"),
+                message: "failing as told".into(),
+            });
+        }
+        st.ops.push(op);
+        Ok(())
+    }
+
+    fn missing(what: &str) -> NetError {
+        NetError::Command {
+            command: format!("fake {what}"),
+            message: "no such device".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl HostNet for FakeHostNet {
+    async fn bridges(&self, prefix: &str) -> Result<Vec<BridgeState>, NetError> {
+        Ok(self
+            .lock()
+            .bridges
+            .values()
+            .filter(|b| b.name.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn add_bridge(&self, name: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::AddBridge(name.into()))?;
+        st.bridges
+            .entry(name.to_string())
+            .or_insert_with(|| BridgeState {
+                name: name.to_string(),
+                up: true,
+                addresses: vec![],
+            });
+        Ok(())
+    }
+
+    async fn set_up(&self, name: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::SetUp(name.into()))?;
+        st.bridges
+            .get_mut(name)
+            .ok_or_else(|| Self::missing(name))?
+            .up = true;
+        Ok(())
+    }
+
+    async fn delete_bridge(&self, name: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::DeleteBridge(name.into()))?;
+        st.bridges.remove(name);
+        Ok(())
+    }
+
+    async fn add_address(&self, bridge: &str, cidr: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::AddAddress(bridge.into(), cidr.into()))?;
+        let b = st
+            .bridges
+            .get_mut(bridge)
+            .ok_or_else(|| Self::missing(bridge))?;
+        if !b.addresses.iter().any(|a| a == cidr) {
+            b.addresses.push(cidr.to_string());
+        }
+        Ok(())
+    }
+
+    async fn delete_address(&self, bridge: &str, cidr: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::DeleteAddress(bridge.into(), cidr.into()))?;
+        let b = st
+            .bridges
+            .get_mut(bridge)
+            .ok_or_else(|| Self::missing(bridge))?;
+        b.addresses.retain(|a| a != cidr);
+        Ok(())
+    }
+
+    async fn dhcp_servers(&self) -> Result<Vec<DhcpState>, NetError> {
+        Ok(self.lock().dhcp.values().cloned().collect())
+    }
+
+    async fn start_dhcp(&self, bridge: &str, dhcp: &DhcpPlan) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::StartDhcp(bridge.into()))?;
+        st.dhcp.insert(
+            bridge.to_string(),
+            DhcpState {
+                bridge: bridge.to_string(),
+                config: dhcp.config.clone(),
+                hosts: dhcp.hosts.clone(),
+                running: true,
+            },
+        );
+        Ok(())
+    }
+
+    async fn reload_dhcp_hosts(&self, bridge: &str, dhcp: &DhcpPlan) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::ReloadDhcp(bridge.into()))?;
+        st.dhcp
+            .get_mut(bridge)
+            .ok_or_else(|| Self::missing(bridge))?
+            .hosts = dhcp.hosts.clone();
+        Ok(())
+    }
+
+    async fn stop_dhcp(&self, bridge: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::StopDhcp(bridge.into()))?;
+        st.dhcp.remove(bridge);
+        Ok(())
+    }
+
+    async fn nft_fingerprint(&self) -> Result<Option<String>, NetError> {
+        Ok(self.lock().nft.as_ref().map(|n| n.fingerprint.clone()))
+    }
+
+    async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::ApplyNft(nft.fingerprint.clone()))?;
+        st.nft = Some(nft.clone());
+        Ok(())
+    }
+
+    async fn delete_nft(&self) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::DeleteNft)?;
+        st.nft = None;
+        Ok(())
+    }
+}

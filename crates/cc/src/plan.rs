@@ -1,0 +1,802 @@
+//! The pure network planner: from the zone's desired state to the host
+//! network the CC must have, as data.
+//!
+//! [`plan`] does no I/O. It turns each security group's [`Segment`] into a
+//! bridge with the gateway address on it, the text of one dnsmasq instance's
+//! configuration and static host list, and renders one nftables table
+//! (`table ip ironbark`) holding the metadata redirect, the metadata
+//! listener's anti-spoofing guard and the isolation between segments.
+//! [`crate::hostnet::reconcile`] then compares the plan with what the host
+//! has and changes only the difference; keeping all text generation here
+//! means the whole layout is checked by golden tests without a kernel.
+//!
+//! Bad input does not fail the whole plan: a segment or instance that
+//! cannot be laid out (unparsable address, outside its subnet, a duplicate,
+//! a bridge name the CC would not own) is left out with a line in
+//! [`NetPlan::warnings`], so one mistake does not cut every other instance
+//! off the network.
+//!
+//! Multi-host: a segment will also get a VXLAN device (VNI = `tag`) on its
+//! bridge; [`SegmentPlan::tag`] is carried for that.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ironbark_cluster_api::{InstanceDesired, Segment, ZoneDesired};
+use sha2::{Digest, Sha256};
+
+use crate::config::CcConfig;
+
+/// The nftables table (family `ip`) the CC owns entirely.
+pub const NFT_TABLE: &str = "ironbark";
+/// The link-local address guests ask for their metadata.
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The comment on the table starts with this, followed by the fingerprint.
+pub const NFT_COMMENT_PREFIX: &str = "ironbark:";
+
+/// File names inside a segment's DHCP directory (`<state>/dhcp/<bridge>/`).
+pub mod files {
+    pub const CONFIG: &str = "dnsmasq.conf";
+    pub const HOSTS: &str = "hosts";
+    pub const LEASES: &str = "leases";
+    pub const PID: &str = "pid";
+    pub const LOG: &str = "log";
+}
+
+/// The longest interface name Linux accepts (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// An IPv4 network: a base address (host bits zero) and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Net {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix_len))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !mask_bits(self.prefix_len))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask_bits(self.prefix_len) == u32::from(self.network)
+    }
+
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
+    /// Whether `ip` may be given to a host: inside, and neither the network
+    /// nor the broadcast address (a /31 or /32 has neither).
+    pub fn is_host(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip)
+            && (self.prefix_len >= 31 || (ip != self.network && ip != self.broadcast()))
+    }
+}
+
+fn mask_bits(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    /// `a.b.c.d/n`; host bits are cleared (`10.0.0.5/28` is `10.0.0.0/28`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR block"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?}: bad address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
+        Ok(Ipv4Net {
+            network: Ipv4Addr::from(u32::from(addr) & mask_bits(prefix_len)),
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+/// Everything the host network should be for one zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    /// By bridge name.
+    pub segments: Vec<SegmentPlan>,
+    /// `None` when there is no segment: the table is removed.
+    pub nft: Option<NftPlan>,
+    /// The bridge-name prefix the CC owns (stale bridges are found by it).
+    pub bridge_prefix: String,
+    /// What was left out of the plan, and why.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentPlan {
+    pub group_id: String,
+    /// The VXLAN VNI once segments span hosts.
+    pub tag: u32,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub dhcp: DhcpPlan,
+}
+
+impl SegmentPlan {
+    /// The gateway with the subnet's prefix, as `ip addr` takes and shows it.
+    pub fn address(&self) -> String {
+        format!("{}/{}", self.gateway, self.subnet.prefix_len)
+    }
+}
+
+/// One dnsmasq instance serving one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpPlan {
+    /// `<state>/dhcp/<bridge>`: the instance's files (see [`files`]).
+    pub dir: PathBuf,
+    /// The whole `--conf-file`; a change means a restart.
+    pub config: String,
+    /// The `--dhcp-hostsfile` (`mac,ip,hostname` lines); a change only
+    /// needs a SIGHUP, which makes dnsmasq reread it.
+    pub hosts: String,
+    pub entries: Vec<DhcpHost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpHost {
+    pub instance_id: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+/// The `ironbark` table, applied whole and atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftPlan {
+    /// `table ip ironbark { ... }`, its comment carrying the fingerprint.
+    pub table: String,
+    /// Hex digest of the table's rules: what the host's table is compared
+    /// by, since `nft list` does not print rules back the way they went in.
+    pub fingerprint: String,
+}
+
+/// The segment directory of `bridge` under `state_dir`.
+pub fn dhcp_dir(state_dir: &Path, bridge: &str) -> PathBuf {
+    state_dir.join("dhcp").join(bridge)
+}
+
+/// Plans the host network for `zone`. Pure: same input, same output.
+pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
+    let mut warnings = Vec::new();
+    let mut segments: BTreeMap<String, SegmentPlan> = BTreeMap::new();
+    let mut by_group: BTreeMap<String, String> = BTreeMap::new();
+
+    // Sorted first, so which of two conflicting entries wins does not
+    // depend on the order the CLC listed them in.
+    let mut sorted_segments: Vec<&Segment> = zone.segments.iter().collect();
+    sorted_segments.sort_by(|a, b| (&a.bridge, &a.group_id).cmp(&(&b.bridge, &b.group_id)));
+    for seg in sorted_segments {
+        match check_segment(seg, cfg) {
+            Ok((subnet, gateway)) => {
+                if let Some(other) = segments.values().find(|s| s.subnet.overlaps(&subnet)) {
+                    warnings.push(format!(
+                        "segment {} left out: subnet {subnet} overlaps {} of {}",
+                        seg.group_id, other.subnet, other.group_id
+                    ));
+                    continue;
+                }
+                if segments.contains_key(&seg.bridge) || by_group.contains_key(&seg.group_id) {
+                    warnings.push(format!(
+                        "segment {} left out: bridge {} or group listed twice",
+                        seg.group_id, seg.bridge
+                    ));
+                    continue;
+                }
+                by_group.insert(seg.group_id.clone(), seg.bridge.clone());
+                segments.insert(
+                    seg.bridge.clone(),
+                    SegmentPlan {
+                        group_id: seg.group_id.clone(),
+                        tag: seg.tag,
+                        bridge: seg.bridge.clone(),
+                        subnet,
+                        gateway,
+                        dhcp: DhcpPlan {
+                            dir: dhcp_dir(&cfg.state_dir, &seg.bridge),
+                            config: String::new(),
+                            hosts: String::new(),
+                            entries: Vec::new(),
+                        },
+                    },
+                );
+            }
+            Err(why) => warnings.push(format!("segment {} left out: {why}", seg.group_id)),
+        }
+    }
+
+    // Addresses and MACs must be unique across the zone: segments will share
+    // a layer-2 domain per VNI, and the metadata service finds an instance
+    // by its address.
+    let mut ips = HashSet::new();
+    let mut macs = HashSet::new();
+    let mut sorted_instances: Vec<&InstanceDesired> = zone.instances.iter().collect();
+    sorted_instances.sort_by(|a, b| a.spec.instance_id.cmp(&b.spec.instance_id));
+    for inst in sorted_instances {
+        let id = &inst.spec.instance_id;
+        let Some(bridge) = by_group.get(&inst.group_id) else {
+            warnings.push(format!(
+                "instance {id} left out of DHCP: no segment for group {}",
+                inst.group_id
+            ));
+            continue;
+        };
+        let seg = segments.get_mut(bridge).expect("indexed above");
+        match check_instance(inst, seg) {
+            Ok(host) => {
+                if !ips.insert(host.ip) || !macs.insert(host.mac.clone()) {
+                    warnings.push(format!(
+                        "instance {id} left out of DHCP: address {} or MAC {} already taken",
+                        host.ip, host.mac
+                    ));
+                    continue;
+                }
+                seg.dhcp.entries.push(host);
+            }
+            Err(why) => warnings.push(format!("instance {id} left out of DHCP: {why}")),
+        }
+    }
+
+    let options = dhcp_options(cfg, &mut warnings);
+    let mut segments: Vec<SegmentPlan> = segments.into_values().collect();
+    for seg in &mut segments {
+        seg.dhcp.entries.sort_by_key(|h| h.ip);
+        seg.dhcp.config = dnsmasq_config(seg, &options);
+        seg.dhcp.hosts = dnsmasq_hosts(&seg.dhcp.entries);
+    }
+    let nft = (!segments.is_empty()).then(|| nft_table(&segments, cfg));
+    NetPlan {
+        segments,
+        nft,
+        bridge_prefix: cfg.bridge_prefix.clone(),
+        warnings,
+    }
+}
+
+fn check_segment(seg: &Segment, cfg: &CcConfig) -> Result<(Ipv4Net, Ipv4Addr), String> {
+    if !valid_ifname(&seg.bridge) {
+        return Err(format!("{:?} is not a usable interface name", seg.bridge));
+    }
+    // The CC removes prefixed bridges the plan does not list; one without
+    // the prefix would be created and then never cleaned up.
+    if !seg.bridge.starts_with(&cfg.bridge_prefix) || seg.bridge.len() == cfg.bridge_prefix.len() {
+        return Err(format!(
+            "bridge {} does not carry the CC's prefix {:?}",
+            seg.bridge, cfg.bridge_prefix
+        ));
+    }
+    let subnet: Ipv4Net = seg.subnet.parse()?;
+    if subnet.prefix_len > 30 {
+        return Err(format!(
+            "subnet {subnet} has no room for a gateway and instances"
+        ));
+    }
+    let gateway: Ipv4Addr = seg
+        .gateway
+        .parse()
+        .map_err(|_| format!("gateway {:?} is not an IPv4 address", seg.gateway))?;
+    if !subnet.is_host(gateway) {
+        return Err(format!(
+            "gateway {gateway} is not a host address of {subnet}"
+        ));
+    }
+    Ok((subnet, gateway))
+}
+
+fn check_instance(inst: &InstanceDesired, seg: &SegmentPlan) -> Result<DhcpHost, String> {
+    let ip: Ipv4Addr = inst
+        .private_ip
+        .parse()
+        .map_err(|_| format!("private address {:?} is not IPv4", inst.private_ip))?;
+    if !seg.subnet.is_host(ip) || ip == seg.gateway {
+        return Err(format!("{ip} is not an instance address of {}", seg.subnet));
+    }
+    // The NIC on this segment's bridge; an instance has one today.
+    let nic = inst
+        .spec
+        .nics
+        .iter()
+        .find(|n| n.bridge == seg.bridge)
+        .or_else(|| inst.spec.nics.first())
+        .ok_or("it has no network interface")?;
+    let mac =
+        normalize_mac(&nic.mac).ok_or_else(|| format!("{:?} is not a MAC address", nic.mac))?;
+    let hostname = Some(inst.metadata.hostname.as_str())
+        .filter(|h| valid_hostname(h))
+        .map(str::to_string);
+    Ok(DhcpHost {
+        instance_id: inst.spec.instance_id.clone(),
+        mac,
+        ip,
+        hostname,
+    })
+}
+
+/// Lower-case `aa:bb:cc:dd:ee:ff`, or `None` if `s` is not a MAC.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+}
+
+/// A DNS name dnsmasq accepts as a host name: dot-separated labels of
+/// letters, digits and inner hyphens.
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// dnsmasq's whole configuration for one segment. Everything is in this
+/// file so that the process' command line is only `--conf-file=`; the host
+/// list is separate because it changes far more often and dnsmasq rereads
+/// it on SIGHUP without dropping its leases.
+/// The operator's DHCP settings, checked: they end up in dnsmasq's
+/// configuration file, where a stray comma or newline would break it.
+struct DhcpOptions {
+    lease_time: String,
+    dns: Vec<Ipv4Addr>,
+}
+
+fn dhcp_options(cfg: &CcConfig, warnings: &mut Vec<String>) -> DhcpOptions {
+    let lease = cfg.lease_time.trim();
+    let digits = lease.trim_end_matches(['s', 'm', 'h', 'd', 'w']);
+    let lease_ok = lease == "infinite"
+        || (!digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && lease.len() <= digits.len() + 1);
+    let lease_time = if lease_ok {
+        lease.to_string()
+    } else {
+        warnings.push(format!(
+            "lease time {:?} is not dnsmasq's syntax; using 12h",
+            cfg.lease_time
+        ));
+        "12h".to_string()
+    };
+    let mut dns = Vec::new();
+    for d in cfg
+        .dns_servers
+        .iter()
+        .map(|d| d.trim())
+        .filter(|d| !d.is_empty())
+    {
+        match d.parse() {
+            Ok(ip) => dns.push(ip),
+            Err(_) => warnings.push(format!("DNS server {d:?} left out: not an IPv4 address")),
+        }
+    }
+    DhcpOptions { lease_time, dns }
+}
+
+fn dnsmasq_config(seg: &SegmentPlan, opts: &DhcpOptions) -> String {
+    let dir = &seg.dhcp.dir;
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# ironbark CC: DHCP for {} on {}; generated, do not edit",
+        seg.group_id, seg.bridge
+    );
+    let _ = writeln!(c, "interface={}", seg.bridge);
+    // Only this bridge: one dnsmasq per segment must not answer another's
+    // clients, nor anything on the host's own interfaces.
+    c.push_str("bind-interfaces\nexcept-interface=lo\n");
+    // DHCP only: no DNS service, no reading of the host's resolver files.
+    c.push_str("port=0\nno-resolv\nno-hosts\n");
+    // The only DHCP server on the segment: answer clients renewing leases it
+    // does not remember (after a restart) instead of making them wait.
+    c.push_str("dhcp-authoritative\n");
+    let _ = writeln!(
+        c,
+        "dhcp-range={},static,{},{}",
+        seg.subnet.network,
+        seg.subnet.netmask(),
+        opts.lease_time
+    );
+    let _ = writeln!(c, "dhcp-option=option:router,{}", seg.gateway);
+    if !opts.dns.is_empty() {
+        let dns: Vec<String> = opts.dns.iter().map(|d| d.to_string()).collect();
+        let _ = writeln!(c, "dhcp-option=option:dns-server,{}", dns.join(","));
+    }
+    let _ = writeln!(c, "dhcp-hostsfile={}", path(files::HOSTS));
+    let _ = writeln!(c, "dhcp-leasefile={}", path(files::LEASES));
+    let _ = writeln!(c, "pid-file={}", path(files::PID));
+    let _ = writeln!(c, "log-facility={}", path(files::LOG));
+    c
+}
+
+fn dnsmasq_hosts(entries: &[DhcpHost]) -> String {
+    let mut h = String::new();
+    for e in entries {
+        match &e.hostname {
+            Some(name) => {
+                let _ = writeln!(h, "{},{},{}", e.mac, e.ip, name);
+            }
+            None => {
+                let _ = writeln!(h, "{},{}", e.mac, e.ip);
+            }
+        }
+    }
+    h
+}
+
+/// The `ironbark` table. Chains:
+/// - `prerouting` (nat): a guest's 169.254.169.254:80 goes to the metadata
+///   listener on its own segment's gateway. DNAT keeps the source address,
+///   which is how the metadata service knows who asks.
+/// - `input`: connections to a gateway's metadata port must come in on that
+///   segment's bridge from that segment's subnet, so no guest can pose as
+///   another segment's instance (and nothing outside can ask at all).
+/// - `forward`: segments are isolated at layer 3 too: nothing is routed from
+///   one CC bridge to another. Security-group ingress rules will go here.
+fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig) -> NftPlan {
+    let port = cfg.metadata_port();
+    let mut pre = String::new();
+    let mut input = String::new();
+    let mut fwd = String::new();
+    for s in segments {
+        let b = &s.bridge;
+        let gw = s.gateway;
+        let _ = writeln!(
+            pre,
+            "\t\tiifname \"{b}\" ip daddr {METADATA_IP} tcp dport 80 dnat to {gw}:{port}"
+        );
+        let _ = writeln!(
+            input,
+            "\t\tip daddr {gw} tcp dport {port} iifname != \"{b}\" drop"
+        );
+        let _ = writeln!(
+            input,
+            "\t\tip daddr {gw} tcp dport {port} ip saddr != {} drop",
+            s.subnet
+        );
+        let _ = writeln!(
+            fwd,
+            "\t\tiifname \"{b}\" oifname \"{}*\" oifname != \"{b}\" drop",
+            cfg.bridge_prefix
+        );
+    }
+    let chains = format!(
+        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\t}}\n\n\
+         \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{fwd}\t}}\n"
+    );
+    let fingerprint = hex::encode(&Sha256::digest(chains.as_bytes())[..8]);
+    let table = format!(
+        "table ip {NFT_TABLE} {{\n\tcomment \"{NFT_COMMENT_PREFIX}{fingerprint}\";\n{chains}}}\n"
+    );
+    NftPlan { table, fingerprint }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::{cfg, instance, zone};
+
+    #[test]
+    fn golden_two_segments_three_instances() {
+        let p = plan(&zone(), &cfg());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let bridges: Vec<(&str, String, u32)> = p
+            .segments
+            .iter()
+            .map(|s| (s.bridge.as_str(), s.address(), s.tag))
+            .collect();
+        assert_eq!(
+            bridges,
+            [
+                ("ibr0", "10.200.0.1/28".to_string(), 10),
+                ("ibr1", "10.200.0.17/28".to_string(), 11)
+            ]
+        );
+
+        assert_eq!(
+            p.segments[0].dhcp.config,
+            "# ironbark CC: DHCP for sg-web on ibr0; generated, do not edit\n\
+             interface=ibr0\n\
+             bind-interfaces\n\
+             except-interface=lo\n\
+             port=0\n\
+             no-resolv\n\
+             no-hosts\n\
+             dhcp-authoritative\n\
+             dhcp-range=10.200.0.0,static,255.255.255.240,12h\n\
+             dhcp-option=option:router,10.200.0.1\n\
+             dhcp-option=option:dns-server,192.0.2.53\n\
+             dhcp-hostsfile=/var/lib/ironbark/cc/dhcp/ibr0/hosts\n\
+             dhcp-leasefile=/var/lib/ironbark/cc/dhcp/ibr0/leases\n\
+             pid-file=/var/lib/ironbark/cc/dhcp/ibr0/pid\n\
+             log-facility=/var/lib/ironbark/cc/dhcp/ibr0/log\n"
+        );
+        // Sorted by address, MACs lower-cased.
+        assert_eq!(
+            p.segments[0].dhcp.hosts,
+            "d0:0d:00:00:00:0a,10.200.0.2,ip-10-200-0-2\n\
+             d0:0d:00:00:00:0b,10.200.0.3,ip-10-200-0-3\n"
+        );
+        assert_eq!(
+            p.segments[1].dhcp.hosts,
+            "d0:0d:00:00:00:0c,10.200.0.18,ip-10-200-0-18\n"
+        );
+        assert!(
+            p.segments[1]
+                .dhcp
+                .config
+                .contains("dhcp-range=10.200.0.16,static,255.255.255.240,12h\n")
+        );
+        assert!(
+            p.segments[1]
+                .dhcp
+                .config
+                .contains("dhcp-option=option:router,10.200.0.17\n")
+        );
+
+        let nft = p.nft.expect("a table");
+        assert_eq!(
+            nft.table,
+            format!(
+                "table ip ironbark {{\n\
+                 \tcomment \"ironbark:{fp}\";\n\
+                 \tchain prerouting {{\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \t\tiifname \"ibr0\" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.200.0.1:8777\n\
+                 \t\tiifname \"ibr1\" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.200.0.17:8777\n\
+                 \t}}\n\
+                 \n\
+                 \tchain input {{\n\
+                 \t\ttype filter hook input priority filter; policy accept;\n\
+                 \t\tip daddr 10.200.0.1 tcp dport 8777 iifname != \"ibr0\" drop\n\
+                 \t\tip daddr 10.200.0.1 tcp dport 8777 ip saddr != 10.200.0.0/28 drop\n\
+                 \t\tip daddr 10.200.0.17 tcp dport 8777 iifname != \"ibr1\" drop\n\
+                 \t\tip daddr 10.200.0.17 tcp dport 8777 ip saddr != 10.200.0.16/28 drop\n\
+                 \t}}\n\
+                 \n\
+                 \tchain forward {{\n\
+                 \t\ttype filter hook forward priority filter; policy accept;\n\
+                 \t\tiifname \"ibr0\" oifname \"ibr*\" oifname != \"ibr0\" drop\n\
+                 \t\tiifname \"ibr1\" oifname \"ibr*\" oifname != \"ibr1\" drop\n\
+                 \t}}\n\
+                 }}\n",
+                fp = nft.fingerprint
+            )
+        );
+        assert_eq!(nft.fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn planning_is_deterministic_and_order_independent() {
+        let mut z = zone();
+        let a = plan(&z, &cfg());
+        z.instances.reverse();
+        z.segments.reverse();
+        assert_eq!(plan(&z, &cfg()), a);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_rules() {
+        let a = plan(&zone(), &cfg()).nft.unwrap();
+        let mut c = cfg();
+        c.metadata_listen.set_port(9999);
+        let b = plan(&zone(), &c).nft.unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        // Instances do not change the table: only segments do.
+        let mut z = zone();
+        z.instances.pop();
+        assert_eq!(plan(&z, &cfg()).nft.unwrap(), a);
+    }
+
+    #[test]
+    fn no_segments_no_table() {
+        let p = plan(
+            &ZoneDesired {
+                generation: 1,
+                segments: vec![],
+                instances: vec![],
+            },
+            &cfg(),
+        );
+        assert!(p.segments.is_empty());
+        assert_eq!(p.nft, None);
+    }
+
+    #[test]
+    fn bad_input_is_left_out_with_a_warning() {
+        let mut z = zone();
+        z.segments.push(Segment {
+            group_id: "sg-evil".into(),
+            tag: 12,
+            bridge: "eth0".into(),
+            subnet: "10.200.0.32/28".into(),
+            gateway: "10.200.0.33".into(),
+        });
+        z.segments.push(Segment {
+            group_id: "sg-overlap".into(),
+            tag: 13,
+            bridge: "ibr9".into(),
+            subnet: "10.200.0.8/29".into(),
+            gateway: "10.200.0.9".into(),
+        });
+        z.segments.push(Segment {
+            group_id: "sg-gw".into(),
+            tag: 14,
+            bridge: "ibr4".into(),
+            subnet: "10.200.0.64/28".into(),
+            gateway: "10.200.0.80".into(),
+        });
+        z.instances.push(instance(
+            "i-0000000d",
+            "sg-web",
+            "ibr0",
+            "10.200.0.99",
+            "d0:0d:00:00:00:0d",
+            "nc1",
+        ));
+        z.instances.push(instance(
+            "i-0000000e",
+            "sg-web",
+            "ibr0",
+            "10.200.0.2",
+            "d0:0d:00:00:00:0e",
+            "nc1",
+        ));
+        z.instances.push(instance(
+            "i-0000000f",
+            "sg-none",
+            "ibr7",
+            "10.200.1.2",
+            "d0:0d:00:00:00:0f",
+            "nc1",
+        ));
+        z.instances.push(instance(
+            "i-00000010",
+            "sg-web",
+            "ibr0",
+            "10.200.0.4",
+            "d0:0d:zz",
+            "nc1",
+        ));
+        z.instances.push(instance(
+            "i-00000011",
+            "sg-web",
+            "ibr0",
+            "10.200.0.1",
+            "d0:0d:00:00:00:11",
+            "nc1",
+        ));
+        let p = plan(&z, &cfg());
+        let bridges: Vec<&str> = p.segments.iter().map(|s| s.bridge.as_str()).collect();
+        assert_eq!(bridges, ["ibr0", "ibr1"]);
+        assert_eq!(p.segments[0].dhcp.entries.len(), 2);
+        assert_eq!(p.warnings.len(), 8, "{:#?}", p.warnings);
+        for needle in [
+            "sg-evil",
+            "sg-overlap",
+            "sg-gw",
+            "i-0000000d",
+            "i-0000000e",
+            "i-0000000f",
+            "i-00000010",
+            "i-00000011",
+        ] {
+            assert!(
+                p.warnings.iter().any(|w| w.contains(needle)),
+                "no warning about {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_dhcp_settings_are_replaced_or_left_out() {
+        let mut c = cfg();
+        c.dns_servers = vec!["".into(), "192.0.2.53".into(), "ns1,evil".into()];
+        c.lease_time = "12h\nport=53".into();
+        let p = plan(&zone(), &c);
+        let conf = &p.segments[0].dhcp.config;
+        assert!(
+            conf.contains("dhcp-option=option:dns-server,192.0.2.53\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(",255.255.255.240,12h\n") && !conf.contains("port=53"),
+            "{conf}"
+        );
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        c.dns_servers = vec!["192.0.2.53".into()];
+        for (lease, ok) in [
+            ("45m", true),
+            ("infinite", true),
+            ("3600", true),
+            ("h", false),
+            ("1hh", false),
+        ] {
+            c.lease_time = lease.into();
+            assert_eq!(plan(&zone(), &c).warnings.is_empty(), ok, "{lease}");
+        }
+        c.dns_servers.clear();
+        assert!(
+            !plan(&zone(), &c).segments[0]
+                .dhcp
+                .config
+                .contains("dns-server")
+        );
+    }
+
+    #[test]
+    fn hostnames_dnsmasq_would_refuse_are_dropped() {
+        let mut z = zone();
+        z.instances[0].metadata.hostname = "bad host,name".into();
+        let p = plan(&z, &cfg());
+        assert!(
+            p.segments[0]
+                .dhcp
+                .hosts
+                .contains("d0:0d:00:00:00:0b,10.200.0.3\n")
+        );
+        assert!(valid_hostname("ip-10-0-0-1.ec2.internal"));
+        assert!(!valid_hostname("-x"));
+    }
+
+    #[test]
+    fn cidr_arithmetic() {
+        let n: Ipv4Net = "10.1.2.5/28".parse().unwrap();
+        assert_eq!(n.to_string(), "10.1.2.0/28");
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 240));
+        assert_eq!(n.broadcast(), Ipv4Addr::new(10, 1, 2, 15));
+        assert!(n.is_host(Ipv4Addr::new(10, 1, 2, 1)));
+        assert!(!n.is_host(Ipv4Addr::new(10, 1, 2, 0)));
+        assert!(!n.is_host(Ipv4Addr::new(10, 1, 2, 15)));
+        assert!(!n.contains(Ipv4Addr::new(10, 1, 2, 16)));
+        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
+        assert!("10.0.0.0".parse::<Ipv4Net>().is_err());
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(all.overlaps(&n));
+    }
+}

@@ -1,0 +1,123 @@
+//! Shared test fixtures: a configuration and a two-segment, three-instance
+//! zone as the CLC would send it. Public so the crate's integration tests
+//! and other crates' tests can build on them.
+
+use ironbark_cluster_api::{InstanceDesired, InstanceMetadata, Segment, ZoneDesired};
+use ironbark_node_api::{BootImage, ImageRef, InstanceSpec, NicSpec, VmResources};
+
+use crate::config::CcConfig;
+
+pub fn cfg() -> CcConfig {
+    let mut c = CcConfig::new("zone-a", "t0ken", "/var/lib/ironbark/cc");
+    c.dns_servers = vec!["192.0.2.53".into()];
+    c
+}
+
+pub fn instance(
+    id: &str,
+    group: &str,
+    bridge: &str,
+    ip: &str,
+    mac: &str,
+    node: &str,
+) -> InstanceDesired {
+    let image = ImageRef {
+        id: "eki-1".into(),
+        url: "http://w/eki-1".into(),
+        sha256: "00".into(),
+        size: 1,
+    };
+    InstanceDesired {
+        spec: InstanceSpec {
+            instance_id: id.into(),
+            account_id: "123456789012".into(),
+            vm: VmResources {
+                cpus: 1,
+                memory_mib: 256,
+                disk_gib: 1,
+            },
+            image: BootImage {
+                kernel: image,
+                ramdisk: None,
+                root: None,
+                cmdline: String::new(),
+            },
+            nics: vec![NicSpec {
+                mac: mac.into(),
+                bridge: bridge.into(),
+                tap: ironbark_node_api::tap_name(id),
+            }],
+        },
+        node_id: node.into(),
+        group_id: group.into(),
+        private_ip: ip.into(),
+        metadata: InstanceMetadata {
+            ami_id: "emi-0000abcd".into(),
+            reservation_id: format!("r-{}", &id[2..]),
+            instance_type: "t1.micro".into(),
+            hostname: format!("ip-{}", ip.replace('.', "-")),
+            local_ipv4: ip.into(),
+            public_ipv4: None,
+            availability_zone: "zone-a".into(),
+            security_groups: vec![group.trim_start_matches("sg-").into()],
+            public_key: None,
+            user_data: None,
+            kernel_id: Some("eki-1".into()),
+            ramdisk_id: None,
+            block_device_mapping: vec![
+                ("ami".into(), "/dev/sda1".into()),
+                ("root".into(), "/dev/sda1".into()),
+                ("ephemeral0".into(), "sda2".into()),
+            ],
+        },
+    }
+}
+
+/// Two segments, three instances (two in the first), as the CLC sends them.
+pub fn zone() -> ZoneDesired {
+    ZoneDesired {
+        generation: 7,
+        segments: vec![
+            Segment {
+                group_id: "sg-web".into(),
+                tag: 10,
+                bridge: "ibr0".into(),
+                subnet: "10.200.0.0/28".into(),
+                gateway: "10.200.0.1".into(),
+            },
+            Segment {
+                group_id: "sg-db".into(),
+                tag: 11,
+                bridge: "ibr1".into(),
+                subnet: "10.200.0.16/28".into(),
+                gateway: "10.200.0.17".into(),
+            },
+        ],
+        instances: vec![
+            instance(
+                "i-0000000b",
+                "sg-web",
+                "ibr0",
+                "10.200.0.3",
+                "D0:0D:00:00:00:0B",
+                "nc1",
+            ),
+            instance(
+                "i-0000000a",
+                "sg-web",
+                "ibr0",
+                "10.200.0.2",
+                "d0:0d:00:00:00:0a",
+                "nc1",
+            ),
+            instance(
+                "i-0000000c",
+                "sg-db",
+                "ibr1",
+                "10.200.0.18",
+                "d0:0d:00:00:00:0c",
+                "nc2",
+            ),
+        ],
+    }
+}
