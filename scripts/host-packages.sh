@@ -53,4 +53,9 @@ install_host_packages() {
       fi
     fi
   fi
+  # The test image is assembled from packages fetched with apt-get download,
+  # which needs package lists even when nothing had to be installed.
+  if ! ls /var/lib/apt/lists/*_Packages* > /dev/null 2>&1; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  fi
 }
