@@ -226,28 +226,42 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))
 }
 
+/// Writes `bytes` to a fresh mode-0600 temporary file beside `path`, fsynced,
+/// and returns its name: the first half of every atomic private write.
+fn private_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// Replaces `path` atomically with `bytes`, readable by its owner only:
+/// for secrets (keys, tokens, credentials) a crash must never leave half
+/// written.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = private_temp(path, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The sealing key lives beside, not inside, the database, so a copy of the
 /// database alone yields no usable secret. Written once, atomically, 0600.
 fn load_or_create_seal_key(path: &Path) -> Result<SealKey> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(bytes) = std::fs::read(path) {
         return SealKey::from_bytes(&bytes)
             .map_err(|e| Error::internal(format!("sealing key {}: {e}", path.display())));
     }
     create_private_dir(path.parent().expect("key path has a parent"))?;
     let key = SealKey::generate();
-    let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| Error::internal(format!("writing {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&key.to_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let tmp = private_temp(path, &key.to_bytes()).map_err(io)?;
     // A racing first start must not end with two different keys.
     match std::fs::hard_link(&tmp, path) {
         Ok(()) => {

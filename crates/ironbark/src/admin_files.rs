@@ -7,8 +7,6 @@
 //! from there and the other two files are rewritten with the current
 //! endpoints. If the file was lost, a fresh admin key is issued.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ironbark_clc::Cloud;
@@ -28,18 +26,8 @@ fn admin_dir(data_dir: &Path) -> PathBuf {
 
 /// Writes `contents` to `path` atomically with mode 0600.
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    let io = |e: std::io::Error| Error::internal(format!("writing {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    ironbark_clc::write_private_file(path, contents.as_bytes())
+        .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))
 }
 
 /// Reads the key back from a credentials file this module wrote.

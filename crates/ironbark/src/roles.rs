@@ -20,8 +20,6 @@ use ironbark_types::{Error, ErrorKind, InstanceId, Result};
 /// The per-cloud secret CC, NCs and the CLC's internal endpoint share.
 /// Made once, kept beside the sealing key.
 pub fn cluster_token(data_dir: &Path) -> std::result::Result<String, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("keys").join("cluster.token");
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
@@ -35,18 +33,8 @@ pub fn cluster_token(data_dir: &Path) -> std::result::Result<String, String> {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>();
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(token.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ironbark_clc::write_private_file(&path, token.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(token)
 }
 
