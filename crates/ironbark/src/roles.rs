@@ -27,8 +27,14 @@ pub fn cluster_token(data_dir: &Path) -> std::result::Result<String, String> {
             return Ok(t);
         }
     }
-    std::fs::create_dir_all(path.parent().expect("has parent"))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.parent().expect("has parent"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let token = ironbark_types::generate_secret_key()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
