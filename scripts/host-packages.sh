@@ -11,6 +11,7 @@ IRONBARK_PACKAGES=(
   ca-certificates curl procps
   rclone                          # S3 tool the Walrus tests drive
   iproute2 nftables dnsmasq-base  # the CC: bridges, taps, filtering, DHCP
+  busybox                         # udhcpc: the DHCP client of the CC's netns test
   dpkg apt                        # the test image is built from Debian packages
 )
 
