@@ -111,14 +111,14 @@ mod tests {
     #[test]
     fn parses_eucalyptus_conf_style() {
         let c = ConfigFile::parse(
-            "# comment\nREGION=\"east\"\n  ZONES='a,b'\nexport CLC_URL=http://x:1/\nEMPTY=\"\"\nVNET_MODE=\"MANAGED\"\n",
+            "# comment\nREGION=\"east\"\n  ZONES='a,b'\nexport CLC_URL=http://x:1/\nEMPTY=\"\"\nSC_ONLY_KEY=\"x\"\n",
         )
         .unwrap();
         assert_eq!(c.get("REGION"), Some("east"));
         assert_eq!(c.get("ZONES"), Some("a,b"));
         assert_eq!(c.get("CLC_URL"), Some("http://x:1/"));
         assert_eq!(c.get("EMPTY"), None);
-        assert_eq!(c.unknown_keys(), vec!["EMPTY", "VNET_MODE"]);
+        assert_eq!(c.unknown_keys(), vec!["EMPTY", "SC_ONLY_KEY"]);
         assert!(ConfigFile::parse("no equals sign").is_err());
         assert!(ConfigFile::parse("BAD KEY=1").is_err());
     }
