@@ -1,0 +1,165 @@
+"""Instance life-cycle bench: what the control plane adds to a VM boot,
+and how long TerminateInstances takes to reach `terminated`.
+
+For each round: RunInstances of one m1.small from the test image, then the
+time until DescribeInstances says `running`, until the guest's console
+shows its DHCP client starting (`udhcpc: started`: the kernel is up and
+/init has begun, before any network waits) and until its readiness line;
+then TerminateInstances and the time until the owner's listing no longer
+has it. Next to it, the same image booted by a bare `qemu-system-x86_64`
+(TCG, same memory) timed to the same `udhcpc: started` line. Run by
+benches/instances.sh (root: it makes a network namespace).
+"""
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+BIN = Path(os.environ["IRONBARK_BIN"])
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+CACHE = Path(os.environ.get("IRONBARK_DEB_CACHE", "/var/cache/ironbark/debs"))
+
+
+def sh(*args, check=True, timeout=600):
+    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True)
+
+
+def wait(fn, timeout=300, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return time.monotonic()
+        time.sleep(every)
+    raise RuntimeError("timed out")
+
+
+def bare_qemu(img: Path, work: Path) -> float:
+    log = work / f"bare-{uuid.uuid4().hex[:8]}.log"
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "256",
+         "-display", "none", "-nodefaults", "-no-user-config", "-serial", f"file:{log}",
+         "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
+         "-append", "console=ttyS0 panic=-1",
+         "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+         "-device", "virtio-rng-pci"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t = wait(lambda: log.exists() and "udhcpc: started" in log.read_text(errors="replace"), timeout=300)
+    finally:
+        p.kill()
+        p.wait()
+    return t - t0
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="ibb-", dir="/tmp"))
+    work.chmod(0o755)
+    img = work / "img"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sh(str(BIN), "image", "build-test", "--out", str(img), "--cache", str(CACHE))
+    ns = f"ibb{uuid.uuid4().hex[:6]}"
+    vh, vn = f"vh{ns[3:]}", f"vn{ns[3:]}"
+    n = uuid.uuid4().int % 200 + 20
+    ip = f"10.253.{n}.2"
+    proc = None
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", vh, "type", "veth", "peer", "name", vn)
+        sh("ip", "link", "set", vn, "netns", ns)
+        sh("ip", "addr", "add", f"10.253.{n}.1/30", "dev", vh)
+        sh("ip", "link", "set", vh, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/30", "dev", vn)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", vn, "up")
+        data = work / "data"
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(BIN), "up", "--data-dir", str(data), "--listen", f"{ip}:8773",
+             "--walrus-listen", "127.0.0.1:8780"],
+            stdout=open(work / "ironbark.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait(lambda: (data / "admin" / "credentials").exists(), timeout=60)
+        kv = dict(l.split(" = ", 1) for l in (data / "admin" / "credentials").read_text().splitlines() if " = " in l)
+        ec2 = boto3.client("ec2", endpoint_url=f"http://{ip}:8773/", region_name="eucalyptus",
+                           aws_access_key_id=kv["aws_access_key_id"],
+                           aws_secret_access_key=kv["aws_secret_access_key"],
+                           config=Config(retries={"total_max_attempts": 1}))
+        wait(lambda: _ok(ec2.describe_regions), timeout=60)
+        emi = sh(str(BIN), "admin", "--data-dir", str(data), "image", "import", "--kernel", str(img / "vmlinuz"),
+                 "--ramdisk", str(img / "initrd.img"), "--name", "bench").stdout.split()[-1]
+        rows = []
+        for r in range(ROUNDS):
+            t0 = time.monotonic()
+            iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, InstanceType="m1.small")["Instances"][0]["InstanceId"]
+            t_api = time.monotonic()
+            t_run = wait(lambda: _state(ec2, iid) == "running")
+            t_init = wait(lambda: "udhcpc: started" in _console(ec2, iid), every=0.1)
+            t_ready = wait(lambda: f"IRONBARK-READY instance-id={iid}" in _console(ec2, iid), every=0.1)
+            t1 = time.monotonic()
+            ec2.terminate_instances(InstanceIds=[iid])
+            t_term = wait(lambda: _state(ec2, iid) is None, timeout=60, every=0.02)
+            rows.append(dict(api=t_api - t0, running=t_run - t0, init=t_init - t0, ready=t_ready - t0,
+                             terminate=t_term - t1))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in rows[-1].items()), flush=True)
+        bare = [bare_qemu(img, work) for _ in range(ROUNDS)]
+        for i, b in enumerate(bare):
+            print(f"bare qemu round {i + 1}: init {b:.2f}s", flush=True)
+        med = lambda k: statistics.median(x[k] for x in rows)
+        b = statistics.median(bare)
+        over = med("init") - b
+        allowed = max(0.10 * b, 0.300)
+        print()
+        print(f"{'median over ' + str(ROUNDS) + ' rounds':<40} {'seconds':>8}")
+        print(f"{'RunInstances call returned':<40} {med('api'):8.2f}")
+        print(f"{'RunInstances -> running':<40} {med('running'):8.2f}")
+        print(f"{'RunInstances -> guest /init (udhcpc)':<40} {med('init'):8.2f}")
+        print(f"{'RunInstances -> readiness line':<40} {med('ready'):8.2f}")
+        print(f"{'bare qemu -> guest /init (udhcpc)':<40} {b:8.2f}")
+        print(f"{'control plane adds (to /init)':<40} {over:8.2f}   target <= {allowed:.2f} (10 % or 300 ms)")
+        print(f"{'TerminateInstances -> terminated':<40} {med('terminate'):8.2f}   target < 1 s")
+    finally:
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for p in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "link", "del", vh, check=False)
+        sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ok(f):
+    try:
+        f()
+        return True
+    except Exception:
+        return False
+
+
+def _state(ec2, iid):
+    res = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [iid]}])["Reservations"]
+    return res[0]["Instances"][0]["State"]["Name"] if res else None
+
+
+def _console(ec2, iid):
+    return ec2.get_console_output(InstanceId=iid).get("Output") or ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
