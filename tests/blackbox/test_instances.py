@@ -69,6 +69,10 @@ class NetCloud:
         return sh("ip", "netns", "exec", self.ns, *args, **kw)
 
     def start(self):
+        self.setup_net()
+        return self.start_cloud()
+
+    def setup_net(self):
         sh("ip", "netns", "add", self.ns)
         self.ns_run("ip", "link", "set", "lo", "up")
         sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
@@ -77,6 +81,8 @@ class NetCloud:
         sh("ip", "link", "set", self.host_if, "up")
         self.ns_run("ip", "addr", "add", f"{self.ip}/30", "dev", self.ns_if)
         self.ns_run("ip", "link", "set", self.ns_if, "up")
+
+    def start_cloud(self):
         self.log = open(self.root / "ironbark.log", "ab")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, str(ironbark_bin()), "up", "--data-dir", str(self.data),
@@ -113,6 +119,16 @@ class NetCloud:
 
     def admin(self, *args):
         return sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300).stdout
+
+    def kill9(self):
+        """The whole cloud process dies at once (its VMs are their own
+        processes and live on, as on a real host)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def taps(self):
+        out = self.ns_run("ip", "-br", "link", "show", "type", "tun", check=False).stdout
+        return [l.split()[0] for l in out.splitlines() if l.strip()]
 
     def qemu_pids(self):
         out = []
@@ -261,3 +277,34 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
     wait_for("buried", lambda: not any(
         i["InstanceId"] in ids for r in ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
         for i in r["Instances"]), timeout=60)
+
+
+def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, test_image):
+    c = netcloud
+    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
+                  "--ramdisk", str(test_image / "initrd.img"), "--name", "crash").split()[-1]
+    ec2 = c.ec2()
+    c.admin("property", "set", "cloud.cluster.poll_interval", "1")
+
+    # Killed right after RunInstances answered: on restart the instance runs
+    # (exactly one VM for it) and is reported running.
+    a = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    c.kill9()
+    c.start_cloud()
+    ec2 = c.ec2()
+    wait_for("a running after restart", lambda: states(ec2, [a])[a]["State"]["Name"] == "running", timeout=120)
+    wait_for("a ready", lambda: f"IRONBARK-READY instance-id={a}" in console(ec2, a))
+    wait_for("one VM", lambda: len(c.qemu_pids()) == 1, timeout=30)
+
+    # Killed right after TerminateInstances answered: on restart it ends up
+    # terminated, with no VM, tap or directory left behind.
+    ec2.terminate_instances(InstanceIds=[a])
+    c.kill9()
+    c.start_cloud()
+    ec2 = c.ec2()
+    wait_for("a gone from the owner's listing", lambda: not ec2.describe_instances()["Reservations"], timeout=60)
+    wait_for("no VM left", lambda: not c.qemu_pids(), timeout=60)
+    wait_for("no tap left", lambda: not c.taps(), timeout=60)
+    assert not list((c.data / "nc" / "instances").glob(f"*/{a}"))
+    verbose = ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
+    assert {i["InstanceId"]: i["State"]["Name"] for r in verbose for i in r["Instances"]}.get(a) == "terminated"
