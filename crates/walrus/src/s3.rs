@@ -314,14 +314,63 @@ impl Walrus {
             modified_ms: now_ms(),
             acl: Acl::private(owner_id, owner_name),
         };
-        match self.meta.put_object(&o).await {
-            Ok(dead) => self.delete_blobs(dead).await,
+        self.commit_object(&o, &info.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(etag)
+    }
+
+    /// Makes `o` visible; the blob it was written to is removed if the
+    /// commit fails, the blobs it replaced once it succeeds.
+    async fn commit_object(&self, o: &meta::Object, new_blob: &str) -> Result<(), MetaError> {
+        match self.meta.put_object(o).await {
+            Ok(dead) => {
+                self.delete_blobs(dead).await;
+                Ok(())
+            }
             Err(e) => {
-                self.blobs.delete(&info.id).await;
-                return Err(e.to_string());
+                self.blobs.delete(new_blob).await;
+                Err(e)
             }
         }
-        Ok(etag)
+    }
+
+    /// The same for one part of a multipart upload.
+    async fn commit_part(&self, upload_id: &str, part: &meta::Part) -> Result<(), MetaError> {
+        match self.meta.put_part(upload_id, part).await {
+            Ok(old) => {
+                self.delete_blobs(old.into_iter().collect()).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.blobs.delete(&part.blob).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The ACL a write asks for on an object: a canned name or grant
+    /// headers (READ, READ_ACP, FULL_CONTROL; objects take no WRITE grant).
+    async fn object_acl(
+        &self,
+        canned: Option<&ObjectCannedACL>,
+        [read, read_acp, full]: [Option<&String>; 3],
+        (owner_id, owner_name): (&str, &str),
+        bucket: &meta::Bucket,
+    ) -> S3Result<Acl> {
+        self.requested_acl(
+            canned.map(|a| a.as_str()),
+            [
+                (read, Perm::Read),
+                (None, Perm::Write),
+                (read_acp, Perm::ReadAcp),
+                (full, Perm::FullControl),
+            ],
+            owner_id,
+            owner_name,
+            Some((&bucket.acl.owner_id, &bucket.acl.owner_name)),
+        )
+        .await
     }
 
     fn writer_of(&self, who: &Requester, bucket: &meta::Bucket) -> (String, String) {
@@ -899,17 +948,15 @@ impl S3 for Walrus {
         let (oid, oname) = self.writer_of(&who, &b);
         let i = req.input;
         let acl = self
-            .requested_acl(
-                i.acl.as_ref().map(|a| a.as_str()),
+            .object_acl(
+                i.acl.as_ref(),
                 [
-                    (i.grant_read.as_ref(), Perm::Read),
-                    (None, Perm::Write),
-                    (i.grant_read_acp.as_ref(), Perm::ReadAcp),
-                    (i.grant_full_control.as_ref(), Perm::FullControl),
+                    i.grant_read.as_ref(),
+                    i.grant_read_acp.as_ref(),
+                    i.grant_full_control.as_ref(),
                 ],
-                &oid,
-                &oname,
-                Some((&b.acl.owner_id, &b.acl.owner_name)),
+                (&oid, &oname),
+                &b,
             )
             .await
             .map_err(closing)?;
@@ -938,13 +985,7 @@ impl S3 for Walrus {
             modified_ms: now_ms(),
             acl,
         };
-        match self.meta.put_object(&o).await {
-            Ok(dead) => self.delete_blobs(dead).await,
-            Err(e) => {
-                self.blobs.delete(&info.id).await;
-                return Err(meta_err(e));
-            }
-        }
+        self.commit_object(&o, &info.id).await.map_err(meta_err)?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(quoted(&etag)),
             size: Some(info.size as i64),
@@ -1174,17 +1215,15 @@ impl S3 for Walrus {
         };
         let (oid, oname) = self.writer_of(&who, &b);
         let acl = self
-            .requested_acl(
-                i.acl.as_ref().map(|a| a.as_str()),
+            .object_acl(
+                i.acl.as_ref(),
                 [
-                    (i.grant_read.as_ref(), Perm::Read),
-                    (None, Perm::Write),
-                    (i.grant_read_acp.as_ref(), Perm::ReadAcp),
-                    (i.grant_full_control.as_ref(), Perm::FullControl),
+                    i.grant_read.as_ref(),
+                    i.grant_read_acp.as_ref(),
+                    i.grant_full_control.as_ref(),
                 ],
-                &oid,
-                &oname,
-                Some((&b.acl.owner_id, &b.acl.owner_name)),
+                (&oid, &oname),
+                &b,
             )
             .await?;
         let info = self.copy_range(&src, 0, src.size).await?;
@@ -1203,13 +1242,7 @@ impl S3 for Walrus {
             modified_ms: modified,
             acl,
         };
-        match self.meta.put_object(&o).await {
-            Ok(dead) => self.delete_blobs(dead).await,
-            Err(e) => {
-                self.blobs.delete(&info.id).await;
-                return Err(meta_err(e));
-            }
-        }
+        self.commit_object(&o, &info.id).await.map_err(meta_err)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(quoted(&etag)),
@@ -1339,17 +1372,15 @@ impl S3 for Walrus {
         let acl = match i.access_control_policy {
             Some(p) => self.acl_from_policy(p, &o.acl).await?,
             None => {
-                self.requested_acl(
-                    i.acl.as_ref().map(|a| a.as_str()),
+                self.object_acl(
+                    i.acl.as_ref(),
                     [
-                        (i.grant_read.as_ref(), Perm::Read),
-                        (None, Perm::Write),
-                        (i.grant_read_acp.as_ref(), Perm::ReadAcp),
-                        (i.grant_full_control.as_ref(), Perm::FullControl),
+                        i.grant_read.as_ref(),
+                        i.grant_read_acp.as_ref(),
+                        i.grant_full_control.as_ref(),
                     ],
-                    &o.acl.owner_id,
-                    &o.acl.owner_name,
-                    Some((&b.acl.owner_id, &b.acl.owner_name)),
+                    (&o.acl.owner_id, &o.acl.owner_name),
+                    &b,
                 )
                 .await?
             }
@@ -1376,17 +1407,15 @@ impl S3 for Walrus {
         let (oid, oname) = self.writer_of(&who, &b);
         let i = req.input;
         let acl = self
-            .requested_acl(
-                i.acl.as_ref().map(|a| a.as_str()),
+            .object_acl(
+                i.acl.as_ref(),
                 [
-                    (i.grant_read.as_ref(), Perm::Read),
-                    (None, Perm::Write),
-                    (i.grant_read_acp.as_ref(), Perm::ReadAcp),
-                    (i.grant_full_control.as_ref(), Perm::FullControl),
+                    i.grant_read.as_ref(),
+                    i.grant_read_acp.as_ref(),
+                    i.grant_full_control.as_ref(),
                 ],
-                &oid,
-                &oname,
-                Some((&b.acl.owner_id, &b.acl.owner_name)),
+                (&oid, &oname),
+                &b,
             )
             .await?;
         let u = meta::Upload {
@@ -1439,13 +1468,9 @@ impl S3 for Walrus {
             blob: info.id.clone(),
             modified_ms: now_ms(),
         };
-        match self.meta.put_part(&i.upload_id, &part).await {
-            Ok(old) => self.delete_blobs(old.into_iter().collect()).await,
-            Err(e) => {
-                self.blobs.delete(&info.id).await;
-                return Err(meta_err(e));
-            }
-        }
+        self.commit_part(&i.upload_id, &part)
+            .await
+            .map_err(meta_err)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(quoted(&etag)),
             ..Default::default()
@@ -1497,13 +1522,9 @@ impl S3 for Walrus {
             blob: info.id.clone(),
             modified_ms: modified,
         };
-        match self.meta.put_part(&i.upload_id, &part).await {
-            Ok(old) => self.delete_blobs(old.into_iter().collect()).await,
-            Err(e) => {
-                self.blobs.delete(&info.id).await;
-                return Err(meta_err(e));
-            }
-        }
+        self.commit_part(&i.upload_id, &part)
+            .await
+            .map_err(meta_err)?;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(quoted(&etag)),
