@@ -655,6 +655,7 @@ mod tests {
             bridge: "eth0".into(),
             subnet: "10.200.0.32/28".into(),
             gateway: "10.200.0.33".into(),
+            rules: Vec::new(),
         });
         z.segments.push(Segment {
             group_id: "sg-overlap".into(),
@@ -662,6 +663,7 @@ mod tests {
             bridge: "ibr9".into(),
             subnet: "10.200.0.8/29".into(),
             gateway: "10.200.0.9".into(),
+            rules: Vec::new(),
         });
         z.segments.push(Segment {
             group_id: "sg-gw".into(),
@@ -669,6 +671,7 @@ mod tests {
             bridge: "ibr4".into(),
             subnet: "10.200.0.64/28".into(),
             gateway: "10.200.0.80".into(),
+            rules: Vec::new(),
         });
         z.instances.push(instance(
             "i-0000000d",

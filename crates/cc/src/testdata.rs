@@ -51,6 +51,7 @@ pub fn instance(
         node_id: node.into(),
         group_id: group.into(),
         private_ip: ip.into(),
+        public_ip: None,
         metadata: InstanceMetadata {
             ami_id: "emi-0000abcd".into(),
             reservation_id: format!("r-{}", &id[2..]),
@@ -84,6 +85,7 @@ pub fn zone() -> ZoneDesired {
                 bridge: "ibr0".into(),
                 subnet: "10.200.0.0/28".into(),
                 gateway: "10.200.0.1".into(),
+                rules: Vec::new(),
             },
             Segment {
                 group_id: "sg-db".into(),
@@ -91,6 +93,7 @@ pub fn zone() -> ZoneDesired {
                 bridge: "ibr1".into(),
                 subnet: "10.200.0.16/28".into(),
                 gateway: "10.200.0.17".into(),
+                rules: Vec::new(),
             },
         ],
         instances: vec![

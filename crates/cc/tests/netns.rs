@@ -84,6 +84,7 @@ fn segment(group: &str, bridge: &str, subnet: &str, gateway: &str, tag: u32) -> 
         bridge: bridge.into(),
         subnet: subnet.into(),
         gateway: gateway.into(),
+        rules: Vec::new(),
     }
 }
 

@@ -404,6 +404,7 @@ impl Cloud {
                     bridge: bridge_for(idx),
                     subnet: cidr.to_string(),
                     gateway: gw.to_string(),
+                    rules: Vec::new(),
                 });
             }
             for id in [
@@ -481,6 +482,7 @@ impl Cloud {
                 node_id: i.node_id.clone(),
                 group_id: i.group_id.to_string(),
                 private_ip: i.private_ip.clone(),
+                public_ip: i.public_ip.clone(),
                 metadata: InstanceMetadata {
                     ami_id: i.image_id.to_string(),
                     reservation_id: i.reservation_id.to_string(),

@@ -29,6 +29,48 @@ pub struct Segment {
     pub subnet: String,
     /// The CC's address on the segment: DHCP server, gateway, metadata.
     pub gateway: String,
+    /// The group's ingress rules: what may reach its instances from outside
+    /// the group (their public addresses, and other groups' segments).
+    /// Members of the group always reach each other; everything else is
+    /// dropped.
+    #[serde(default)]
+    pub rules: Vec<IngressRule>,
+}
+
+/// The protocols a security group rule can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleProtocol {
+    Tcp,
+    Udp,
+    Icmp,
+    /// Every protocol (`-1` in the API); ports are ignored.
+    All,
+}
+
+/// Where a rule's traffic may come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleSourceSpec {
+    /// An IPv4 block, `a.b.c.d/len`. A packet matches when its source
+    /// address, or the public address of the instance that sent it, is
+    /// inside (so a rule naming an instance's public IP works between
+    /// instances, which the original got wrong).
+    Cidr(String),
+    /// Every member of this security group (by id, `sg-…`), by its private
+    /// and its public address. The group need not have a segment here.
+    Group(String),
+}
+
+/// One ingress rule, already validated by the CLC.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IngressRule {
+    pub protocol: RuleProtocol,
+    /// tcp/udp: first port of the range. icmp: the type, `-1` for any.
+    pub from_port: i32,
+    /// tcp/udp: last port of the range. icmp: the code, `-1` for any.
+    pub to_port: i32,
+    pub source: RuleSourceSpec,
 }
 
 /// The EC2 metadata an instance sees at 169.254.169.254.
@@ -59,6 +101,12 @@ pub struct InstanceDesired {
     pub node_id: String,
     pub group_id: String,
     pub private_ip: String,
+    /// The instance's public address (from the pool, or an elastic IP
+    /// associated with it): the CC holds it on its public interface, DNATs
+    /// traffic to it to `private_ip` and SNATs the instance's outbound
+    /// traffic to it. `None` while it has none.
+    #[serde(default)]
+    pub public_ip: Option<String>,
     pub metadata: InstanceMetadata,
 }
 
