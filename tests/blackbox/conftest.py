@@ -106,8 +106,9 @@ def _retries():
 class Cloud:
     """One `ironbark up` process and its data dir."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, config: str | None = None):
         self.root = root
+        self.config = config
         self.data_dir = root / "data"
         self.log_path = root / "ironbark.log"
         self.port = None
@@ -128,6 +129,10 @@ class Cloud:
             self._log = open(self.log_path, "ab")
             args = [str(ironbark_bin()), "up", "--data-dir", str(self.data_dir),
                     "--listen", f"127.0.0.1:{p}"]
+            if self.config is not None:
+                conf = self.root / "ironbark.conf"
+                conf.write_text(self.config)
+                args += ["--config", str(conf)]
             if "--walrus-listen" in up_options():
                 # Builds that serve S3 on a port of their own get a free one
                 # too, rather than their default next to the EC2 port.
@@ -435,9 +440,11 @@ def openssl_digest_hex(output: bytes) -> str:
 # ---- fixtures -------------------------------------------------------------------
 
 @contextlib.contextmanager
-def running_cloud():
+def running_cloud(config: str | None = None):
+    """`config`: the text of an operator configuration file (KEY="value"
+    lines) given to `ironbark up --config`."""
     root = Path(tempfile.mkdtemp(prefix="ironbark-bb-"))
-    c = Cloud(root)
+    c = Cloud(root, config)
     try:
         c.start()
         yield c

@@ -406,7 +406,9 @@ impl Cloud {
     ) -> Result<()> {
         let g = self.resolve_group(caller, target).await?;
         let rules = self.rules_from(caller, perms).await?;
-        self.store.add_rules(&g.id, &rules).await
+        self.store.add_rules(&g.id, &rules).await?;
+        self.push_rules_change().await;
+        Ok(())
     }
 
     pub async fn revoke_ingress(
@@ -417,7 +419,17 @@ impl Cloud {
     ) -> Result<()> {
         let g = self.resolve_group(caller, target).await?;
         let rules = self.rules_from(caller, perms).await?;
-        self.store.remove_rules(&g.id, &rules).await
+        self.store.remove_rules(&g.id, &rules).await?;
+        self.push_rules_change().await;
+        Ok(())
+    }
+
+    /// Rules are part of the zone's desired state: the CC enforces a change
+    /// once it has it, so it is sent at once (the loop repairs a lost send).
+    async fn push_rules_change(&self) {
+        if let Err(e) = self.push_desired().await {
+            tracing::warn!(error = %e, "sending the new rules failed; the reconcile loop retries");
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use ironbark_cluster_api::{
-    InstanceDesired, InstanceMetadata, Segment, TerminateOutcome, ZoneDesired, ZoneReport,
+    IngressRule, InstanceDesired, InstanceMetadata, RuleProtocol, RuleSourceSpec, Segment,
+    TerminateOutcome, ZoneDesired, ZoneReport,
 };
 use ironbark_node_api::{BootImage, ImageRef, InstanceSpec, NicSpec, VmResources, VmState};
 use ironbark_types::*;
@@ -126,6 +127,24 @@ fn mac_for(id: &InstanceId) -> String {
         )
     };
     format!("d0:0d:{}:{}:{}:{}", b(0), b(2), b(4), b(6))
+}
+
+/// A stored rule as the CC enforces it.
+fn ingress_rule(r: &Rule) -> IngressRule {
+    IngressRule {
+        protocol: match r.protocol {
+            Protocol::Tcp => RuleProtocol::Tcp,
+            Protocol::Udp => RuleProtocol::Udp,
+            Protocol::Icmp => RuleProtocol::Icmp,
+            Protocol::All => RuleProtocol::All,
+        },
+        from_port: r.from_port,
+        to_port: r.to_port,
+        source: match &r.source {
+            RuleSource::Cidr(c) => RuleSourceSpec::Cidr(c.to_string()),
+            RuleSource::Group { group_id, .. } => RuleSourceSpec::Group(group_id.to_string()),
+        },
+    }
 }
 
 fn bridge_for(idx: u32) -> String {
@@ -365,6 +384,7 @@ impl Cloud {
                 terminated_ms: None,
             });
         }
+        self.assign_public_ips(&live, &mut made).await?;
         self.store.insert_instances(&made).await?;
         tracing::info!(reservation = %reservation, count = made.len(), "instances launched");
         // The records are the truth from here; a failed send is retried by
@@ -388,6 +408,13 @@ impl Cloud {
         let mut segments = Vec::new();
         let mut instances = Vec::new();
         let keys = self.store.list_key_pairs(None).await?;
+        let groups: HashMap<SecurityGroupId, SecurityGroup> = self
+            .store
+            .list_groups(None)
+            .await?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect();
         let mut images: HashMap<ImageId, Image> = HashMap::new();
         for i in &live {
             let Some(&idx) = segs.get(&i.group_id) else {
@@ -404,7 +431,10 @@ impl Cloud {
                     bridge: bridge_for(idx),
                     subnet: cidr.to_string(),
                     gateway: gw.to_string(),
-                    rules: Vec::new(),
+                    rules: groups
+                        .get(&i.group_id)
+                        .map(|g| g.rules.iter().map(ingress_rule).collect())
+                        .unwrap_or_default(),
                 });
             }
             for id in [
@@ -594,6 +624,7 @@ impl Cloud {
     /// The safety-net pass: poll the CC, re-send the desired state, and
     /// bury records terminated longer than the configured delay.
     pub async fn reconcile(&self) -> Result<()> {
+        self.repair_addresses().await?;
         self.push_desired().await?;
         let report = self.cluster.report().await?;
         self.observe(&report).await?;
@@ -966,6 +997,215 @@ mod tests {
         assert_eq!(
             c.run_instances(&alice, bad).await.unwrap_err().kind,
             ErrorKind::InvalidParameterValue
+        );
+    }
+
+    #[tokio::test]
+    async fn public_and_elastic_ips_follow_ec2_classic() {
+        use crate::AddressRef;
+        let (c, fake, admin, alice, img) = setup(8).await;
+        let bob = caller(&c, "bob").await;
+        let kind = |r: Result<Address>| r.unwrap_err().kind;
+        let pub_of = |z: &ZoneDesired, id: &InstanceId| {
+            z.instances
+                .iter()
+                .find(|d| d.spec.instance_id == id.as_str())
+                .and_then(|d| d.public_ip.clone())
+        };
+
+        // Each instance gets a pool address at launch, in pool order.
+        let got = c.run_instances(&alice, run(&img, 2, 2)).await.unwrap();
+        let (a, b) = (got[0].id.clone(), got[1].id.clone());
+        assert_eq!(got[0].public_ip.as_deref(), Some("203.0.113.1"));
+        assert_eq!(got[1].public_ip.as_deref(), Some("203.0.113.2"));
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert_eq!(pub_of(&z, &a).as_deref(), Some("203.0.113.1"));
+
+        // One address left: allocate it; the pool is then exhausted.
+        let eip = c.allocate_address(&alice).await.unwrap();
+        assert_eq!(eip.public_ip, "203.0.113.3");
+        assert_eq!(
+            kind(c.allocate_address(&bob).await),
+            ErrorKind::InsufficientAddressCapacity
+        );
+        // Another account can neither see nor touch it.
+        assert!(
+            c.describe_addresses(&bob, &[], &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let by_ip = AddressRef::PublicIp(eip.public_ip.clone());
+        assert_eq!(
+            kind(c.associate_address(&bob, &by_ip, a.as_str(), None).await),
+            ErrorKind::AddressNotFound
+        );
+        assert_eq!(
+            c.release_address(&bob, &by_ip).await.unwrap_err().kind,
+            ErrorKind::AddressNotFound
+        );
+        // Nor can the owner point it at someone else's instance.
+        let bobs = c.run_instances(&bob, run(&img, 1, 1)).await.unwrap();
+        assert_eq!(bobs[0].public_ip, None, "the pool is exhausted");
+        assert_eq!(
+            kind(
+                c.associate_address(&alice, &by_ip, bobs[0].id.as_str(), None)
+                    .await
+            ),
+            ErrorKind::InstanceNotFound
+        );
+
+        // Associate: the elastic IP replaces a's pool address, which is
+        // free again and goes to bob's instance at the next repair.
+        let assoc = c
+            .associate_address(&alice, &by_ip, a.as_str(), None)
+            .await
+            .unwrap();
+        assert!(assoc.association_id.is_some());
+        let rec = c.store.instance(&a).await.unwrap().unwrap();
+        assert_eq!(rec.public_ip.as_deref(), Some("203.0.113.3"));
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert_eq!(pub_of(&z, &a).as_deref(), Some("203.0.113.3"));
+        c.repair_addresses().await.unwrap();
+        let bob_ip = c
+            .store
+            .instance(&bobs[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .public_ip;
+        assert_eq!(bob_ip.as_deref(), Some("203.0.113.1"));
+
+        // Move it to b without AllowReassociation=false: a gets an address
+        // back (its own was taken meanwhile, so none is free: it has none).
+        assert_eq!(
+            kind(
+                c.associate_address(&alice, &by_ip, b.as_str(), Some(false))
+                    .await
+            ),
+            ErrorKind::AddressAlreadyAssociated
+        );
+        c.associate_address(&alice, &by_ip, b.as_str(), None)
+            .await
+            .unwrap();
+        let ips = |id: &InstanceId| {
+            let c = &c;
+            let id = id.clone();
+            async move { c.store.instance(&id).await.unwrap().unwrap().public_ip }
+        };
+        assert_eq!(ips(&b).await.as_deref(), Some("203.0.113.3"));
+        assert_eq!(
+            ips(&a).await.as_deref(),
+            Some("203.0.113.2"),
+            "b's old address, now free"
+        );
+        let v = c.describe_addresses(&alice, &[], &[], &[]).await.unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].instance_id.as_ref(), Some(&b));
+
+        // Disassociate: b has nothing free to go back to; releasing bob's
+        // instance's address frees 203.0.113.1 for it.
+        c.terminate_instances(&bob, &[bobs[0].id.to_string()])
+            .await
+            .unwrap();
+        c.disassociate_address(&alice, Some("203.0.113.3"), None)
+            .await
+            .unwrap();
+        assert_eq!(ips(&b).await.as_deref(), Some("203.0.113.1"));
+        // The administrator sees the whole pool and who holds what.
+        let all = c
+            .describe_addresses(&admin, &["verbose".into()], &[], &[])
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(
+            all.iter().any(|v| v.public_ip == "203.0.113.3"
+                && v.holder.as_deref() == Some("available (alice)"))
+        );
+
+        // Release while associated: disassociates first, never dangles.
+        c.associate_address(
+            &alice,
+            &AddressRef::AllocationId(eip.allocation_id.to_string()),
+            a.as_str(),
+            None,
+        )
+        .await
+        .unwrap();
+        c.release_address(&alice, &by_ip).await.unwrap();
+        assert!(
+            c.describe_addresses(&alice, &[], &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            ips(&a).await.as_deref(),
+            Some("203.0.113.2"),
+            "its earlier address"
+        );
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert!(
+            z.instances
+                .iter()
+                .all(|d| d.public_ip.as_deref() != Some("203.0.113.3"))
+        );
+        assert_eq!(
+            c.describe_addresses(&alice, &["203.0.113.3".into()], &[], &[])
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::AddressNotFound
+        );
+        assert_eq!(
+            c.release_address(
+                &alice,
+                &AddressRef::AllocationId("eipalloc-12345678".into())
+            )
+            .await
+            .unwrap_err()
+            .kind,
+            ErrorKind::AllocationIdNotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn rules_reach_the_zone_desired_state() {
+        let (c, fake, _admin, alice, img) = setup(4).await;
+        c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();
+        let spec = crate::PermissionSpec {
+            protocol: Some("tcp".into()),
+            from_port: Some("22".into()),
+            to_port: Some("22".into()),
+            cidrs: vec!["198.51.100.0/24".into()],
+            groups: vec![],
+        };
+        c.authorize_ingress(
+            &alice,
+            &crate::GroupRef::Name("default".into()),
+            std::slice::from_ref(&spec),
+        )
+        .await
+        .unwrap();
+        let ssh = IngressRule {
+            protocol: RuleProtocol::Tcp,
+            from_port: 22,
+            to_port: 22,
+            source: RuleSourceSpec::Cidr("198.51.100.0/24".into()),
+        };
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert!(z.segments[0].rules.contains(&ssh));
+        // The default group's own rules (members reach each other) come too.
+        assert!(z.segments[0].rules.iter().any(
+            |r| matches!(&r.source, RuleSourceSpec::Group(g) if *g == z.segments[0].group_id)
+        ));
+        c.revoke_ingress(&alice, &crate::GroupRef::Name("default".into()), &[spec])
+            .await
+            .unwrap();
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert!(
+            !z.segments[0].rules.contains(&ssh),
+            "a revoke is sent at once"
         );
     }
 

@@ -10,6 +10,7 @@
 //! every failure.
 
 mod accounts;
+mod addresses;
 mod auth;
 mod groups;
 mod images;
@@ -26,6 +27,7 @@ use ironbark_store::{SqliteStore, Store};
 use ironbark_types::*;
 
 pub use accounts::{AccessKeyInfo, NewCredentials};
+pub use addresses::{AddressRef, AddressView};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
 pub use instances::{Cluster, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
@@ -69,6 +71,9 @@ pub struct NetworkConfig {
     pub dns: String,
     /// First isolation tag (VXLAN VNI); segment i gets `tag_base + i`.
     pub tag_base: u32,
+    /// VNET_PUBLICIPS: the public addresses instances and elastic IPs get.
+    /// Empty means instances run with private addresses only.
+    pub public_ips: Vec<std::net::Ipv4Addr>,
 }
 
 impl Default for NetworkConfig {
@@ -78,6 +83,7 @@ impl Default for NetworkConfig {
             addrs_per_net: 32,
             dns: "192.0.2.53".into(),
             tag_base: 1000,
+            public_ips: Vec::new(),
         }
     }
 }
@@ -307,10 +313,13 @@ pub(crate) mod testutil {
 
     pub async fn cloud() -> Cloud {
         let store = SqliteStore::in_memory().await.unwrap();
+        let mut config = CloudConfig::new("/nonexistent", "http://127.0.0.1:8773/");
+        // A pool small enough to run out of in a test.
+        config.network.public_ips = (1..=3).map(|n| [203, 0, 113, n].into()).collect();
         Cloud::new(
             Arc::new(store),
             SealKey::generate(),
-            CloudConfig::new("/nonexistent", "http://127.0.0.1:8773/"),
+            config,
             Arc::new(NoCapacity),
         )
     }

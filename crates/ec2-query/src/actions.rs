@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ironbark_clc::{
-    Caller, Cloud, GroupRef, LaunchPermissionChange, PermissionSpec, RegisterImage, RunRequest,
-    SourceGroupSpec,
+    AddressRef, Caller, Cloud, GroupRef, LaunchPermissionChange, PermissionSpec, RegisterImage,
+    RunRequest, SourceGroupSpec,
 };
 use ironbark_types::*;
 
@@ -98,6 +98,84 @@ pub async fn handle(
             r.w.elem("output", &base64_encode(text.as_bytes()));
         }
         "DescribeInstanceStatus" => describe_instance_status(cloud, caller, p, &mut r).await?,
+        "AllocateAddress" => {
+            match p.get("Domain") {
+                None | Some("standard") => {}
+                Some(d) => {
+                    return Err(Error::new(
+                        ErrorKind::UnsupportedOperation,
+                        format!(
+                            "Domain '{d}' is not supported: addresses here are EC2-Classic (standard) addresses"
+                        ),
+                    ));
+                }
+            }
+            let a = cloud.allocate_address(caller).await?;
+            r.w.elem("publicIp", &a.public_ip);
+            r.w.elem("domain", "standard");
+            r.w.elem("allocationId", a.allocation_id.as_str());
+        }
+        "ReleaseAddress" => {
+            cloud.release_address(caller, &address_ref(p)?).await?;
+            r.w.elem("return", "true");
+        }
+        "AssociateAddress" => {
+            let instance = p
+                .get("InstanceId")
+                .ok_or_else(|| Error::missing("InstanceId"))?;
+            let allow = match p.get("AllowReassociation") {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
+                Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
+                Some(v) => {
+                    return Err(Error::invalid_value(format!(
+                        "Invalid value '{v}' for AllowReassociation: true or false"
+                    )));
+                }
+            };
+            let a = cloud
+                .associate_address(caller, &address_ref(p)?, instance, allow)
+                .await?;
+            r.w.elem("return", "true");
+            if let Some(id) = &a.association_id {
+                r.w.elem("associationId", id.as_str());
+            }
+        }
+        "DisassociateAddress" => {
+            cloud
+                .disassociate_address(caller, p.get("PublicIp"), p.get("AssociationId"))
+                .await?;
+            r.w.elem("return", "true");
+        }
+        "DescribeAddresses" => {
+            let views = cloud
+                .describe_addresses(
+                    caller,
+                    &p.list("PublicIp"),
+                    &p.list("AllocationId"),
+                    &filters(p)?,
+                )
+                .await?;
+            r.w.open("addressesSet");
+            for v in views {
+                r.w.open("item");
+                r.w.elem("publicIp", &v.public_ip);
+                if let Some(id) = &v.allocation_id {
+                    r.w.elem("allocationId", id.as_str());
+                }
+                r.w.elem("domain", "standard");
+                match (&v.holder, &v.instance_id) {
+                    (Some(h), _) => r.w.elem("instanceId", h),
+                    (None, Some(i)) => r.w.elem("instanceId", i.as_str()),
+                    (None, None) => r.w.empty("instanceId"),
+                }
+                if let Some(id) = &v.association_id {
+                    r.w.elem("associationId", id.as_str());
+                }
+                r.w.close("item");
+            }
+            r.w.close("addressesSet");
+        }
         "RegisterImage" => register_image(cloud, caller, p, &mut r).await?,
         "DescribeImages" => describe_images(cloud, caller, p, &mut r).await?,
         "DeregisterImage" => {
@@ -131,6 +209,19 @@ pub async fn handle(
         }
     }
     Ok(r.finish())
+}
+
+/// An elastic IP named by `PublicIp` or `AllocationId` (exactly one).
+fn address_ref(p: &Params) -> Result<AddressRef> {
+    match (p.get("PublicIp"), p.get("AllocationId")) {
+        (Some(_), Some(_)) => Err(Error::new(
+            ErrorKind::InvalidParameterCombination,
+            "Specify either PublicIp or AllocationId, not both",
+        )),
+        (Some(ip), None) => Ok(AddressRef::PublicIp(ip.to_string())),
+        (None, Some(id)) => Ok(AddressRef::AllocationId(id.to_string())),
+        (None, None) => Err(Error::missing("PublicIp")),
+    }
 }
 
 fn is_date(v: &str) -> bool {

@@ -44,6 +44,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "addresses per security group's segment (a power of two)",
     ),
     ("VNET_DNS", "DNS server handed to instances by DHCP"),
+    (
+        "VNET_PUBLICIPS",
+        "public addresses for instances and elastic IPs: addresses, ranges (a.b.c.d-a.b.c.e) and blocks (a.b.c.d/n), separated by spaces or commas",
+    ),
     ("NC_ACCEL", "kvm, tcg or auto (a real probe boot picks)"),
     (
         "WALRUS_DOMAINS",
@@ -104,9 +108,116 @@ impl ConfigFile {
     }
 }
 
+/// The most addresses a pool may hold; a typo like `/8` should not make a
+/// 16-million-entry list.
+const MAX_PUBLIC_IPS: usize = 65536;
+
+/// VNET_PUBLICIPS: single addresses, inclusive ranges (`a.b.c.d-a.b.c.e`,
+/// or `a.b.c.d-e` for the last octet, as Eucalyptus wrote them) and CIDR
+/// blocks (their host addresses), separated by spaces or commas. Order is
+/// kept (addresses are handed out from the front); duplicates are errors.
+pub fn parse_public_ips(v: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    use std::net::Ipv4Addr;
+    let ip = |s: &str| -> Result<u32, String> {
+        s.parse::<Ipv4Addr>()
+            .map(u32::from)
+            .map_err(|_| format!("'{s}' is not an IPv4 address"))
+    };
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for tok in v
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|t| !t.is_empty())
+    {
+        let (first, last) = if let Some((a, b)) = tok.split_once('-') {
+            let a = ip(a)?;
+            let b = if b.contains('.') {
+                ip(b)?
+            } else {
+                let octet: u8 = b
+                    .parse()
+                    .map_err(|_| format!("'{tok}': bad range end '{b}'"))?;
+                (a & 0xffff_ff00) | u32::from(octet)
+            };
+            if b < a {
+                return Err(format!("'{tok}': the range ends before it starts"));
+            }
+            (a, b)
+        } else if let Some((a, len)) = tok.split_once('/') {
+            let len: u32 = len
+                .parse()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| format!("'{tok}': bad prefix length"))?;
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let base = ip(a)? & mask;
+            let last = base | !mask;
+            if len >= 31 {
+                (base, last)
+            } else {
+                (base + 1, last - 1)
+            }
+        } else {
+            let a = ip(tok)?;
+            (a, a)
+        };
+        if (last - first) as usize >= MAX_PUBLIC_IPS
+            || out.len() + ((last - first) as usize) >= MAX_PUBLIC_IPS
+        {
+            return Err(format!("more than {MAX_PUBLIC_IPS} addresses"));
+        }
+        for n in first..=last {
+            let a = Ipv4Addr::from(n);
+            if !seen.insert(a) {
+                return Err(format!("{a} is listed twice"));
+            }
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_ip_pools_in_every_spelling() {
+        let ips = |v: &str| -> Vec<String> {
+            parse_public_ips(v)
+                .unwrap()
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        };
+        assert_eq!(
+            ips("203.0.113.10-203.0.113.12, 198.51.100.7"),
+            [
+                "203.0.113.10",
+                "203.0.113.11",
+                "203.0.113.12",
+                "198.51.100.7"
+            ]
+        );
+        assert_eq!(ips("203.0.113.1-2"), ["203.0.113.1", "203.0.113.2"]);
+        assert_eq!(
+            ips("192.0.2.0/30"),
+            ["192.0.2.1", "192.0.2.2"],
+            "a block gives its host addresses"
+        );
+        assert_eq!(ips("192.0.2.9/32"), ["192.0.2.9"]);
+        assert!(ips("").is_empty());
+        for bad in [
+            "203.0.113.5-203.0.113.1",
+            "203.0.113.300",
+            "10.0.0.0/8",
+            "192.0.2.1 192.0.2.1",
+            "192.0.2.1/33",
+            "192.0.2.1-x",
+        ] {
+            assert!(parse_public_ips(bad).is_err(), "{bad} must be refused");
+        }
+    }
 
     #[test]
     fn parses_eucalyptus_conf_style() {

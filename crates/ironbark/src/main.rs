@@ -354,7 +354,8 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// VNET_SUBNET, VNET_NETMASK, VNET_ADDRSPERNET, VNET_DNS, as eucalyptus.conf spelled them.
+/// VNET_SUBNET, VNET_NETMASK, VNET_ADDRSPERNET, VNET_DNS, VNET_PUBLICIPS, as
+/// eucalyptus.conf spelled them.
 fn network_config(file: &config::ConfigFile) -> Result<ironbark_clc::NetworkConfig, String> {
     let mut n = ironbark_clc::NetworkConfig::default();
     if let Some(subnet) = file.get("VNET_SUBNET") {
@@ -384,6 +385,9 @@ fn network_config(file: &config::ConfigFile) -> Result<ironbark_clc::NetworkConf
     }
     if let Some(d) = file.get("VNET_DNS") {
         n.dns = d.to_string();
+    }
+    if let Some(v) = file.get("VNET_PUBLICIPS") {
+        n.public_ips = config::parse_public_ips(v).map_err(|e| format!("VNET_PUBLICIPS: {e}"))?;
     }
     Ok(n)
 }

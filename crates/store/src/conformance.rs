@@ -4,7 +4,7 @@
 
 use ironbark_types::*;
 
-use crate::{Store, StoredAccessKey, TagSelector};
+use crate::{AddressChange, Store, StoredAccessKey, TagSelector};
 
 fn account(name: &str) -> (Account, User, StoredAccessKey) {
     let a = Account {
@@ -56,7 +56,133 @@ pub async fn run_all(s: &dyn Store) {
     tags(s).await;
     images(s).await;
     instances(s).await;
+    addresses(s).await;
     properties(s).await;
+}
+
+async fn addresses(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let g = s.group_by_name(&a.id, "db").await.unwrap().unwrap();
+    let i = Instance {
+        id: InstanceId::generate(),
+        reservation_id: ReservationId::generate(),
+        account_id: a.id.clone(),
+        image_id: ImageId::generate(ImageKind::Machine),
+        kernel_id: None,
+        ramdisk_id: None,
+        instance_type: "m1.small".into(),
+        key_name: None,
+        group_id: g.id.clone(),
+        group_name: g.name.clone(),
+        user_data: None,
+        zone: "zone1".into(),
+        node_id: "node-1".into(),
+        private_ip: "10.0.0.9".into(),
+        mac: "d0:0d:00:00:00:09".into(),
+        public_ip: Some("203.0.113.1".into()),
+        state: InstanceState::Running,
+        state_reason: None,
+        launch_index: 0,
+        launch_ms: 1,
+        terminated_ms: None,
+    };
+    s.insert_instances(std::slice::from_ref(&i)).await.unwrap();
+    let eip = Address {
+        public_ip: "203.0.113.7".into(),
+        allocation_id: AllocationId::generate(),
+        account_id: a.id.clone(),
+        instance_id: None,
+        association_id: None,
+        restore_ip: None,
+        allocated_ms: 9,
+    };
+    s.insert_address(&eip).await.unwrap();
+    let again = Address {
+        allocation_id: AllocationId::generate(),
+        ..eip.clone()
+    };
+    assert_eq!(
+        s.insert_address(&again).await.unwrap_err().kind,
+        ErrorKind::InsufficientAddressCapacity
+    );
+    assert_eq!(
+        s.list_addresses(Some(&a.id)).await.unwrap(),
+        vec![eip.clone()]
+    );
+    assert!(
+        s.list_addresses(Some(&AccountId::generate()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Association: the row and the instance's public IP move together.
+    let assoc = Address {
+        instance_id: Some(i.id.clone()),
+        association_id: Some(AssociationId::generate()),
+        restore_ip: Some("203.0.113.1".into()),
+        ..eip.clone()
+    };
+    s.write_addresses(&AddressChange {
+        update: vec![assoc.clone()],
+        delete: vec![],
+        instance_ips: vec![(i.id.clone(), Some(eip.public_ip.clone()))],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.list_addresses(None).await.unwrap(), vec![assoc.clone()]);
+    assert_eq!(
+        s.instance(&i.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .public_ip
+            .as_deref(),
+        Some("203.0.113.7")
+    );
+
+    // A change naming a row that does not exist changes nothing.
+    let ghost = Address {
+        public_ip: "203.0.113.99".into(),
+        ..eip.clone()
+    };
+    assert!(
+        s.write_addresses(&AddressChange {
+            update: vec![ghost],
+            delete: vec![],
+            instance_ips: vec![(i.id.clone(), None)],
+        })
+        .await
+        .is_err()
+    );
+    assert_eq!(
+        s.instance(&i.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .public_ip
+            .as_deref(),
+        Some("203.0.113.7")
+    );
+
+    // Release: the row goes, the instance gets its earlier address back.
+    s.write_addresses(&AddressChange {
+        update: vec![],
+        delete: vec![eip.public_ip.clone()],
+        instance_ips: vec![(i.id.clone(), Some("203.0.113.1".into()))],
+    })
+    .await
+    .unwrap();
+    assert!(s.list_addresses(None).await.unwrap().is_empty());
+    assert_eq!(
+        s.instance(&i.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .public_ip
+            .as_deref(),
+        Some("203.0.113.1")
+    );
 }
 
 async fn instances(s: &dyn Store) {

@@ -157,7 +157,28 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>>;
 
     // Cloud properties (operator settings).
+    // Elastic IPs.
+    /// Records a new allocation; fails if the address is already held.
+    async fn insert_address(&self, address: &Address) -> Result<()>;
+    async fn list_addresses(&self, account: Option<&AccountId>) -> Result<Vec<Address>>;
+    /// Applies an association change in one transaction: address rows
+    /// rewritten or deleted, and instances' public IPs set, so an address
+    /// is never held by two instances nor an instance left pointing at a
+    /// released one.
+    async fn write_addresses(&self, change: &AddressChange) -> Result<()>;
+
     async fn property(&self, name: &str) -> Result<Option<String>>;
     async fn set_property(&self, name: &str, value: &str) -> Result<()>;
     async fn list_properties(&self) -> Result<Vec<(String, String)>>;
+}
+
+/// One atomic change to elastic IPs and the public IPs of instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressChange {
+    /// Rows to rewrite (matched by public IP; they must exist).
+    pub update: Vec<Address>,
+    /// Public IPs of rows to delete (released addresses).
+    pub delete: Vec<String>,
+    /// Instances whose public IP changes.
+    pub instance_ips: Vec<(InstanceId, Option<String>)>,
 }

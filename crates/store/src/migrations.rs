@@ -128,4 +128,19 @@ CREATE TABLE segments (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE addresses (
+    public_ip TEXT PRIMARY KEY,
+    allocation_id TEXT NOT NULL UNIQUE,
+    account_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    association_id TEXT NOT NULL,
+    restore_ip TEXT NOT NULL,
+    allocated_ms BIGINT NOT NULL
+);
+CREATE INDEX addresses_account ON addresses (account_id);
+"#,
+    ),
 ];

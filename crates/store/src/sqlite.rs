@@ -21,7 +21,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::Mutex;
 
 use crate::migrations::MIGRATIONS;
-use crate::{MAX_TAGS_PER_RESOURCE, Store, StoredAccessKey, TagSelector};
+use crate::{AddressChange, MAX_TAGS_PER_RESOURCE, Store, StoredAccessKey, TagSelector};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -242,6 +242,25 @@ fn instance_row(r: &SqliteRow) -> Result<Instance> {
         terminated_ms: (terminated > 0).then_some(terminated),
     })
 }
+
+fn address_row(r: &SqliteRow) -> Result<Address> {
+    let text = |c: &str| -> Result<String> { r.try_get::<String, _>(c).map_err(db) };
+    let opt = |c: &str| -> Result<Option<String>> {
+        let v = text(c)?;
+        Ok((!v.is_empty()).then_some(v))
+    };
+    Ok(Address {
+        public_ip: text("public_ip")?,
+        allocation_id: AllocationId::from_stored(text("allocation_id")?),
+        account_id: AccountId::from_stored(text("account_id")?),
+        instance_id: opt("instance_id")?.map(InstanceId::from_stored),
+        association_id: opt("association_id")?.map(AssociationId::from_stored),
+        restore_ip: opt("restore_ip")?,
+        allocated_ms: r.try_get("allocated_ms").map_err(db)?,
+    })
+}
+
+const ADDRESS_SELECT: &str = "SELECT public_ip, allocation_id, account_id, instance_id, association_id, restore_ip, allocated_ms FROM addresses";
 
 const INSTANCE_SELECT: &str = "SELECT id, reservation_id, account_id, image_id, kernel_id, ramdisk_id, instance_type, key_name, group_id, group_name, user_data, zone, node_id, private_ip, mac, public_ip, state, state_reason, launch_index, launch_ms, terminated_ms FROM instances";
 
@@ -1410,6 +1429,95 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_address(&self, a: &Address) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO addresses (public_ip, allocation_id, account_id, instance_id, association_id, restore_ip, allocated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&a.public_ip)
+        .bind(a.allocation_id.as_str())
+        .bind(a.account_id.as_str())
+        .bind(a.instance_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+        .bind(a.association_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+        .bind(a.restore_ip.as_deref().unwrap_or(""))
+        .bind(a.allocated_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::new(
+                    ErrorKind::InsufficientAddressCapacity,
+                    format!("Address {} is already allocated", a.public_ip),
+                )
+            } else {
+                db(e)
+            }
+        })?;
+        self.commit(tx).await
+    }
+
+    async fn list_addresses(&self, account: Option<&AccountId>) -> Result<Vec<Address>> {
+        let rows = match account {
+            Some(a) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{ADDRESS_SELECT} WHERE account_id = $1 ORDER BY allocated_ms, public_ip"
+                )))
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{ADDRESS_SELECT} ORDER BY allocated_ms, public_ip"
+                )))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(address_row).collect()
+    }
+
+    async fn write_addresses(&self, change: &AddressChange) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        for a in &change.update {
+            let n = sqlx::query(
+                "UPDATE addresses SET instance_id = $2, association_id = $3, restore_ip = $4 WHERE public_ip = $1",
+            )
+            .bind(&a.public_ip)
+            .bind(a.instance_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+            .bind(a.association_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+            .bind(a.restore_ip.as_deref().unwrap_or(""))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::AddressNotFound,
+                    format!("Address '{}' not found.", a.public_ip),
+                ));
+            }
+        }
+        for ip in &change.delete {
+            sqlx::query("DELETE FROM addresses WHERE public_ip = $1")
+                .bind(ip)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for (id, ip) in &change.instance_ips {
+            sqlx::query("UPDATE instances SET public_ip = $2 WHERE id = $1")
+                .bind(id.as_str())
+                .bind(ip.as_deref().unwrap_or(""))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        self.commit(tx).await
     }
 
     async fn property(&self, name: &str) -> Result<Option<String>> {

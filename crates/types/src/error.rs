@@ -50,6 +50,12 @@ pub enum ErrorKind {
     IncorrectInstanceState,
     // Tags.
     TagLimitExceeded,
+    // Public and elastic IPs.
+    AddressNotFound,
+    AllocationIdNotFound,
+    AssociationIdNotFound,
+    AddressAlreadyAssociated,
+    InsufficientAddressCapacity,
     // Accounts (admin tooling).
     AccountNotFound,
     AccountDuplicate,
@@ -102,6 +108,11 @@ impl ErrorKind {
             InsufficientInstanceCapacity => "InsufficientInstanceCapacity",
             IncorrectInstanceState => "IncorrectInstanceState",
             TagLimitExceeded => "TagLimitExceeded",
+            AddressNotFound => "InvalidAddress.NotFound",
+            AllocationIdNotFound => "InvalidAllocationID.NotFound",
+            AssociationIdNotFound => "InvalidAssociationID.NotFound",
+            AddressAlreadyAssociated => "Resource.AlreadyAssociated",
+            InsufficientAddressCapacity => "InsufficientAddressCapacity",
             AccountNotFound => "NoSuchEntity",
             AccountDuplicate => "EntityAlreadyExists",
             AccessKeyNotFound => "NoSuchEntity",
@@ -121,7 +132,7 @@ impl ErrorKind {
             AuthFailure | MissingAuthenticationToken | SignatureDoesNotMatch => 401,
             RequestExpired | IncompleteSignature => 400,
             Internal => 500,
-            InsufficientInstanceCapacity => 500,
+            InsufficientInstanceCapacity | InsufficientAddressCapacity => 500,
             _ => 400,
         }
     }

@@ -98,6 +98,18 @@ prefixed_id!(
     ErrorKind::InvalidId
 );
 prefixed_id!(
+    /// An elastic IP allocation, `eipalloc-…`.
+    AllocationId,
+    "eipalloc-",
+    ErrorKind::AllocationIdNotFound
+);
+prefixed_id!(
+    /// An elastic IP's association with an instance, `eipassoc-…`.
+    AssociationId,
+    "eipassoc-",
+    ErrorKind::AssociationIdNotFound
+);
+prefixed_id!(
     /// A key pair, `key-…` (what KeyPairId filters and tags address).
     KeyPairId,
     "key-",

@@ -221,6 +221,23 @@ pub struct Instance {
     pub terminated_ms: Option<i64>,
 }
 
+/// An elastic IP: a public address from the pool that an account holds
+/// until it releases it, associated with at most one of its instances.
+/// (Addresses an instance gets from the pool at launch are not rows of
+/// their own: they are [`Instance::public_ip`] while the instance lives.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub public_ip: String,
+    pub allocation_id: AllocationId,
+    pub account_id: AccountId,
+    pub instance_id: Option<InstanceId>,
+    pub association_id: Option<AssociationId>,
+    /// The public IP the instance had before this address replaced it;
+    /// given back on disassociation when still free.
+    pub restore_ip: Option<String>,
+    pub allocated_ms: i64,
+}
+
 /// The kinds of resources tags can be put on; the id prefix tells which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ResourceType {
