@@ -30,6 +30,9 @@ use ironbark_types::*;
 
 use crate::{Caller, Cloud};
 
+/// Property recording the segment layout live instances were given.
+pub const NETWORK_LAYOUT: &str = "cloud.network.layout";
+
 /// How a request names an elastic IP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressRef {
@@ -497,10 +500,66 @@ impl Cloud {
         Ok(())
     }
 
+    /// Refuses a changed segment layout (VNET_SUBNET, VNET_NETMASK,
+    /// VNET_ADDRSPERNET, tags) while instances live: their addresses,
+    /// bridges and tags were cut from the old one. With none live, the new
+    /// layout is recorded and used. The public pool may change at any time:
+    /// addresses already handed out stay valid until given back.
+    pub async fn check_network_layout(&self) -> Result<()> {
+        let n = &self.config.network;
+        let want = format!(
+            "subnet={} addrs_per_net={} tag_base={}",
+            n.subnet, n.addrs_per_net, n.tag_base
+        );
+        let had = self.store.property(NETWORK_LAYOUT).await?;
+        if had.as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        let live = self.live().await?;
+        if let (Some(had), false) = (&had, live.is_empty()) {
+            return Err(Error::invalid_value(format!(
+                "The network layout changed ({had} -> {want}) while {} instance(s) run; \
+                 terminate them (or restore the old VNET_* settings) before changing it",
+                live.len()
+            )));
+        }
+        self.store.set_property(NETWORK_LAYOUT, &want).await
+    }
+
     /// Sends the new desired state; a failure is repaired by the loop.
     async fn push_after_change(&self) {
         if let Err(e) = self.push_desired().await {
             tracing::warn!(error = %e, "sending the zone's desired state failed; the reconcile loop retries");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::cloud;
+
+    #[tokio::test]
+    async fn layout_changes_only_without_live_instances() {
+        let c = cloud().await;
+        c.check_network_layout().await.unwrap();
+        c.check_network_layout().await.unwrap();
+        // Recorded; a different layout with nothing live is accepted.
+        let mut cfg = c.config.clone();
+        cfg.network.addrs_per_net = 64;
+        let c2 = crate::Cloud::new(
+            c.store.clone(),
+            ironbark_keypair::SealKey::generate(),
+            cfg,
+            std::sync::Arc::new(crate::NoCapacity),
+        );
+        c2.check_network_layout().await.unwrap();
+        assert!(
+            c.store
+                .property(super::NETWORK_LAYOUT)
+                .await
+                .unwrap()
+                .unwrap()
+                .contains("addrs_per_net=64")
+        );
     }
 }

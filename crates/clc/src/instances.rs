@@ -1170,6 +1170,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_segment_layout_is_refused_while_instances_live() {
+        let (c, _fake, _admin, alice, img) = setup(4).await;
+        c.check_network_layout().await.unwrap();
+        let got = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();
+        let mut cfg = c.config.clone();
+        cfg.network.subnet = "10.9.0.0/16".parse().unwrap();
+        let moved = crate::Cloud::new(
+            c.store.clone(),
+            ironbark_keypair::SealKey::generate(),
+            cfg,
+            Arc::new(crate::NoCapacity),
+        );
+        let e = moved.check_network_layout().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParameterValue);
+        assert!(e.message.contains("1 instance(s) run"), "{}", e.message);
+        c.terminate_instances(&alice, &[got[0].id.to_string()])
+            .await
+            .unwrap();
+        moved.check_network_layout().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn rules_reach_the_zone_desired_state() {
         let (c, fake, _admin, alice, img) = setup(4).await;
         c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();

@@ -280,6 +280,10 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     admin_files::ensure(&cloud, &a.data_dir, &endpoints)
         .await
         .map_err(|e| e.to_string())?;
+    cloud
+        .check_network_layout()
+        .await
+        .map_err(|e| e.to_string())?;
     let cloud = Arc::new(cloud);
 
     let split = |k: &str| -> Vec<String> {
