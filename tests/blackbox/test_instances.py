@@ -308,3 +308,124 @@ def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, 
     assert not list((c.data / "nc" / "instances").glob(f"*/{a}"))
     verbose = ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
     assert {i["InstanceId"]: i["State"]["Name"] for r in verbose for i in r["Instances"]}.get(a) == "terminated"
+
+
+class SplitCloud(NetCloud):
+    """The roles as separate processes, as on separate hosts: `ironbark clc`
+    (with Walrus), `ironbark cc` driving two NCs, and two `ironbark nc`, all
+    in one network namespace, each with its own data dir, configuration
+    file and a copy of the CLC's cluster token."""
+
+    NCS = {"nc-1": 8775, "nc-2": 8785}
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.data = root / "clc"
+        self.procs = {}
+
+    def spawn(self, name, *args):
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, str(ironbark_bin()), *args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def conf(self, name, text):
+        p = self.root / f"{name}.conf"
+        p.write_text(text)
+        return str(p)
+
+    def start_cloud(self):
+        self.spawn("clc", "clc", "--data-dir", str(self.data), "--listen", f"{self.ip}:{self.port}",
+                   "--walrus-listen", "127.0.0.1:8780",
+                   "--config", self.conf("clc", 'CC_URL="http://127.0.0.1:8774"\n'))
+        self.proc = self.procs["clc"]
+        token = self.data / "keys" / "cluster.token"
+        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
+        for role in ["cc", *self.NCS]:
+            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
+            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+        nodes = " ".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.NCS.items())
+        self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", "127.0.0.1:8774",
+                   "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'))
+        for n, p in self.NCS.items():
+            self.spawn(n, "nc", "--data-dir", str(self.root / n), "--listen", f"127.0.0.1:{p}",
+                       "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://127.0.0.1:8774"\n'))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if (self.data / "admin" / "credentials").exists():
+                try:
+                    self.ec2().describe_regions()
+                    return self
+                except Exception:
+                    pass
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, f"{name} exited:\n{self.log_tail(name)}"
+            time.sleep(0.3)
+        raise RuntimeError("the CLC did not start:\n" + self.log_tail("clc"))
+
+    def log_tail(self, name="clc"):
+        try:
+            return (self.root / f"{name}.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        super().stop()
+
+
+@pytest.fixture
+def splitcloud():
+    root = Path(tempfile.mkdtemp(prefix="ibs-", dir="/tmp"))
+    root.chmod(0o755)
+    c = SplitCloud(root)
+    try:
+        yield c.start()
+    finally:
+        for p in c.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGCONT)
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_terminate_broadcasts_when_the_instances_nc_does_not_answer(splitcloud, test_image):
+    """The original's contract: when the CC gets no answer from the
+    instance's NC in time, it sends the terminate to every NC it manages;
+    the instance stays shutting-down until the CLC knows the VM is gone,
+    and ends terminated with its directory deleted once its NC answers."""
+    c = splitcloud
+    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
+                  "--ramdisk", str(test_image / "initrd.img"), "--name", "split").split()[-1]
+    ec2 = c.ec2()
+    c.admin("property", "set", "cloud.cluster.poll_interval", "1")
+    iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    wait_for("running", lambda: states(ec2, [iid])[iid]["State"]["Name"] == "running", timeout=120)
+    wait_for("ready", lambda: f"IRONBARK-READY instance-id={iid}" in console(ec2, iid))
+    where = [n for n in c.NCS if list((c.root / n / "nc" / "instances").glob(f"*/{iid}"))]
+    assert len(where) == 1, where
+    host, other = where[0], next(n for n in c.NCS if n != where[0])
+
+    # The instance's NC stops answering (its process is frozen).
+    os.killpg(c.procs[host].pid, signal.SIGSTOP)
+    out = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"]
+    assert out[0]["CurrentState"]["Name"] == "shutting-down"
+    cc_log = c.log_tail("cc")
+    assert "did not answer the terminate; asking every node" in cc_log, cc_log
+    # The other NC acknowledged the broadcast (it does not run the instance).
+    assert any("terminate broadcast" in l and other in l for l in cc_log.splitlines()), cc_log
+    time.sleep(3)
+    seen = states(ec2, [iid])
+    assert seen[iid]["State"]["Name"] == "shutting-down", "not terminated while the VM may still run"
+    assert list((c.root / host / "nc" / "instances").glob(f"*/{iid}"))
+
+    # It answers again: the VM stops, its directory goes, the CLC learns it.
+    os.killpg(c.procs[host].pid, signal.SIGCONT)
+    wait_for("owner no longer lists it", lambda: not ec2.describe_instances()["Reservations"], timeout=60)
+    assert not list((c.root / host / "nc" / "instances").glob(f"*/{iid}")), "instance directory deleted"
+    wait_for("no VM left", lambda: not c.qemu_pids(), timeout=30)
+    verbose = ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
+    assert {i["InstanceId"]: i["State"]["Name"] for r in verbose for i in r["Instances"]}.get(iid) == "terminated"

@@ -50,6 +50,23 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ),
     ("NC_ACCEL", "kvm, tcg or auto (a real probe boot picks)"),
     (
+        "CC_URL",
+        "the CC's control API, for `ironbark clc` and `ironbark nc` (default http://127.0.0.1:<api port + 1>)",
+    ),
+    (
+        "NODES",
+        "`ironbark cc`: the NCs it drives, `id=http://host:port` or `host:port` (id nc-<port>), separated by spaces",
+    ),
+    ("NC_ID", "`ironbark nc`: this node's id (default nc-<port>)"),
+    (
+        "CC_ZONE",
+        "`ironbark cc`: the availability zone it runs (default: the first of ZONES)",
+    ),
+    (
+        "CLUSTER_TOKEN_FILE",
+        "`ironbark cc`/`nc`: the cluster token (default DIR/keys/cluster.token, copied from the CLC host)",
+    ),
+    (
         "WALRUS_DOMAINS",
         "comma-separated base domains for virtual-host-style bucket addressing",
     ),

@@ -1,9 +1,12 @@
 //! `ironbark`: one binary, a subcommand per role.
 //!
-//! `up` runs the whole cloud on this host with embedded defaults (today:
-//! the CLC and its EC2 API; the other roles join it as they are built).
-//! `clc` runs the cloud controller alone. `admin` manages accounts, keys
-//! and properties directly in a data dir, with or without the cloud running.
+//! `up` runs the whole cloud on this host with embedded defaults: the CLC
+//! with its EC2 API, Walrus, one CC and one NC, talking over loopback HTTP.
+//! `clc`, `cc` and `nc` run one role each, for clouds spread over several
+//! hosts; they read the same configuration file and share the cluster token
+//! (`DIR/keys/cluster.token`, made by the CLC, copied to the other hosts).
+//! `admin` manages accounts, keys and properties directly in a data dir,
+//! with or without the cloud running.
 
 mod admin_files;
 mod config;
@@ -37,8 +40,14 @@ struct Cli {
 enum Command {
     /// Run every role of the cloud on this host.
     Up(ServeArgs),
-    /// Run the cloud controller (EC2 API, accounts, cloud state).
+    /// Run the cloud controller (EC2 API, accounts, cloud state) and Walrus;
+    /// it drives the CC at CC_URL.
     Clc(ServeArgs),
+    /// Run a cluster controller: the zone's networks, DHCP, metadata, and
+    /// the NCs listed in NODES.
+    Cc(RoleArgs),
+    /// Run a node controller: the QEMU instances the CC asks for.
+    Nc(RoleArgs),
     /// Guest images for testing the cloud.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -65,6 +74,20 @@ struct ServeArgs {
     /// Walrus' own S3 port (default: the API address with port + 7, i.e. 8780).
     #[arg(long)]
     walrus_listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// Where this role's state lives (the cluster token is read from
+    /// DIR/keys/cluster.token unless CLUSTER_TOKEN_FILE says otherwise).
+    #[arg(long, default_value = "/var/lib/ironbark")]
+    data_dir: PathBuf,
+    /// The role's control API address (CC: 0.0.0.0:8774, NC: 0.0.0.0:8775).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Operator configuration (eucalyptus.conf style KEY="value" lines).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -189,7 +212,10 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Up(a) | Command::Clc(a) => serve(a).await,
+        Command::Up(a) => serve(a, true).await,
+        Command::Clc(a) => serve(a, false).await,
+        Command::Cc(a) => serve_cc(a).await,
+        Command::Nc(a) => serve_nc(a).await,
         Command::Image(ImageCmd::BuildTest { out, cache }) => {
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
             std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
@@ -204,14 +230,132 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn serve(a: ServeArgs) -> Result<(), String> {
-    let file = match &a.config {
+fn load_config(path: Option<&std::path::Path>) -> Result<config::ConfigFile, String> {
+    let file = match path {
         Some(p) => config::ConfigFile::load(p)?,
         None => config::ConfigFile::default(),
     };
     for k in file.unknown_keys() {
         tracing::warn!(key = k, "configuration key not used by this version");
     }
+    Ok(file)
+}
+
+/// The cluster token of a CC or NC host: made by the CLC, never here (a
+/// token made up on this host would match nobody's).
+fn role_token(file: &config::ConfigFile, data_dir: &std::path::Path) -> Result<String, String> {
+    let path = file
+        .get("CLUSTER_TOKEN_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("keys").join("cluster.token"));
+    let t = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "reading the cluster token {}: {e} (copy it from the CLC host's DIR/keys/cluster.token)",
+            path.display()
+        )
+    })?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(t)
+}
+
+fn nc_accel(file: &config::ConfigFile) -> Result<ironbark_nc::AccelMode, String> {
+    file.get("NC_ACCEL")
+        .unwrap_or("auto")
+        .parse::<ironbark_nc::AccelMode>()
+        .map_err(|e| format!("NC_ACCEL: {e}"))
+}
+
+/// `ironbark nc`: one node controller.
+async fn serve_nc(a: RoleArgs) -> Result<(), String> {
+    let file = load_config(a.config.as_deref())?;
+    let token = role_token(&file, &a.data_dir)?;
+    let listen = a
+        .listen
+        .unwrap_or_else(|| SocketAddr::new([0, 0, 0, 0].into(), ironbark_node_api::DEFAULT_PORT));
+    let node_id = file
+        .get("NC_ID")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("nc-{}", listen.port()));
+    roles::start_nc(
+        &a.data_dir,
+        listen,
+        &token,
+        roles::NcSettings {
+            node_id,
+            accel: nc_accel(&file)?,
+            cc_url: file.get("CC_URL").map(str::to_string),
+        },
+    )
+    .await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// NODES: the NCs a CC drives, as `id=url` or a bare URL (its id is then
+/// `nc-<port>`, what `ironbark nc` calls itself by default).
+fn parse_nodes(v: &str) -> Result<Vec<(String, String)>, String> {
+    v.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let (id, url) = match t.split_once('=') {
+                Some((id, url)) => (id.to_string(), url.to_string()),
+                None => {
+                    let port = t
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                        .unwrap_or(ironbark_node_api::DEFAULT_PORT);
+                    (format!("nc-{port}"), t.to_string())
+                }
+            };
+            let url = if url.contains("://") {
+                url
+            } else {
+                format!("http://{url}")
+            };
+            if id.is_empty() || url.len() <= "http://".len() {
+                return Err(format!("NODES: bad entry '{t}'"));
+            }
+            Ok((id, url))
+        })
+        .collect()
+}
+
+/// `ironbark cc`: one cluster controller.
+async fn serve_cc(a: RoleArgs) -> Result<(), String> {
+    let file = load_config(a.config.as_deref())?;
+    let token = role_token(&file, &a.data_dir)?;
+    let zone = file
+        .get("CC_ZONE")
+        .map(str::to_string)
+        .or_else(|| {
+            file.get("ZONES")
+                .and_then(|z| z.split(',').next())
+                .map(|z| z.trim().to_string())
+        })
+        .unwrap_or_else(|| "zone1".to_string());
+    let mut cc_cfg = ironbark_cc::CcConfig::new(zone, &token, a.data_dir.join("cc"));
+    if let Some(l) = a.listen {
+        cc_cfg.listen = l;
+    }
+    cc_cfg.nodes = parse_nodes(file.get("NODES").unwrap_or(""))?;
+    if cc_cfg.nodes.is_empty() {
+        tracing::warn!("NODES lists no node controller: instances cannot run in this zone");
+    }
+    cc_cfg.clc_callback_url = file
+        .get("CLC_URL")
+        .map(|u| format!("{}{}", u.trim_end_matches('/'), server::ZONE_REPORT_PATH));
+    cc_cfg.dns_servers = vec![network_config(&file)?.dns];
+    roles::start_cc(cc_cfg).await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
+    let file = load_config(a.config.as_deref())?;
     let host = if a.listen.ip().is_unspecified() {
         format!("127.0.0.1:{}", a.listen.port())
     } else {
@@ -261,7 +405,10 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
             format!("http://{addr}")
         }
     };
-    let cc_url = loopback(ports.cc);
+    let cc_url = match file.get("CC_URL") {
+        Some(u) if !all_roles => u.trim_end_matches('/').to_string(),
+        _ => loopback(ports.cc),
+    };
     let nc_url = loopback(ports.nc);
     let node_id = "nc-1".to_string();
     let objects = Arc::new(walrus::WalrusObjects::new(&walrus_url, &region));
@@ -319,33 +466,30 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     tokio::spawn(walrus::serve(s3_service.clone(), walrus_listener));
 
     // The zone's CC and this host's NC, over loopback HTTP as across hosts.
-    let accel = file
-        .get("NC_ACCEL")
-        .unwrap_or("auto")
-        .parse::<ironbark_nc::AccelMode>()
-        .map_err(|e| format!("NC_ACCEL: {e}"))?;
-    roles::start_nc(
-        &a.data_dir,
-        ports.nc,
-        &token,
-        roles::NcSettings {
-            node_id: node_id.clone(),
-            accel,
-            cc_url: Some(cc_url.clone()),
-        },
-    )
-    .await?;
-    let mut cc_cfg = ironbark_cc::CcConfig::new(
-        cloud.config().zones[0].clone(),
-        &token,
-        a.data_dir.join("cc"),
-    );
-    cc_cfg.listen = ports.cc;
-    cc_cfg.metadata_listen = ports.metadata;
-    cc_cfg.nodes = vec![(node_id, nc_url)];
-    cc_cfg.clc_callback_url = Some(format!("{base}/internal/v1/zone-report"));
-    cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
-    roles::start_cc(cc_cfg).await?;
+    if all_roles {
+        roles::start_nc(
+            &a.data_dir,
+            ports.nc,
+            &token,
+            roles::NcSettings {
+                node_id: node_id.clone(),
+                accel: nc_accel(&file)?,
+                cc_url: Some(cc_url.clone()),
+            },
+        )
+        .await?;
+        let mut cc_cfg = ironbark_cc::CcConfig::new(
+            cloud.config().zones[0].clone(),
+            &token,
+            a.data_dir.join("cc"),
+        );
+        cc_cfg.listen = ports.cc;
+        cc_cfg.metadata_listen = ports.metadata;
+        cc_cfg.nodes = vec![(node_id, nc_url)];
+        cc_cfg.clc_callback_url = Some(format!("{base}{}", server::ZONE_REPORT_PATH));
+        cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
+        roles::start_cc(cc_cfg).await?;
+    }
     roles::spawn_clc_loop(cloud.clone());
 
     let app = server::App {
@@ -640,4 +784,23 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_nodes;
+
+    #[test]
+    fn nodes_by_id_or_bare_address() {
+        assert_eq!(
+            parse_nodes("nc-a=http://10.0.0.2:8775  10.0.0.3:9000,http://h:8775/").unwrap(),
+            vec![
+                ("nc-a".to_string(), "http://10.0.0.2:8775".to_string()),
+                ("nc-9000".to_string(), "http://10.0.0.3:9000".to_string()),
+                ("nc-8775".to_string(), "http://h:8775/".to_string()),
+            ]
+        );
+        assert!(parse_nodes("").unwrap().is_empty());
+        assert!(parse_nodes("=http://x:1").is_err());
+    }
 }
