@@ -21,6 +21,23 @@ pub trait ObjectSource: Send + Sync + 'static {
     async fn digest(&self, account: &AccountId, bucket: &str, key: &str) -> Result<(u64, String)>;
     /// A URL valid for `secs` seconds that GETs the object without credentials.
     async fn presign_get(&self, bucket: &str, key: &str, secs: u32) -> Result<String>;
+    /// A URL valid for `secs` seconds that PUTs the object (into one of the
+    /// cloud's own buckets: snapshots).
+    async fn presign_put(&self, bucket: &str, key: &str, _secs: u32) -> Result<String> {
+        Err(Error::internal(format!(
+            "{bucket}/{key}: this object store takes no uploads"
+        )))
+    }
+    /// Makes the cloud's own private bucket if it does not exist.
+    async fn ensure_system_bucket(&self, bucket: &str) -> Result<()> {
+        Err(Error::internal(format!(
+            "{bucket}: this object store has no buckets of its own"
+        )))
+    }
+    /// Deletes an object of the cloud's own (absent is fine).
+    async fn remove(&self, _bucket: &str, _key: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// No object store attached: registration is refused. For tests of the

@@ -129,6 +129,12 @@ fn mac_for(id: &InstanceId) -> String {
     format!("d0:0d:{}:{}:{}:{}", b(0), b(2), b(4), b(6))
 }
 
+/// The volumes each instance's NC reports plugged in, by instance id.
+fn plugged_volumes(_report: &ZoneReport) -> HashMap<String, Vec<String>> {
+    // NCs do not report volumes yet; nothing is ever attached until they do.
+    HashMap::new()
+}
+
 /// A stored rule as the CC enforces it.
 fn ingress_rule(r: &Rule) -> IngressRule {
     IngressRule {
@@ -608,6 +614,7 @@ impl Cloud {
                 tracing::info!(instance = %i.id, from = i.state.as_str(), to = to.as_str(), "instance state");
             }
         }
+        self.observe_attachments(&plugged_volumes(report)).await?;
         self.release_idle_segments().await
     }
 
@@ -784,7 +791,7 @@ impl Cloud {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use ironbark_cluster_api::NodeStatus;
@@ -794,7 +801,7 @@ mod tests {
     use crate::testutil::{caller, cloud};
     use crate::{LaunchPermissionChange, ObjectSource, RegisterImage};
 
-    struct Objects;
+    pub(crate) struct Objects;
 
     #[async_trait::async_trait]
     impl ObjectSource for Objects {
@@ -804,10 +811,16 @@ mod tests {
         async fn presign_get(&self, b: &str, k: &str, _s: u32) -> Result<String> {
             Ok(format!("http://walrus/{b}/{k}"))
         }
+        async fn presign_put(&self, b: &str, k: &str, _s: u32) -> Result<String> {
+            Ok(format!("http://walrus/{b}/{k}?put"))
+        }
+        async fn ensure_system_bucket(&self, _b: &str) -> Result<()> {
+            Ok(())
+        }
     }
 
     /// A fake CC over one fake node that runs whatever it is told at once.
-    struct FakeCluster {
+    pub(crate) struct FakeCluster {
         cpus: u32,
         running: Mutex<Vec<(String, VmState)>>,
         terminated: Mutex<Vec<String>>,
@@ -896,7 +909,7 @@ mod tests {
         }
     }
 
-    async fn setup(cpus: u32) -> (Cloud, Arc<FakeCluster>, Caller, Caller, String) {
+    pub(crate) async fn setup(cpus: u32) -> (Cloud, Arc<FakeCluster>, Caller, Caller, String) {
         let fake = Arc::new(FakeCluster::new(cpus));
         let c = cloud()
             .await
@@ -944,7 +957,7 @@ mod tests {
         (c, fake, admin, alice, m.to_string())
     }
 
-    fn run(image: &str, min: u32, max: u32) -> RunRequest {
+    pub(crate) fn run(image: &str, min: u32, max: u32) -> RunRequest {
         RunRequest {
             image_id: image.into(),
             min_count: min,

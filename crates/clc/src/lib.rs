@@ -12,6 +12,7 @@
 mod accounts;
 mod addresses;
 mod auth;
+mod ebs;
 mod groups;
 mod images;
 mod instances;
@@ -28,6 +29,7 @@ use ironbark_types::*;
 
 pub use accounts::{AccessKeyInfo, NewCredentials};
 pub use addresses::{AddressRef, AddressView};
+pub use ebs::{AttachRequest, NoStorage, SNAPSHOT_BUCKET, SnapshotPermissionChange, Storage};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
 pub use instances::{Cluster, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
@@ -145,6 +147,11 @@ pub struct Cloud {
     capacity: Arc<dyn CapacitySource>,
     objects: Arc<dyn ObjectSource>,
     cluster: Arc<dyn Cluster>,
+    storage: Arc<dyn Storage>,
+    /// The SC's last report: export addresses for the NCs, progress.
+    storage_report: std::sync::Mutex<Option<ironbark_sc_api::StorageReport>>,
+    /// One EBS change at a time (volumes, attachments, snapshots).
+    ebs_lock: tokio::sync::Mutex<()>,
     /// RunInstances places and addresses instances from what is free;
     /// one at a time, so two calls never take the same node room or IP.
     run_lock: tokio::sync::Mutex<()>,
@@ -181,6 +188,9 @@ impl Cloud {
             capacity,
             objects: Arc::new(NoObjects),
             cluster: Arc::new(NoCluster),
+            storage: Arc::new(NoStorage),
+            storage_report: std::sync::Mutex::new(None),
+            ebs_lock: tokio::sync::Mutex::new(()),
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
             auth_cache: std::sync::Mutex::new(auth::AuthCache::default()),
@@ -190,6 +200,12 @@ impl Cloud {
                     .unwrap_or(1),
             ),
         }
+    }
+
+    /// Attaches the zone's SC.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Attaches the zone's CC.

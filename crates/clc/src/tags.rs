@@ -55,6 +55,8 @@ fn resource_kind(id: &str) -> Result<ResourceType> {
         ResourceType::SecurityGroup => SecurityGroupId::parse(id).is_ok(),
         ResourceType::KeyPair => KeyPairId::parse(id).is_ok(),
         ResourceType::Image => ImageId::parse(id).is_ok_and(|i| i.as_str() == id),
+        ResourceType::Volume => VolumeId::parse(id).is_ok(),
+        ResourceType::Snapshot => SnapshotId::parse(id).is_ok(),
     };
     if well_formed {
         Ok(kind)

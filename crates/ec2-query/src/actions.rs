@@ -11,6 +11,8 @@ use ironbark_clc::{
 use ironbark_types::*;
 
 use crate::xml::Writer;
+
+mod ebs;
 use crate::{NEWEST_VERSION, OLDEST_VERSION, Params};
 
 /// Runs one Query API request for an authenticated caller; returns the XML body.
@@ -201,6 +203,7 @@ pub async fn handle(
             }
             r.w.elem("return", "true");
         }
+        other if ebs::handle(other, cloud, caller, p, &mut r).await? => {}
         other => {
             return Err(Error::new(
                 ErrorKind::InvalidAction,

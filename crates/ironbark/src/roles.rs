@@ -160,6 +160,11 @@ pub fn spawn_clc_loop(cloud: Arc<Cloud>) {
             // Ticks of a second, so a changed interval applies at once.
             tokio::time::sleep(Duration::from_secs(1)).await;
             waited += 1;
+            // EBS changes move in steps (SC makes, NC plugs); while any is
+            // under way it is driven every second.
+            if let Err(e) = cloud.ebs_tick().await {
+                tracing::warn!(error = %e, "EBS pass failed");
+            }
             let every = cloud
                 .store()
                 .property(CLUSTER_POLL)

@@ -87,12 +87,47 @@ impl ObjectSource for WalrusObjects {
     }
 
     async fn presign_get(&self, bucket: &str, key: &str, secs: u32) -> Result<String> {
-        let cloud = self
-            .cloud
+        self.presign("GET", bucket, key, secs).await
+    }
+
+    async fn presign_put(&self, bucket: &str, key: &str, secs: u32) -> Result<String> {
+        self.presign("PUT", bucket, key, secs).await
+    }
+
+    async fn ensure_system_bucket(&self, bucket: &str) -> Result<()> {
+        let w = self.walrus()?;
+        let admin = self.cloud()?.account_named(ADMIN_ACCOUNT).await?;
+        w.ensure_bucket(admin.id.as_str(), &admin.name, bucket)
+            .await
+            .map_err(Error::internal)
+    }
+
+    async fn remove(&self, bucket: &str, key: &str) -> Result<()> {
+        self.walrus()?
+            .remove_object(bucket, key)
+            .await
+            .map_err(Error::internal)
+    }
+}
+
+impl WalrusObjects {
+    fn walrus(&self) -> Result<&Walrus> {
+        self.walrus
+            .get()
+            .ok_or_else(|| Error::internal("Walrus is not running"))
+    }
+
+    fn cloud(&self) -> Result<Arc<Cloud>> {
+        self.cloud
             .get()
             .and_then(Weak::upgrade)
-            .ok_or_else(|| Error::internal("the cloud is shutting down"))?;
-        let (id, secret) = cloud.system_credentials().await?;
+            .ok_or_else(|| Error::internal("the cloud is shutting down"))
+    }
+
+    /// A presigned SigV4 URL made with the administrator's key, which may
+    /// read every object and write the cloud's own buckets.
+    async fn presign(&self, method: &str, bucket: &str, key: &str, secs: u32) -> Result<String> {
+        let (id, secret) = self.cloud()?.system_credentials().await?;
         let host = self
             .base_url
             .split_once("://")
@@ -109,7 +144,7 @@ impl ObjectSource for WalrusObjects {
                 .join("/")
         );
         let query = ironbark_sigv4::presign_v4(
-            "GET",
+            method,
             &path,
             "",
             &[("host".to_string(), host)],

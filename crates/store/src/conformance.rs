@@ -57,7 +57,72 @@ pub async fn run_all(s: &dyn Store) {
     images(s).await;
     instances(s).await;
     addresses(s).await;
+    volumes_and_snapshots(s).await;
     properties(s).await;
+}
+
+async fn volumes_and_snapshots(s: &dyn Store) {
+    let a = s.account_by_name("alpha").await.unwrap().unwrap();
+    let mut v = Volume {
+        id: VolumeId::generate(),
+        account_id: a.id.clone(),
+        size_gib: 2,
+        snapshot_id: None,
+        zone: "zone1".into(),
+        state: VolumeState::Creating,
+        error: None,
+        created_ms: 5,
+        attachment: None,
+    };
+    s.put_volume(&v).await.unwrap();
+    assert_eq!(s.list_volumes(Some(&a.id)).await.unwrap(), vec![v.clone()]);
+    v.state = VolumeState::Available;
+    v.attachment = Some(VolumeAttachment {
+        instance_id: InstanceId::generate(),
+        device: "/dev/sdb".into(),
+        state: AttachState::Attaching,
+        attach_ms: 6,
+        force_detach: true,
+    });
+    s.put_volume(&v).await.unwrap();
+    assert_eq!(s.list_volumes(None).await.unwrap(), vec![v.clone()]);
+    assert_eq!(v.api_state(), "in-use");
+    assert!(
+        s.list_volumes(Some(&AccountId::generate()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut sn = Snapshot {
+        id: SnapshotId::generate(),
+        account_id: a.id.clone(),
+        volume_id: v.id.clone(),
+        volume_size_gib: 2,
+        description: "nightly".into(),
+        state: SnapshotState::Pending,
+        progress: 0,
+        started_ms: 7,
+        location: "ironbark-snapshots/snap.gz".into(),
+        compression: "gzip".into(),
+        sha256: None,
+        raw_digest: None,
+        error: None,
+        public: false,
+        shared_with: vec![],
+    };
+    s.put_snapshot(&sn).await.unwrap();
+    sn.state = SnapshotState::Completed;
+    sn.progress = 100;
+    sn.sha256 = Some("ab".into());
+    sn.raw_digest = Some("cd".into());
+    sn.shared_with = vec![AccountId::generate(), AccountId::generate()];
+    s.put_snapshot(&sn).await.unwrap();
+    assert_eq!(s.list_snapshots().await.unwrap(), vec![sn.clone()]);
+    assert!(s.delete_snapshot(&sn.id).await.unwrap());
+    assert!(!s.delete_snapshot(&sn.id).await.unwrap());
+    assert!(s.delete_volume(&v.id).await.unwrap());
+    assert!(s.list_volumes(None).await.unwrap().is_empty());
 }
 
 async fn addresses(s: &dyn Store) {

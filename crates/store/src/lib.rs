@@ -157,6 +157,17 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>>;
 
     // Cloud properties (operator settings).
+    // EBS. Rows are written whole (insert or replace of the mutable
+    // columns); the CLC serializes changes to one volume under its lock.
+    async fn put_volume(&self, volume: &Volume) -> Result<()>;
+    async fn list_volumes(&self, account: Option<&AccountId>) -> Result<Vec<Volume>>;
+    /// Erases a deleted volume and its tags.
+    async fn delete_volume(&self, id: &VolumeId) -> Result<bool>;
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()>;
+    /// Every snapshot: visibility crosses accounts (shared, public).
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool>;
+
     // Elastic IPs.
     /// Records a new allocation; fails if the address is already held.
     async fn insert_address(&self, address: &Address) -> Result<()>;

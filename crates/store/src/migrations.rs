@@ -143,4 +143,42 @@ CREATE TABLE addresses (
 CREATE INDEX addresses_account ON addresses (account_id);
 "#,
     ),
+    (
+        5,
+        r#"
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    size_gib BIGINT NOT NULL,
+    snapshot_id TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    attach_instance TEXT NOT NULL,
+    attach_device TEXT NOT NULL,
+    attach_state TEXT NOT NULL,
+    attach_ms BIGINT NOT NULL,
+    force_detach INTEGER NOT NULL
+);
+CREATE INDEX volumes_account ON volumes (account_id);
+CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    volume_id TEXT NOT NULL,
+    volume_size_gib BIGINT NOT NULL,
+    description TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress INTEGER NOT NULL,
+    started_ms BIGINT NOT NULL,
+    location TEXT NOT NULL,
+    compression TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    raw_digest TEXT NOT NULL,
+    error TEXT NOT NULL,
+    public INTEGER NOT NULL,
+    shared_with TEXT NOT NULL
+);
+"#,
+    ),
 ];

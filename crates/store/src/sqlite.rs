@@ -260,6 +260,76 @@ fn address_row(r: &SqliteRow) -> Result<Address> {
     })
 }
 
+fn volume_row(r: &SqliteRow) -> Result<Volume> {
+    let text = |c: &str| -> Result<String> { r.try_get::<String, _>(c).map_err(db) };
+    let opt = |c: &str| -> Result<Option<String>> {
+        let v = text(c)?;
+        Ok((!v.is_empty()).then_some(v))
+    };
+    let bad = |c: &str, v: &str| Error::internal(format!("state database: bad {c} '{v}'"));
+    let state = text("state")?;
+    let attachment = match opt("attach_instance")? {
+        None => None,
+        Some(inst) => {
+            let st = text("attach_state")?;
+            Some(VolumeAttachment {
+                instance_id: InstanceId::from_stored(inst),
+                device: text("attach_device")?,
+                state: AttachState::parse(&st).ok_or_else(|| bad("attach_state", &st))?,
+                attach_ms: r.try_get("attach_ms").map_err(db)?,
+                force_detach: r.try_get::<i64, _>("force_detach").map_err(db)? != 0,
+            })
+        }
+    };
+    Ok(Volume {
+        id: VolumeId::from_stored(text("id")?),
+        account_id: AccountId::from_stored(text("account_id")?),
+        size_gib: r.try_get::<i64, _>("size_gib").map_err(db)? as u32,
+        snapshot_id: opt("snapshot_id")?.map(SnapshotId::from_stored),
+        zone: text("zone")?,
+        state: VolumeState::parse(&state).ok_or_else(|| bad("state", &state))?,
+        error: opt("error")?,
+        created_ms: r.try_get("created_ms").map_err(db)?,
+        attachment,
+    })
+}
+
+const VOLUME_SELECT: &str = "SELECT id, account_id, size_gib, snapshot_id, zone, state, error, created_ms, attach_instance, attach_device, attach_state, attach_ms, force_detach FROM volumes";
+
+fn snapshot_row(r: &SqliteRow) -> Result<Snapshot> {
+    let text = |c: &str| -> Result<String> { r.try_get::<String, _>(c).map_err(db) };
+    let opt = |c: &str| -> Result<Option<String>> {
+        let v = text(c)?;
+        Ok((!v.is_empty()).then_some(v))
+    };
+    let state = text("state")?;
+    let shared = text("shared_with")?;
+    Ok(Snapshot {
+        id: SnapshotId::from_stored(text("id")?),
+        account_id: AccountId::from_stored(text("account_id")?),
+        volume_id: VolumeId::from_stored(text("volume_id")?),
+        volume_size_gib: r.try_get::<i64, _>("volume_size_gib").map_err(db)? as u32,
+        description: text("description")?,
+        state: SnapshotState::parse(&state)
+            .ok_or_else(|| Error::internal(format!("state database: bad state '{state}'")))?,
+        progress: r.try_get::<i64, _>("progress").map_err(db)?.clamp(0, 100) as u8,
+        started_ms: r.try_get("started_ms").map_err(db)?,
+        location: text("location")?,
+        compression: text("compression")?,
+        sha256: opt("sha256")?,
+        raw_digest: opt("raw_digest")?,
+        error: opt("error")?,
+        public: r.try_get::<i64, _>("public").map_err(db)? != 0,
+        shared_with: shared
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(AccountId::from_stored)
+            .collect(),
+    })
+}
+
+const SNAPSHOT_SELECT: &str = "SELECT id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with FROM snapshots";
+
 const ADDRESS_SELECT: &str = "SELECT public_ip, allocation_id, account_id, instance_id, association_id, restore_ip, allocated_ms FROM addresses";
 
 const INSTANCE_SELECT: &str = "SELECT id, reservation_id, account_id, image_id, kernel_id, ramdisk_id, instance_type, key_name, group_id, group_name, user_data, zone, node_id, private_ip, mac, public_ip, state, state_reason, launch_index, launch_ms, terminated_ms FROM instances";
@@ -443,6 +513,10 @@ async fn resource_owned(
         }
         ResourceType::KeyPair => "SELECT COUNT(*) FROM key_pairs WHERE id = $1 AND account_id = $2",
         ResourceType::Image => "SELECT COUNT(*) FROM images WHERE id = $1 AND account_id = $2",
+        ResourceType::Volume => "SELECT COUNT(*) FROM volumes WHERE id = $1 AND account_id = $2",
+        ResourceType::Snapshot => {
+            "SELECT COUNT(*) FROM snapshots WHERE id = $1 AND account_id = $2"
+        }
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(id)
@@ -466,6 +540,14 @@ fn not_found_for(id: &str, t: ResourceType) -> Error {
         ResourceType::Image => Error::new(
             ErrorKind::ImageNotFound,
             format!("The image id '[{id}]' does not exist"),
+        ),
+        ResourceType::Volume => Error::new(
+            ErrorKind::VolumeNotFound,
+            format!("The volume '{id}' does not exist."),
+        ),
+        ResourceType::Snapshot => Error::new(
+            ErrorKind::SnapshotNotFound,
+            format!("The snapshot '{id}' does not exist."),
         ),
     }
 }
@@ -1429,6 +1511,132 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn put_volume(&self, v: &Volume) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let a = v.attachment.as_ref();
+        sqlx::query(
+            "INSERT INTO volumes (id, account_id, size_gib, snapshot_id, zone, state, error, created_ms, attach_instance, attach_device, attach_state, attach_ms, force_detach) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, error = excluded.error, \
+             attach_instance = excluded.attach_instance, attach_device = excluded.attach_device, \
+             attach_state = excluded.attach_state, attach_ms = excluded.attach_ms, force_detach = excluded.force_detach",
+        )
+        .bind(v.id.as_str())
+        .bind(v.account_id.as_str())
+        .bind(i64::from(v.size_gib))
+        .bind(v.snapshot_id.as_ref().map(|x| x.as_str()).unwrap_or(""))
+        .bind(&v.zone)
+        .bind(v.state.as_str())
+        .bind(v.error.as_deref().unwrap_or(""))
+        .bind(v.created_ms)
+        .bind(a.map(|a| a.instance_id.as_str()).unwrap_or(""))
+        .bind(a.map(|a| a.device.as_str()).unwrap_or(""))
+        .bind(a.map(|a| a.state.as_str()).unwrap_or(""))
+        .bind(a.map(|a| a.attach_ms).unwrap_or(0))
+        .bind(i64::from(a.is_some_and(|a| a.force_detach)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        self.commit(tx).await
+    }
+
+    async fn list_volumes(&self, account: Option<&AccountId>) -> Result<Vec<Volume>> {
+        let rows = match account {
+            Some(a) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{VOLUME_SELECT} WHERE account_id = $1 ORDER BY created_ms, id"
+                )))
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{VOLUME_SELECT} ORDER BY created_ms, id"
+                )))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(volume_row).collect()
+    }
+
+    async fn delete_volume(&self, id: &VolumeId) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("DELETE FROM volumes WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        self.commit(tx).await?;
+        Ok(n > 0)
+    }
+
+    async fn put_snapshot(&self, sn: &Snapshot) -> Result<()> {
+        let (_g, mut tx) = self.begin().await?;
+        let shared: Vec<&str> = sn.shared_with.iter().map(|a| a.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO snapshots (id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, progress = excluded.progress, \
+             sha256 = excluded.sha256, raw_digest = excluded.raw_digest, error = excluded.error, \
+             public = excluded.public, shared_with = excluded.shared_with",
+        )
+        .bind(sn.id.as_str())
+        .bind(sn.account_id.as_str())
+        .bind(sn.volume_id.as_str())
+        .bind(i64::from(sn.volume_size_gib))
+        .bind(&sn.description)
+        .bind(sn.state.as_str())
+        .bind(i64::from(sn.progress))
+        .bind(sn.started_ms)
+        .bind(&sn.location)
+        .bind(&sn.compression)
+        .bind(sn.sha256.as_deref().unwrap_or(""))
+        .bind(sn.raw_digest.as_deref().unwrap_or(""))
+        .bind(sn.error.as_deref().unwrap_or(""))
+        .bind(i64::from(sn.public))
+        .bind(shared.join(","))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        self.commit(tx).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SNAPSHOT_SELECT} ORDER BY started_ms, id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(snapshot_row).collect()
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query("DELETE FROM snapshots WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        self.commit(tx).await?;
+        Ok(n > 0)
     }
 
     async fn insert_address(&self, a: &Address) -> Result<()> {

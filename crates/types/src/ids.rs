@@ -98,6 +98,18 @@ prefixed_id!(
     ErrorKind::InvalidId
 );
 prefixed_id!(
+    /// An EBS volume, `vol-…`.
+    VolumeId,
+    "vol-",
+    ErrorKind::VolumeIdMalformed
+);
+prefixed_id!(
+    /// An EBS snapshot, `snap-…`.
+    SnapshotId,
+    "snap-",
+    ErrorKind::SnapshotIdMalformed
+);
+prefixed_id!(
     /// An elastic IP allocation, `eipalloc-…`.
     AllocationId,
     "eipalloc-",

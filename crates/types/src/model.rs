@@ -221,6 +221,151 @@ pub struct Instance {
     pub terminated_ms: Option<i64>,
 }
 
+/// A volume's life cycle as the CLC records it. EC2's `in-use` is an
+/// available volume with an attachment ([`Volume::api_state`]); `deleted`
+/// is the record's erasure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VolumeState {
+    Creating,
+    Available,
+    Deleting,
+    Error,
+}
+
+impl VolumeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => VolumeState::Creating,
+            "available" => VolumeState::Available,
+            "deleting" => VolumeState::Deleting,
+            "error" => VolumeState::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// An attachment's progress: attaching → attached → detaching → (gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AttachState {
+    Attaching,
+    Attached,
+    Detaching,
+}
+
+impl AttachState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachState::Attaching => "attaching",
+            AttachState::Attached => "attached",
+            AttachState::Detaching => "detaching",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "attaching" => AttachState::Attaching,
+            "attached" => AttachState::Attached,
+            "detaching" => AttachState::Detaching,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub instance_id: InstanceId,
+    /// As the user named it (`/dev/sdb`, `/dev/vdb`, `/dev/xvdb`).
+    pub device: String,
+    pub state: AttachState,
+    pub attach_ms: i64,
+    /// DetachVolume with Force: do not wait for the guest to let go.
+    pub force_detach: bool,
+}
+
+/// An EBS volume: data the SC keeps, independent of any instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub account_id: AccountId,
+    pub size_gib: u32,
+    pub snapshot_id: Option<SnapshotId>,
+    pub zone: String,
+    pub state: VolumeState,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub attachment: Option<VolumeAttachment>,
+}
+
+impl Volume {
+    /// The state EC2 reports: `in-use` while attached.
+    pub fn api_state(&self) -> &'static str {
+        match (self.state, &self.attachment) {
+            (VolumeState::Available, Some(_)) => "in-use",
+            (s, _) => s.as_str(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SnapshotState {
+    Pending,
+    Completed,
+    Error,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Completed => "completed",
+            SnapshotState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => SnapshotState::Pending,
+            "completed" => SnapshotState::Completed,
+            "error" => SnapshotState::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// A point-in-time copy of a volume: a raw file on the SC and a compressed
+/// object in Walrus (`location`, `bucket/key`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub account_id: AccountId,
+    pub volume_id: VolumeId,
+    pub volume_size_gib: u32,
+    pub description: String,
+    pub state: SnapshotState,
+    pub progress: u8,
+    pub started_ms: i64,
+    pub location: String,
+    /// `gzip` or `zstd`.
+    pub compression: String,
+    /// Once completed: the object's SHA-256 and the raw image's digest, as
+    /// the SC reported them; a restore from Walrus checks both.
+    pub sha256: Option<String>,
+    pub raw_digest: Option<String>,
+    pub error: Option<String>,
+    /// createVolumePermission: `all`, or account ids.
+    pub public: bool,
+    pub shared_with: Vec<AccountId>,
+}
+
 /// An elastic IP: a public address from the pool that an account holds
 /// until it releases it, associated with at most one of its instances.
 /// (Addresses an instance gets from the pool at launch are not rows of
@@ -244,6 +389,8 @@ pub enum ResourceType {
     SecurityGroup,
     KeyPair,
     Image,
+    Volume,
+    Snapshot,
 }
 
 impl ResourceType {
@@ -252,6 +399,10 @@ impl ResourceType {
             Some(ResourceType::SecurityGroup)
         } else if id.starts_with(KeyPairId::PREFIX) {
             Some(ResourceType::KeyPair)
+        } else if id.starts_with(VolumeId::PREFIX) {
+            Some(ResourceType::Volume)
+        } else if id.starts_with(SnapshotId::PREFIX) {
+            Some(ResourceType::Snapshot)
         } else if ImageId::parse(id).is_ok()
             || id.starts_with("emi-")
             || id.starts_with("eki-")
@@ -269,6 +420,8 @@ impl ResourceType {
             ResourceType::SecurityGroup => "security-group",
             ResourceType::KeyPair => "key-pair",
             ResourceType::Image => "image",
+            ResourceType::Volume => "volume",
+            ResourceType::Snapshot => "snapshot",
         }
     }
 }

@@ -234,6 +234,50 @@ impl Walrus {
         }
     }
 
+    /// Creates `owner`'s private bucket if it does not exist; fails if
+    /// another account holds the name. For buckets the cloud itself fills
+    /// (images, snapshots).
+    pub async fn ensure_bucket(
+        &self,
+        owner_id: &str,
+        owner_name: &str,
+        bucket: &str,
+    ) -> Result<(), String> {
+        match self.meta.bucket(bucket).await {
+            Ok(b) if b.owner_id != owner_id => {
+                Err(format!("bucket {bucket} belongs to another account"))
+            }
+            Ok(_) => Ok(()),
+            Err(MetaError::NoSuchBucket) => {
+                let b = meta::Bucket {
+                    name: bucket.to_string(),
+                    owner_id: owner_id.to_string(),
+                    created_ms: now_ms(),
+                    location: String::new(),
+                    acl: Acl::private(owner_id, owner_name),
+                };
+                match self.meta.create_bucket(&b).await {
+                    Ok(()) | Err(MetaError::BucketExists { owned_by_you: true }) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Deletes an object the cloud itself manages (a deleted snapshot's
+    /// copy); a missing one is not an error.
+    pub async fn remove_object(&self, bucket: &str, key: &str) -> Result<(), String> {
+        match self.meta.delete_object(bucket, key).await {
+            Ok(dead) => {
+                self.delete_blobs(dead).await;
+                Ok(())
+            }
+            Err(MetaError::NoSuchBucket) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Size and hex SHA-256 of an object, read as `account_id` (the CLC
     /// records them when an image is registered).
     pub async fn object_digest(
@@ -270,26 +314,7 @@ impl Walrus {
         key: &str,
         path: &std::path::Path,
     ) -> Result<String, String> {
-        match self.meta.bucket(bucket).await {
-            Ok(b) if b.owner_id != owner_id => {
-                return Err(format!("bucket {bucket} belongs to another account"));
-            }
-            Ok(_) => {}
-            Err(MetaError::NoSuchBucket) => {
-                let b = meta::Bucket {
-                    name: bucket.to_string(),
-                    owner_id: owner_id.to_string(),
-                    created_ms: now_ms(),
-                    location: String::new(),
-                    acl: Acl::private(owner_id, owner_name),
-                };
-                match self.meta.create_bucket(&b).await {
-                    Ok(()) | Err(MetaError::BucketExists { owned_by_you: true }) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+        self.ensure_bucket(owner_id, owner_name, bucket).await?;
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;

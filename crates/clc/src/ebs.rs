@@ -1,0 +1,1259 @@
+//! EBS: volumes, attachments and snapshots, as the CLC decides them.
+//!
+//! The CLC owns every record; the zone's SC only makes real what the
+//! desired state says ([`DesiredStorage`]: volumes, the NC each is exported
+//! to, snapshots with the Walrus object to upload) and reports what is
+//! ([`StorageReport`]). The NC side of an attachment travels in the zone's
+//! desired state (the instance's volumes, with the export's address and
+//! key) and comes back in the NC's report. [`Cloud::ebs_tick`] is the one
+//! place records advance from those reports:
+//!
+//! ```text
+//! volume:     creating --SC made it--> available --DeleteVolume--> deleting --SC dropped it--> (erased)
+//!                 \--SC failed--> error
+//! attachment: attaching --NC plugged it--> attached --DetachVolume--> detaching --NC unplugged--> (none)
+//!             (the instance terminated: none at once; its VM is gone)
+//! snapshot:   pending --SC uploaded, checksummed--> completed      (or error)
+//! ```
+//!
+//! Requests change records under the EBS lock and then send both desired
+//! states; a lost send or a crash is repaired by the next tick, which sends
+//! them again from the records. Nothing is reported `available` or
+//! `completed` before the SC says so, and a record in a transitional state
+//! always names what is left to do, so a restart resumes rather than
+//! guesses.
+
+use std::collections::HashMap;
+
+use ironbark_sc_api::{
+    Compression, DesiredStorage, ExportSpec, ExportState, SnapshotSource, SnapshotSpec,
+    StorageReport, VolumeSpec, WalrusTarget,
+};
+use ironbark_types::*;
+
+use crate::{Caller, Cloud};
+
+/// The bucket snapshots are uploaded to (the administrator's, private).
+pub const SNAPSHOT_BUCKET: &str = "ironbark-snapshots";
+
+/// Largest volume, in GiB (EC2's standard volumes stopped at 1 TiB).
+const MAX_VOLUME_GIB: u32 = 1024;
+
+/// How long a presigned snapshot upload or download stays valid.
+const PRESIGN_SECS: u32 = 6 * 3600;
+
+/// The zone's SC, as the CLC drives it.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    async fn apply(&self, desired: DesiredStorage) -> Result<StorageReport>;
+    async fn report(&self) -> Result<StorageReport>;
+}
+
+/// No SC attached: volumes cannot be made.
+pub struct NoStorage;
+
+#[async_trait::async_trait]
+impl Storage for NoStorage {
+    async fn apply(&self, _desired: DesiredStorage) -> Result<StorageReport> {
+        Err(Error::internal("no storage controller is attached"))
+    }
+    async fn report(&self) -> Result<StorageReport> {
+        Err(Error::internal("no storage controller is attached"))
+    }
+}
+
+pub struct AttachRequest<'a> {
+    pub volume_id: &'a str,
+    pub instance_id: &'a str,
+    pub device: &'a str,
+}
+
+/// ModifySnapshotAttribute's createVolumePermission change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotPermissionChange {
+    pub add_users: Vec<String>,
+    pub remove_users: Vec<String>,
+    pub add_all: bool,
+    pub remove_all: bool,
+}
+
+fn volume_not_found(id: &str) -> Error {
+    Error::new(
+        ErrorKind::VolumeNotFound,
+        format!("The volume '{id}' does not exist."),
+    )
+}
+
+fn snapshot_not_found(id: &str) -> Error {
+    Error::new(
+        ErrorKind::SnapshotNotFound,
+        format!("The snapshot '{id}' does not exist."),
+    )
+}
+
+/// Devices a volume may be attached as: `/dev/sd[b-z]`, `/dev/xvd[b-z]`,
+/// `/dev/vd[b-z]` (the root disk is `a`), as the original accepted.
+pub fn valid_device(d: &str) -> bool {
+    let rest = ["/dev/sd", "/dev/xvd", "/dev/vd"]
+        .iter()
+        .find_map(|p| d.strip_prefix(p));
+    matches!(rest.map(str::as_bytes), Some([b'b'..=b'z']))
+}
+
+fn snapshot_key(id: &SnapshotId, c: Compression) -> String {
+    format!("{id}.raw.{}", c.extension())
+}
+
+fn compression_of(s: &Snapshot) -> Compression {
+    match s.compression.as_str() {
+        "zstd" => Compression::Zstd,
+        _ => Compression::Gzip,
+    }
+}
+
+impl Cloud {
+    /// A snapshot the caller may see and restore from.
+    fn may_use_snapshot(caller: &Caller, s: &Snapshot) -> bool {
+        s.account_id == caller.account.id
+            || s.public
+            || s.shared_with.contains(&caller.account.id)
+            || caller.is_admin()
+    }
+
+    async fn own_volume(&self, caller: &Caller, id: &str) -> Result<Volume> {
+        let vid = VolumeId::parse(id)?;
+        self.store
+            .list_volumes(Some(&caller.account.id))
+            .await?
+            .into_iter()
+            .find(|v| v.id == vid)
+            .ok_or_else(|| volume_not_found(id))
+    }
+
+    async fn own_snapshot(&self, caller: &Caller, id: &str) -> Result<Snapshot> {
+        let sid = SnapshotId::parse(id)?;
+        self.store
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .find(|s| s.id == sid && s.account_id == caller.account.id)
+            .ok_or_else(|| snapshot_not_found(id))
+    }
+
+    /// CreateVolume: an empty volume of `size` GiB, or one filled from a
+    /// completed snapshot the caller may use (at least its size).
+    pub async fn create_volume(
+        &self,
+        caller: &Caller,
+        size: Option<&str>,
+        snapshot: Option<&str>,
+        zone: &str,
+    ) -> Result<Volume> {
+        if !self.config.zones.iter().any(|z| z == zone) {
+            return Err(Error::invalid_value(format!(
+                "Invalid availability zone: [{zone}]"
+            )));
+        }
+        let size = match size {
+            Some(s) => Some(
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_VOLUME_GIB).contains(n))
+                    .ok_or_else(|| {
+                        Error::invalid_value(format!(
+                            "Invalid value '{s}' for Size: a volume is 1 to {MAX_VOLUME_GIB} GiB"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let source = match snapshot {
+            Some(id) => {
+                let sid = SnapshotId::parse(id)?;
+                let s = self
+                    .store
+                    .list_snapshots()
+                    .await?
+                    .into_iter()
+                    .find(|s| s.id == sid && Self::may_use_snapshot(caller, s))
+                    .ok_or_else(|| snapshot_not_found(id))?;
+                if s.state != SnapshotState::Completed {
+                    return Err(Error::new(
+                        ErrorKind::IncorrectState,
+                        format!("Snapshot {id} is {}, not completed", s.state.as_str()),
+                    ));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let size_gib = match (size, &source) {
+            (Some(n), Some(s)) if n < s.volume_size_gib => {
+                return Err(Error::invalid_value(format!(
+                    "Volume of {n} GiB is smaller than snapshot {}, {} GiB",
+                    s.id, s.volume_size_gib
+                )));
+            }
+            (Some(n), _) => n,
+            (None, Some(s)) => s.volume_size_gib,
+            (None, None) => return Err(Error::missing("Size")),
+        };
+        let v = Volume {
+            id: VolumeId::generate(),
+            account_id: caller.account.id.clone(),
+            size_gib,
+            snapshot_id: source.map(|s| s.id),
+            zone: zone.to_string(),
+            state: VolumeState::Creating,
+            error: None,
+            created_ms: now_ms(),
+            attachment: None,
+        };
+        {
+            let _serial = self.ebs_lock.lock().await;
+            self.store.put_volume(&v).await?;
+        }
+        tracing::info!(volume = %v.id, size_gib, "volume created");
+        self.push_storage_logged().await;
+        Ok(v)
+    }
+
+    /// DeleteVolume: refused while attached; the record goes once the SC
+    /// has dropped the data.
+    pub async fn delete_volume(&self, caller: &Caller, id: &str) -> Result<()> {
+        {
+            let _serial = self.ebs_lock.lock().await;
+            let mut v = self.own_volume(caller, id).await?;
+            if let Some(a) = &v.attachment {
+                return Err(Error::new(
+                    ErrorKind::VolumeInUse,
+                    format!("Volume {id} is attached to {}", a.instance_id),
+                ));
+            }
+            if v.state == VolumeState::Deleting {
+                return Ok(());
+            }
+            v.state = VolumeState::Deleting;
+            self.store.put_volume(&v).await?;
+        }
+        self.push_storage_logged().await;
+        Ok(())
+    }
+
+    /// AttachVolume: validated as the original did (same zone, device
+    /// valid and free on the instance, volume available, instance running).
+    pub async fn attach_volume(&self, caller: &Caller, req: AttachRequest<'_>) -> Result<Volume> {
+        let v = {
+            let _serial = self.ebs_lock.lock().await;
+            let mut v = self.own_volume(caller, req.volume_id).await?;
+            let iid = InstanceId::parse(req.instance_id)?;
+            let inst = self
+                .store
+                .list_instances(Some(&caller.account.id))
+                .await?
+                .into_iter()
+                .find(|i| i.id == iid && i.state != InstanceState::Terminated)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InstanceNotFound,
+                        format!("The instance ID '{}' does not exist", req.instance_id),
+                    )
+                })?;
+            if !valid_device(req.device) {
+                return Err(Error::invalid_value(format!(
+                    "Value ({}) for parameter device is invalid. Use /dev/sd[b-z], /dev/vd[b-z] or /dev/xvd[b-z]",
+                    req.device
+                )));
+            }
+            if let Some(a) = &v.attachment {
+                return Err(Error::new(
+                    ErrorKind::VolumeInUse,
+                    format!("{} is already attached to {}", v.id, a.instance_id),
+                ));
+            }
+            if v.state != VolumeState::Available {
+                return Err(Error::new(
+                    ErrorKind::IncorrectState,
+                    format!("Volume {} is '{}', not available", v.id, v.state.as_str()),
+                ));
+            }
+            if inst.state != InstanceState::Running {
+                return Err(Error::new(
+                    ErrorKind::IncorrectInstanceState,
+                    format!(
+                        "Instance '{}' is {}; volumes attach to running instances",
+                        inst.id,
+                        inst.state.as_str()
+                    ),
+                ));
+            }
+            if inst.zone != v.zone {
+                return Err(Error::new(
+                    ErrorKind::VolumeZoneMismatch,
+                    format!(
+                        "The volume '{}' is in {} and the instance in {}",
+                        v.id, v.zone, inst.zone
+                    ),
+                ));
+            }
+            let taken = self.store.list_volumes(None).await?.into_iter().any(|o| {
+                o.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.instance_id == iid && same_device(&a.device, req.device))
+            });
+            if taken {
+                return Err(Error::invalid_value(format!(
+                    "Attachment point {} is already in use",
+                    req.device
+                )));
+            }
+            v.attachment = Some(VolumeAttachment {
+                instance_id: iid,
+                device: req.device.to_string(),
+                state: AttachState::Attaching,
+                attach_ms: now_ms(),
+                force_detach: false,
+            });
+            self.store.put_volume(&v).await?;
+            v
+        };
+        tracing::info!(volume = %v.id, instance = req.instance_id, device = req.device, "attaching");
+        self.push_storage_logged().await;
+        Ok(v)
+    }
+
+    /// DetachVolume: the NC unplugs it, then the SC closes the export.
+    /// `instance`/`device`, when given, must match the attachment.
+    pub async fn detach_volume(
+        &self,
+        caller: &Caller,
+        volume: &str,
+        instance: Option<&str>,
+        device: Option<&str>,
+        force: bool,
+    ) -> Result<Volume> {
+        let v = {
+            let _serial = self.ebs_lock.lock().await;
+            let mut v = self.own_volume(caller, volume).await?;
+            let Some(a) = v.attachment.as_mut() else {
+                return Err(Error::new(
+                    ErrorKind::IncorrectState,
+                    format!("Volume '{volume}' is in the '{}' state.", v.state.as_str()),
+                ));
+            };
+            if instance.is_some_and(|i| i != a.instance_id.as_str())
+                || device.is_some_and(|d| !same_device(d, &a.device))
+            {
+                return Err(Error::new(
+                    ErrorKind::AttachmentNotFound,
+                    format!(
+                        "Volume '{volume}' is not attached to {}",
+                        instance.or(device).unwrap_or("that")
+                    ),
+                ));
+            }
+            a.state = AttachState::Detaching;
+            a.force_detach |= force;
+            self.store.put_volume(&v).await?;
+            v
+        };
+        tracing::info!(volume = %v.id, force, "detaching");
+        if let Err(e) = self.push_desired().await {
+            tracing::warn!(error = %e, "sending the zone's desired state failed; the EBS tick retries");
+        }
+        Ok(v)
+    }
+
+    /// DescribeVolumes: the caller's volumes.
+    pub async fn describe_volumes(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+    ) -> Result<Vec<(Volume, Vec<Tag>)>> {
+        let verbose = caller.is_admin() && ids.iter().any(|i| i == "verbose");
+        let ids: Vec<&String> = ids.iter().filter(|i| *i != "verbose").collect();
+        let scope = (!verbose).then_some(&caller.account.id);
+        let all = self.store.list_volumes(scope).await?;
+        for id in &ids {
+            VolumeId::parse(id)?;
+            if !all.iter().any(|v| v.id.as_str() == id.as_str()) {
+                return Err(volume_not_found(id));
+            }
+        }
+        let tags = self.tags_by_resource(scope).await?;
+        let selected: Vec<(Volume, Vec<Tag>)> = all
+            .into_iter()
+            .filter(|v| ids.is_empty() || ids.iter().any(|x| x.as_str() == v.id.as_str()))
+            .map(|v| {
+                let t = tags.get(v.id.as_str()).cloned().unwrap_or_default();
+                (v, t)
+            })
+            .collect();
+        filter::apply(selected, filters, |(v, t), name| {
+            let one = |s: &str| Some(vec![s.to_string()]);
+            let a = v.attachment.as_ref();
+            let opt = |s: Option<&str>| Some(s.map(|x| vec![x.to_string()]).unwrap_or_default());
+            match name {
+                "volume-id" => one(v.id.as_str()),
+                "status" => one(v.api_state()),
+                "size" => one(&v.size_gib.to_string()),
+                "availability-zone" => one(&v.zone),
+                "snapshot-id" => opt(v.snapshot_id.as_ref().map(|s| s.as_str())),
+                "volume-type" => one("standard"),
+                "attachment.instance-id" => opt(a.map(|a| a.instance_id.as_str())),
+                "attachment.device" => opt(a.map(|a| a.device.as_str())),
+                "attachment.status" => opt(a.map(|a| a.state.as_str())),
+                "attachment.delete-on-termination" => opt(a.map(|_| "false")),
+                other => crate::tags::tag_filter(t, other),
+            }
+        })
+    }
+
+    /// CreateSnapshot: a point-in-time copy, taken by the SC while the
+    /// volume may be attached and written.
+    pub async fn create_snapshot(
+        &self,
+        caller: &Caller,
+        volume: &str,
+        description: &str,
+    ) -> Result<Snapshot> {
+        if description.len() > 255 {
+            return Err(Error::invalid_value(
+                "Description is longer than 255 characters",
+            ));
+        }
+        let s = {
+            let _serial = self.ebs_lock.lock().await;
+            let v = self.own_volume(caller, volume).await?;
+            if v.state != VolumeState::Available {
+                return Err(Error::new(
+                    ErrorKind::IncorrectState,
+                    format!("Volume {} is '{}', not available", v.id, v.state.as_str()),
+                ));
+            }
+            let id = SnapshotId::generate();
+            let compression = Compression::default();
+            let s = Snapshot {
+                location: format!("{SNAPSHOT_BUCKET}/{}", snapshot_key(&id, compression)),
+                id,
+                account_id: caller.account.id.clone(),
+                volume_id: v.id.clone(),
+                volume_size_gib: v.size_gib,
+                description: description.to_string(),
+                state: SnapshotState::Pending,
+                progress: 0,
+                started_ms: now_ms(),
+                compression: match compression {
+                    Compression::Gzip => "gzip".into(),
+                    Compression::Zstd => "zstd".into(),
+                },
+                sha256: None,
+                raw_digest: None,
+                error: None,
+                public: false,
+                shared_with: Vec::new(),
+            };
+            self.objects.ensure_system_bucket(SNAPSHOT_BUCKET).await?;
+            self.store.put_snapshot(&s).await?;
+            s
+        };
+        tracing::info!(snapshot = %s.id, volume = %s.volume_id, "snapshot started");
+        self.push_storage_logged().await;
+        Ok(s)
+    }
+
+    /// DeleteSnapshot: the record, the SC's raw copy and the Walrus object.
+    pub async fn delete_snapshot(&self, caller: &Caller, id: &str) -> Result<()> {
+        let s = {
+            let _serial = self.ebs_lock.lock().await;
+            let s = self.own_snapshot(caller, id).await?;
+            self.store.delete_snapshot(&s.id).await?;
+            s
+        };
+        self.push_storage_logged().await;
+        if let Some((b, k)) = s.location.split_once('/')
+            && let Err(e) = self.objects.remove(b, k).await
+        {
+            tracing::warn!(snapshot = %s.id, error = %e, "removing the snapshot's object failed");
+        }
+        Ok(())
+    }
+
+    /// DescribeSnapshots: what the caller may restore (its own, shared
+    /// with it, public), narrowed by ids, owners and restorable-by.
+    pub async fn describe_snapshots(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        owners: &[String],
+        restorable_by: &[String],
+        filters: &[Filter],
+    ) -> Result<Vec<(Snapshot, Vec<Tag>)>> {
+        let all: Vec<Snapshot> = self
+            .store
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| Self::may_use_snapshot(caller, s))
+            .collect();
+        for id in ids {
+            SnapshotId::parse(id)?;
+            if !all.iter().any(|s| s.id.as_str() == id) {
+                return Err(snapshot_not_found(id));
+            }
+        }
+        let me = caller.account.id.as_str();
+        let owner_ok = |s: &Snapshot| {
+            owners.is_empty()
+                || owners.iter().any(|o| {
+                    let o = if o == "self" { me } else { o.as_str() };
+                    o == s.account_id.as_str()
+                })
+        };
+        let restorable_ok = |s: &Snapshot| {
+            restorable_by.is_empty()
+                || restorable_by.iter().any(|r| match r.as_str() {
+                    "all" => s.public,
+                    "self" => s.account_id.as_str() == me,
+                    other => {
+                        s.public
+                            || s.account_id.as_str() == other
+                            || s.shared_with.iter().any(|a| a.as_str() == other)
+                    }
+                })
+        };
+        let tags = self.tags_by_resource(None).await?;
+        let selected: Vec<(Snapshot, Vec<Tag>)> = all
+            .into_iter()
+            .filter(|s| ids.is_empty() || ids.iter().any(|x| x == s.id.as_str()))
+            .filter(|s| owner_ok(s) && restorable_ok(s))
+            .map(|s| {
+                // Tags are the owner's; others see none of them.
+                let t = if s.account_id.as_str() == me {
+                    tags.get(s.id.as_str()).cloned().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                (s, t)
+            })
+            .collect();
+        filter::apply(selected, filters, |(s, t), name| {
+            let one = |v: &str| Some(vec![v.to_string()]);
+            match name {
+                "snapshot-id" => one(s.id.as_str()),
+                "volume-id" => one(s.volume_id.as_str()),
+                "status" => one(s.state.as_str()),
+                "owner-id" => one(s.account_id.as_str()),
+                "progress" => one(&format!("{}%", s.progress)),
+                "volume-size" => one(&s.volume_size_gib.to_string()),
+                "description" => one(&s.description),
+                other => crate::tags::tag_filter(t, other),
+            }
+        })
+    }
+
+    /// DescribeSnapshotAttribute createVolumePermission (owner only).
+    pub async fn snapshot_permissions(&self, caller: &Caller, id: &str) -> Result<Snapshot> {
+        self.own_snapshot(caller, id).await
+    }
+
+    /// ModifySnapshotAttribute / ResetSnapshotAttribute (`reset` clears all).
+    pub async fn modify_snapshot_permissions(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: &SnapshotPermissionChange,
+        reset: bool,
+    ) -> Result<()> {
+        let _serial = self.ebs_lock.lock().await;
+        let mut s = self.own_snapshot(caller, id).await?;
+        let mut add = Vec::new();
+        for u in &change.add_users {
+            let a = AccountId::parse(u).map_err(|_| {
+                Error::invalid_value(format!("Invalid value '{u}' for UserId: not an account id"))
+            })?;
+            if self.store.account_by_id(&a).await?.is_none() {
+                return Err(Error::invalid_value(format!(
+                    "Invalid value '{u}' for UserId: no such account"
+                )));
+            }
+            add.push(a);
+        }
+        if reset {
+            s.public = false;
+            s.shared_with.clear();
+        }
+        for a in add {
+            if !s.shared_with.contains(&a) {
+                s.shared_with.push(a);
+            }
+        }
+        s.shared_with
+            .retain(|a| !change.remove_users.iter().any(|r| r == a.as_str()));
+        if change.add_all {
+            s.public = true;
+        }
+        if change.remove_all {
+            s.public = false;
+        }
+        self.store.put_snapshot(&s).await
+    }
+
+    /// The zone's whole storage state, from the records.
+    pub async fn desired_storage(&self) -> Result<DesiredStorage> {
+        let instances: HashMap<InstanceId, Instance> = self
+            .store
+            .list_instances(None)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let snapshots = self.store.list_snapshots().await?;
+        let mut volumes = Vec::new();
+        for v in self.store.list_volumes(None).await? {
+            if v.state == VolumeState::Deleting {
+                continue;
+            }
+            let source = match (&v.snapshot_id, v.state) {
+                (Some(sid), VolumeState::Creating) => match snapshots.iter().find(|s| s.id == *sid)
+                {
+                    Some(s) => {
+                        let (b, k) = s.location.split_once('/').unwrap_or((&s.location, ""));
+                        Some(SnapshotSource {
+                            snapshot_id: s.id.to_string(),
+                            download_url: self.objects.presign_get(b, k, PRESIGN_SECS).await.ok(),
+                            compression: compression_of(s),
+                            sha256: s.sha256.clone(),
+                            raw_digest: s.raw_digest.clone(),
+                            force_download: false,
+                        })
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
+            let exports = v
+                .attachment
+                .as_ref()
+                .and_then(|a| instances.get(&a.instance_id))
+                .filter(|i| i.state != InstanceState::Terminated)
+                .map(|i| {
+                    vec![ExportSpec {
+                        node_id: i.node_id.clone(),
+                    }]
+                })
+                .unwrap_or_default();
+            volumes.push(VolumeSpec {
+                volume_id: v.id.to_string(),
+                size_gib: u64::from(v.size_gib),
+                source,
+                exports,
+            });
+        }
+        let mut specs = Vec::new();
+        for s in snapshots.iter().filter(|s| s.state != SnapshotState::Error) {
+            let (b, k) = s.location.split_once('/').unwrap_or((&s.location, ""));
+            specs.push(SnapshotSpec {
+                snapshot_id: s.id.to_string(),
+                volume_id: s.volume_id.to_string(),
+                compression: compression_of(s),
+                target: WalrusTarget {
+                    put_url: self.objects.presign_put(b, k, PRESIGN_SECS).await?,
+                },
+            });
+        }
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        Ok(DesiredStorage {
+            generation,
+            volumes,
+            snapshots: specs,
+        })
+    }
+
+    /// Sends the storage desired state and takes the report it answers with.
+    pub async fn push_storage(&self) -> Result<()> {
+        let desired = self.desired_storage().await?;
+        let report = self.storage.apply(desired).await?;
+        self.observe_storage(&report).await
+    }
+
+    async fn push_storage_logged(&self) {
+        if let Err(e) = self.push_storage().await {
+            tracing::warn!(error = %e, "sending the storage desired state failed; the EBS tick retries");
+        }
+    }
+
+    /// The NBD export an NC should attach for `volume` on `node`, once the
+    /// SC has it ready.
+    #[allow(dead_code)] // until NCs take volumes in their desired state
+    pub(crate) fn ready_export(
+        &self,
+        volume: &VolumeId,
+        node: &str,
+    ) -> Option<ironbark_sc_api::NbdExport> {
+        let report = self.storage_report.lock().expect("storage report lock");
+        report
+            .as_ref()?
+            .volumes
+            .iter()
+            .find(|v| v.volume_id == volume.as_str())?
+            .exports
+            .iter()
+            .find(|e| e.node_id == node && e.state == ExportState::Ready)?
+            .nbd
+            .clone()
+    }
+
+    /// Advances volume and snapshot records from the SC's report.
+    /// Idempotent: the same report twice changes nothing the second time.
+    pub async fn observe_storage(&self, report: &StorageReport) -> Result<()> {
+        *self.storage_report.lock().expect("storage report lock") = Some(report.clone());
+        let _serial = self.ebs_lock.lock().await;
+        for mut v in self.store.list_volumes(None).await? {
+            let r = report.volumes.iter().find(|r| r.volume_id == v.id.as_str());
+            use ironbark_sc_api::VolumeState as Sc;
+            match (v.state, r.map(|r| r.state)) {
+                (VolumeState::Creating, Some(Sc::Available)) => {
+                    v.state = VolumeState::Available;
+                    self.store.put_volume(&v).await?;
+                    tracing::info!(volume = %v.id, "volume available");
+                }
+                (VolumeState::Creating, Some(Sc::Error)) => {
+                    v.state = VolumeState::Error;
+                    v.error = r.and_then(|r| r.error.clone());
+                    self.store.put_volume(&v).await?;
+                    tracing::warn!(volume = %v.id, error = ?v.error, "volume failed");
+                }
+                (VolumeState::Deleting, None) => {
+                    self.store.delete_volume(&v.id).await?;
+                    tracing::info!(volume = %v.id, "volume deleted");
+                }
+                _ => {}
+            }
+        }
+        for mut s in self.store.list_snapshots().await? {
+            let Some(r) = report
+                .snapshots
+                .iter()
+                .find(|r| r.snapshot_id == s.id.as_str())
+            else {
+                continue;
+            };
+            use ironbark_sc_api::SnapshotState as Sc;
+            if s.state != SnapshotState::Pending {
+                continue;
+            }
+            let before = s.clone();
+            match r.state {
+                Sc::Pending => s.progress = r.progress.min(99),
+                Sc::Completed if r.sha256.is_some() => {
+                    s.state = SnapshotState::Completed;
+                    s.progress = 100;
+                    s.sha256 = r.sha256.clone();
+                    s.raw_digest = r.raw_digest.clone();
+                    tracing::info!(snapshot = %s.id, "snapshot completed");
+                }
+                Sc::Completed => {}
+                Sc::Error => {
+                    s.state = SnapshotState::Error;
+                    s.error = r.error.clone();
+                    tracing::warn!(snapshot = %s.id, error = ?s.error, "snapshot failed");
+                }
+            }
+            if s != before {
+                self.store.put_snapshot(&s).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances attachments from the NCs' reports: `attached` once the
+    /// instance's NC has the volume plugged in, gone once a detaching
+    /// volume is unplugged (or at once with Force, or when the instance is
+    /// no longer running). Returns whether anything changed.
+    pub(crate) async fn observe_attachments(
+        &self,
+        plugged: &HashMap<String, Vec<String>>,
+    ) -> Result<bool> {
+        let _serial = self.ebs_lock.lock().await;
+        let instances: HashMap<InstanceId, Instance> = self
+            .store
+            .list_instances(None)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let mut changed = false;
+        for mut v in self.store.list_volumes(None).await? {
+            let Some(a) = v.attachment.clone() else {
+                continue;
+            };
+            let inst = instances.get(&a.instance_id);
+            let gone = !inst.is_some_and(|i| {
+                matches!(i.state, InstanceState::Pending | InstanceState::Running)
+            });
+            let is_plugged = plugged
+                .get(a.instance_id.as_str())
+                .is_some_and(|vols| vols.iter().any(|x| x == v.id.as_str()));
+            let next = match a.state {
+                _ if gone => None,
+                AttachState::Attaching if is_plugged => Some(AttachState::Attached),
+                AttachState::Detaching if !is_plugged || a.force_detach => None,
+                s => Some(s),
+            };
+            if next == Some(a.state) {
+                continue;
+            }
+            v.attachment = next.map(|state| VolumeAttachment { state, ..a.clone() });
+            self.store.put_volume(&v).await?;
+            tracing::info!(volume = %v.id, instance = %a.instance_id, state = next.map(|s| s.as_str()).unwrap_or("detached"), "attachment");
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The EBS safety net and driver, run every second by the CLC's loop:
+    /// while anything is in a transitional state, polls the SC, advances
+    /// records and re-sends both desired states.
+    pub async fn ebs_tick(&self) -> Result<()> {
+        let volumes = self.store.list_volumes(None).await?;
+        let snapshots = self.store.list_snapshots().await?;
+        let busy = volumes.iter().any(|v| {
+            matches!(v.state, VolumeState::Creating | VolumeState::Deleting)
+                || v.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.state != AttachState::Attached)
+        }) || snapshots.iter().any(|s| s.state == SnapshotState::Pending);
+        if !busy {
+            return Ok(());
+        }
+        self.push_storage().await?;
+        self.push_desired().await
+    }
+}
+
+/// `/dev/sdb` and `/dev/xvdb` name the same slot, as on EC2.
+fn same_device(a: &str, b: &str) -> bool {
+    let slot = |d: &str| {
+        ["/dev/sd", "/dev/xvd", "/dev/vd"]
+            .iter()
+            .find_map(|p| d.strip_prefix(p))
+            .map(str::to_string)
+            .unwrap_or_else(|| d.to_string())
+    };
+    slot(a) == slot(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use ironbark_sc_api::{
+        ExportReport, NbdExport, SnapshotReport, VolumeReport, VolumeState as ScVolume,
+    };
+
+    use super::*;
+    use crate::instances::tests::{run, setup};
+    use crate::testutil::caller;
+
+    /// A fake SC: makes volumes, exports and snapshots as soon as it is
+    /// told, unless `hold` keeps everything where it is.
+    #[derive(Default)]
+    struct FakeSc {
+        hold: Mutex<bool>,
+        report: Mutex<StorageReport>,
+        last: Mutex<Option<DesiredStorage>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for FakeSc {
+        async fn apply(&self, d: DesiredStorage) -> Result<StorageReport> {
+            *self.last.lock().unwrap() = Some(d.clone());
+            let hold = *self.hold.lock().unwrap();
+            let mut r = self.report.lock().unwrap();
+            r.volumes
+                .retain(|v| d.volumes.iter().any(|w| w.volume_id == v.volume_id));
+            r.snapshots
+                .retain(|s| d.snapshots.iter().any(|w| w.snapshot_id == s.snapshot_id));
+            for v in &d.volumes {
+                let state = if hold {
+                    ScVolume::Creating
+                } else {
+                    ScVolume::Available
+                };
+                let exports = v
+                    .exports
+                    .iter()
+                    .map(|e| ExportReport {
+                        node_id: e.node_id.clone(),
+                        state: ExportState::Ready,
+                        nbd: Some(NbdExport {
+                            host: "10.0.0.1".into(),
+                            port: 10809,
+                            export: format!("{}.{}", v.volume_id, e.node_id),
+                            tls_identity: e.node_id.clone(),
+                            psk_hex: "00".into(),
+                        }),
+                        error: None,
+                    })
+                    .collect();
+                match r.volumes.iter_mut().find(|x| x.volume_id == v.volume_id) {
+                    Some(x) => {
+                        if !hold {
+                            x.state = ScVolume::Available;
+                        }
+                        x.exports = exports;
+                    }
+                    None => r.volumes.push(VolumeReport {
+                        volume_id: v.volume_id.clone(),
+                        state,
+                        size_gib: v.size_gib,
+                        exports,
+                        error: None,
+                    }),
+                }
+            }
+            for s in &d.snapshots {
+                if !r.snapshots.iter().any(|x| x.snapshot_id == s.snapshot_id) {
+                    r.snapshots.push(SnapshotReport {
+                        snapshot_id: s.snapshot_id.clone(),
+                        volume_id: s.volume_id.clone(),
+                        state: ironbark_sc_api::SnapshotState::Pending,
+                        progress: 40,
+                        volume_size: 1 << 30,
+                        compression: s.compression,
+                        sha256: None,
+                        md5: None,
+                        compressed_size: None,
+                        raw_digest: None,
+                        error: None,
+                    });
+                }
+                if !hold {
+                    let x = r
+                        .snapshots
+                        .iter_mut()
+                        .find(|x| x.snapshot_id == s.snapshot_id)
+                        .unwrap();
+                    x.state = ironbark_sc_api::SnapshotState::Completed;
+                    x.progress = 100;
+                    x.sha256 = Some("5".repeat(64));
+                    x.raw_digest = Some("6".repeat(64));
+                }
+            }
+            Ok(r.clone())
+        }
+        async fn report(&self) -> Result<StorageReport> {
+            Ok(self.report.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn volumes_attachments_and_snapshots_follow_their_state_machines() {
+        let (c, _fake, _admin, alice, img) = setup(4).await;
+        let sc = Arc::new(FakeSc::default());
+        let c = c.with_storage(sc.clone());
+        let bob = caller(&c, "bob").await;
+        let kind = |r: Result<Volume>| r.unwrap_err().kind;
+
+        // Bad requests change nothing.
+        assert_eq!(
+            kind(c.create_volume(&alice, Some("1"), None, "nowhere").await),
+            ErrorKind::InvalidParameterValue
+        );
+        for bad in ["0", "1025", "x"] {
+            assert_eq!(
+                kind(c.create_volume(&alice, Some(bad), None, "zone1").await),
+                ErrorKind::InvalidParameterValue
+            );
+        }
+        assert_eq!(
+            kind(c.create_volume(&alice, None, None, "zone1").await),
+            ErrorKind::MissingParameter
+        );
+        assert_eq!(
+            kind(
+                c.create_volume(&alice, None, Some("snap-12345678"), "zone1")
+                    .await
+            ),
+            ErrorKind::SnapshotNotFound
+        );
+        assert!(c.store.list_volumes(None).await.unwrap().is_empty());
+
+        // creating until the SC has made it.
+        *sc.hold.lock().unwrap() = true;
+        let v = c
+            .create_volume(&alice, Some("2"), None, "zone1")
+            .await
+            .unwrap();
+        assert_eq!(v.api_state(), "creating");
+        c.ebs_tick().await.unwrap();
+        let state = |id: &VolumeId| {
+            let c = &c;
+            let id = id.clone();
+            async move {
+                c.store
+                    .list_volumes(None)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|v| v.id == id)
+            }
+        };
+        assert_eq!(state(&v.id).await.unwrap().state, VolumeState::Creating);
+        *sc.hold.lock().unwrap() = false;
+        c.ebs_tick().await.unwrap();
+        assert_eq!(state(&v.id).await.unwrap().state, VolumeState::Available);
+        let vid = v.id.to_string();
+
+        // Another account cannot see or touch it.
+        assert!(c.describe_volumes(&bob, &[], &[]).await.unwrap().is_empty());
+        assert_eq!(
+            c.delete_volume(&bob, &vid).await.unwrap_err().kind,
+            ErrorKind::VolumeNotFound
+        );
+        assert_eq!(
+            c.delete_volume(&alice, "vol-xyz").await.unwrap_err().kind,
+            ErrorKind::VolumeIdMalformed
+        );
+
+        // Attach: validated, then attaching with an export to the node.
+        let inst = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap()[0]
+            .id
+            .to_string();
+        let bobs = c.run_instances(&bob, run(&img, 1, 1)).await.unwrap()[0]
+            .id
+            .to_string();
+        fn att<'a>(vol: &'a str, i: &'a str, d: &'a str) -> AttachRequest<'a> {
+            AttachRequest {
+                volume_id: vol,
+                instance_id: i,
+                device: d,
+            }
+        }
+        let v2 = c
+            .create_volume(&alice, Some("1"), None, "zone1")
+            .await
+            .unwrap();
+        let v2id = v2.id.to_string();
+        assert_eq!(
+            kind(c.attach_volume(&alice, att(&vid, &inst, "/dev/sda")).await),
+            ErrorKind::InvalidParameterValue
+        );
+        assert_eq!(
+            kind(c.attach_volume(&alice, att(&vid, &bobs, "/dev/sdb")).await),
+            ErrorKind::InstanceNotFound
+        );
+        let got = c
+            .attach_volume(&alice, att(&vid, &inst, "/dev/sdb"))
+            .await
+            .unwrap();
+        assert_eq!(got.api_state(), "in-use");
+        assert_eq!(
+            got.attachment.as_ref().unwrap().state,
+            AttachState::Attaching
+        );
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        let spec = d.volumes.iter().find(|s| s.volume_id == vid).unwrap();
+        assert_eq!(
+            spec.exports,
+            vec![ExportSpec {
+                node_id: "node-1".into()
+            }]
+        );
+        assert!(c.ready_export(&v.id, "node-1").is_some());
+        assert_eq!(
+            kind(c.attach_volume(&alice, att(&vid, &inst, "/dev/sdc")).await),
+            ErrorKind::VolumeInUse
+        );
+        assert_eq!(
+            kind(
+                c.attach_volume(&alice, att(&v2id, &inst, "/dev/xvdb"))
+                    .await
+            ),
+            ErrorKind::InvalidParameterValue,
+            "/dev/xvdb is /dev/sdb's slot"
+        );
+        assert_eq!(
+            c.delete_volume(&alice, &vid).await.unwrap_err().kind,
+            ErrorKind::VolumeInUse
+        );
+        // The NC reports it plugged: attached.
+        let plugged: HashMap<String, Vec<String>> =
+            [(inst.clone(), vec![vid.clone()])].into_iter().collect();
+        assert!(c.observe_attachments(&plugged).await.unwrap());
+        assert!(
+            !c.observe_attachments(&plugged).await.unwrap(),
+            "idempotent"
+        );
+        assert_eq!(
+            state(&v.id).await.unwrap().attachment.unwrap().state,
+            AttachState::Attached
+        );
+
+        // Detach: the attachment must match; detaching until unplugged.
+        assert_eq!(
+            c.detach_volume(&alice, &vid, Some(&bobs), None, false)
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::AttachmentNotFound
+        );
+        let dv = c
+            .detach_volume(&alice, &vid, Some(&inst), Some("/dev/sdb"), false)
+            .await
+            .unwrap();
+        assert_eq!(dv.attachment.unwrap().state, AttachState::Detaching);
+        assert!(
+            !c.observe_attachments(&plugged).await.unwrap(),
+            "still plugged"
+        );
+        c.observe_attachments(&HashMap::new()).await.unwrap();
+        let after = state(&v.id).await.unwrap();
+        assert!(after.attachment.is_none());
+        assert_eq!(after.api_state(), "available");
+        assert_eq!(
+            c.detach_volume(&alice, &vid, None, None, false)
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::IncorrectState
+        );
+
+        // A terminated instance's volumes become available, data intact.
+        c.attach_volume(&alice, att(&v2id, &inst, "/dev/vdc"))
+            .await
+            .unwrap();
+        c.terminate_instances(&alice, std::slice::from_ref(&inst))
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        let v2now = state(&v2.id).await.unwrap();
+        assert!(v2now.attachment.is_none() && v2now.state == VolumeState::Available);
+
+        // Snapshot: pending until the SC has uploaded it, then completed.
+        *sc.hold.lock().unwrap() = true;
+        let s = c.create_snapshot(&alice, &vid, "first").await.unwrap();
+        assert_eq!(s.state, SnapshotState::Pending);
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        assert!(d.snapshots[0].target.put_url.contains(SNAPSHOT_BUCKET));
+        let listed = c
+            .describe_snapshots(&alice, &[], &["self".into()], &[], &[])
+            .await
+            .unwrap();
+        assert_eq!(listed[0].0.progress, 40);
+        *sc.hold.lock().unwrap() = false;
+        c.ebs_tick().await.unwrap();
+        let sid = s.id.to_string();
+        let done = &c
+            .describe_snapshots(&alice, std::slice::from_ref(&sid), &[], &[], &[])
+            .await
+            .unwrap()[0]
+            .0;
+        assert_eq!((done.state, done.progress), (SnapshotState::Completed, 100));
+
+        // Sharing: bob sees it only once shared, and restores from it.
+        assert!(
+            c.describe_snapshots(&bob, &[], &[], &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            kind(c.create_volume(&bob, None, Some(&sid), "zone1").await),
+            ErrorKind::SnapshotNotFound
+        );
+        let share = SnapshotPermissionChange {
+            add_users: vec![bob.account.id.to_string()],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.modify_snapshot_permissions(&bob, &sid, &share, false)
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::SnapshotNotFound
+        );
+        c.modify_snapshot_permissions(&alice, &sid, &share, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.describe_snapshots(&bob, &[], &[], &[], &[])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            kind(c.create_volume(&bob, Some("1"), Some(&sid), "zone1").await),
+            ErrorKind::InvalidParameterValue,
+            "smaller than the snapshot"
+        );
+        *sc.hold.lock().unwrap() = true;
+        let restored = c
+            .create_volume(&bob, None, Some(&sid), "zone1")
+            .await
+            .unwrap();
+        assert_eq!(restored.size_gib, 2);
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        let spec = d
+            .volumes
+            .iter()
+            .find(|x| x.volume_id == restored.id.as_str())
+            .unwrap();
+        let src = spec.source.as_ref().unwrap();
+        assert_eq!(src.snapshot_id, sid);
+        assert_eq!(src.sha256.as_deref(), Some("5".repeat(64).as_str()));
+        assert!(
+            src.download_url
+                .as_deref()
+                .unwrap()
+                .contains(SNAPSHOT_BUCKET)
+        );
+        *sc.hold.lock().unwrap() = false;
+        c.modify_snapshot_permissions(&alice, &sid, &Default::default(), true)
+            .await
+            .unwrap();
+        assert!(
+            c.describe_snapshots(&bob, &[], &[], &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Delete: the snapshot at once, the volume once the SC dropped it.
+        c.delete_snapshot(&alice, &sid).await.unwrap();
+        assert_eq!(
+            c.delete_snapshot(&alice, &sid).await.unwrap_err().kind,
+            ErrorKind::SnapshotNotFound
+        );
+        c.delete_volume(&alice, &vid).await.unwrap();
+        assert!(
+            state(&v.id).await.is_none(),
+            "erased once the SC no longer has it"
+        );
+    }
+
+    #[test]
+    fn devices_as_the_original_accepted() {
+        for ok in ["/dev/sdb", "/dev/vdz", "/dev/xvdf"] {
+            assert!(valid_device(ok), "{ok}");
+        }
+        for bad in [
+            "/dev/sda",
+            "/dev/sdb1",
+            "/dev/hdb",
+            "sdb",
+            "/dev/sd",
+            "/dev/sdbb",
+        ] {
+            assert!(!valid_device(bad), "{bad}");
+        }
+        assert!(same_device("/dev/sdf", "/dev/xvdf"));
+        assert!(!same_device("/dev/sdf", "/dev/sdg"));
+    }
+}
