@@ -194,7 +194,7 @@ impl Cloud {
     }
 
     /// Instances that still hold resources (everything not terminated).
-    async fn live_instances(&self) -> Result<Vec<Instance>> {
+    pub(crate) async fn live_instances(&self) -> Result<Vec<Instance>> {
         Ok(self
             .store
             .list_instances(None)
@@ -205,7 +205,11 @@ impl Cloud {
     }
 
     /// Free capacity per node: reported totals less what live instances hold.
-    fn free_by_node(&self, report: &ZoneReport, live: &[Instance]) -> Vec<(String, Capacity)> {
+    pub(crate) fn free_by_node(
+        &self,
+        report: &ZoneReport,
+        live: &[Instance],
+    ) -> Vec<(String, Capacity)> {
         let mut out = Vec::new();
         for n in &report.nodes {
             let Some(r) = n.report.as_ref().filter(|_| n.reachable) else {
@@ -1202,6 +1206,31 @@ pub(crate) mod tests {
             .await
             .unwrap();
         moved.check_network_layout().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn verbose_zones_count_what_the_nodes_report_less_what_runs() {
+        let (c, _fake, admin, alice, img) = setup(4).await;
+        let small = |lines: Vec<crate::ZoneLine>| {
+            lines
+                .into_iter()
+                .find(|l| l.zone_name == "|- m1.small")
+                .unwrap()
+                .state
+        };
+        let v = vec!["verbose".to_string()];
+        // The node reports 4 cpus: four m1.small (1 cpu each) fit.
+        let before = c
+            .describe_availability_zones(&admin, &v, &[])
+            .await
+            .unwrap();
+        assert_eq!(small(before), "0004 / 0004     1   256     5");
+        c.run_instances(&alice, run(&img, 3, 3)).await.unwrap();
+        let after = c
+            .describe_availability_zones(&admin, &v, &[])
+            .await
+            .unwrap();
+        assert_eq!(small(after), "0001 / 0004     1   256     5");
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ impl Cloud {
         })
     }
 
-    pub fn describe_availability_zones(
+    pub async fn describe_availability_zones(
         &self,
         caller: &Caller,
         names: &[String],
@@ -82,9 +82,24 @@ impl Cloud {
         if !(verbose && caller.is_admin()) {
             return Ok(zones);
         }
+        // What the zone's NCs report, node by node (an instance must fit on
+        // one node); the host's own measure when no NC has reported.
+        let nodes = self.node_capacity().await;
         let mut out = Vec::new();
         for z in zones {
-            let (total, free) = self.capacity.capacity(&z.zone_name);
+            let per_type = |t: &VmType| -> (u64, u64) {
+                match &nodes {
+                    Some(nodes) if z.zone_name == self.config.zones[0] => {
+                        nodes.iter().fold((0, 0), |(f, m), (total, free)| {
+                            (f + free.fits(t), m + total.fits(t))
+                        })
+                    }
+                    _ => {
+                        let (total, free) = self.capacity.capacity(&z.zone_name);
+                        (free.fits(t), total.fits(t))
+                    }
+                }
+            };
             let line = |name: String, state: String| ZoneLine {
                 zone_name: name,
                 state,
@@ -100,20 +115,41 @@ impl Cloud {
                 "free / max   cpu   ram  disk".into(),
             ));
             for t in &self.config.vm_types {
+                let (free, max) = per_type(t);
                 out.push(line(
                     format!("|- {}", t.name),
                     format!(
                         "{:04} / {:04}   {:>3}  {:>4}  {:>4}",
-                        free.fits(t),
-                        total.fits(t),
-                        t.cpus,
-                        t.memory_mib,
-                        t.disk_gib
+                        free, max, t.cpus, t.memory_mib, t.disk_gib
                     ),
                 ));
             }
         }
         Ok(out)
+    }
+
+    /// (total, free) of every reachable NC of the zone's cluster, or `None`
+    /// when none has reported.
+    async fn node_capacity(&self) -> Option<Vec<(Capacity, Capacity)>> {
+        let report = self.cluster.report().await.ok()?;
+        let live = self.live_instances().await.ok()?;
+        let free = self.free_by_node(&report, &live);
+        let out: Vec<(Capacity, Capacity)> = report
+            .nodes
+            .iter()
+            .filter(|n| n.reachable)
+            .filter_map(|n| {
+                let r = n.report.as_ref()?;
+                let total = Capacity {
+                    cpus: r.cpus,
+                    memory_mib: r.memory_mib,
+                    disk_gib: r.disk_gib,
+                };
+                let f = free.iter().find(|(id, _)| *id == n.node_id)?.1;
+                Some((total, f))
+            })
+            .collect();
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -161,16 +197,23 @@ mod tests {
         let user = caller(&c, "alice").await;
         let v = vec!["verbose".to_string()];
         assert_eq!(
-            c.describe_availability_zones(&user, &v, &[]).unwrap().len(),
+            c.describe_availability_zones(&user, &v, &[])
+                .await
+                .unwrap()
+                .len(),
             1
         );
-        let lines = c.describe_availability_zones(&admin, &v, &[]).unwrap();
+        let lines = c
+            .describe_availability_zones(&admin, &v, &[])
+            .await
+            .unwrap();
         assert_eq!(lines.len(), 2 + VmType::defaults().len());
         let small = lines.iter().find(|l| l.zone_name == "|- m1.small").unwrap();
         // m1.small is 1 cpu / 256 MiB / 5 GiB: cpu bounds free at 2, total at 8.
         assert_eq!(small.state, "0002 / 0008     1   256     5");
         assert!(
             c.describe_availability_zones(&user, &["nowhere".into()], &[])
+                .await
                 .is_err()
         );
         assert!(c.describe_regions(&["us-east-1".into()], &[]).is_err());

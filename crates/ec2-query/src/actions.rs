@@ -40,7 +40,7 @@ pub async fn handle(
     let mut r = Response::new(action, version, request_id);
     match action {
         "DescribeRegions" => describe_regions(cloud, p, &mut r)?,
-        "DescribeAvailabilityZones" => describe_zones(cloud, caller, p, &mut r)?,
+        "DescribeAvailabilityZones" => describe_zones(cloud, caller, p, &mut r).await?,
         "CreateKeyPair" => create_key_pair(cloud, caller, p, &mut r).await?,
         "ImportKeyPair" => import_key_pair(cloud, caller, p, &mut r).await?,
         "DescribeKeyPairs" => describe_key_pairs(cloud, caller, p, &mut r).await?,
@@ -300,8 +300,15 @@ fn describe_regions(cloud: &Cloud, p: &Params, r: &mut Response) -> Result<()> {
     Ok(())
 }
 
-fn describe_zones(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
-    let zones = cloud.describe_availability_zones(caller, &p.list("ZoneName"), &filters(p)?)?;
+async fn describe_zones(
+    cloud: &Cloud,
+    caller: &Caller,
+    p: &Params,
+    r: &mut Response,
+) -> Result<()> {
+    let zones = cloud
+        .describe_availability_zones(caller, &p.list("ZoneName"), &filters(p)?)
+        .await?;
     r.w.open("availabilityZoneInfo");
     for z in zones {
         r.w.open("item");
