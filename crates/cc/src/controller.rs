@@ -126,6 +126,9 @@ pub struct ClusterController {
     /// set after a newer one and the network is reconciled by one at a time.
     apply_lock: tokio::sync::Mutex<()>,
     events: Option<watch::Sender<Option<ZoneReport>>>,
+    /// The node poll period in ms: the configured one until the CLC's
+    /// desired state names one (a cloud property).
+    poll_ms: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -184,6 +187,7 @@ impl ClusterController {
             None => None,
         };
         Ok(Arc::new(ClusterController {
+            poll_ms: std::sync::atomic::AtomicU64::new(cfg.poll_interval.as_millis() as u64),
             cfg,
             net,
             nodes,
@@ -224,6 +228,10 @@ impl ClusterController {
                 return Ok(self.report());
             }
             st.generation = zone.generation;
+            if let Some(secs) = zone.node_poll_secs.filter(|s| *s > 0) {
+                self.poll_ms
+                    .store(u64::from(secs) * 1000, std::sync::atomic::Ordering::Relaxed);
+            }
             // A tombstone is needed only while the zone still lists the id.
             st.terminated
                 .retain(|id| zone.instances.iter().any(|i| i.spec.instance_id == *id));
@@ -545,19 +553,24 @@ impl ClusterController {
         }
     }
 
-    /// Polls every [`CcConfig::poll_interval`] until the controller is dropped.
+    /// Polls every [`CcConfig::poll_interval`] (or the period the CLC's
+    /// desired state names) until the controller is dropped.
     pub fn spawn_poller(self: &Arc<Self>) -> JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
-        let period = self.cfg.poll_interval;
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
                 let Some(cc) = weak.upgrade() else { break };
                 cc.poll_once().await;
+                let period = cc.poll_period();
+                drop(cc);
+                tokio::time::sleep(period).await;
             }
         })
+    }
+
+    /// The node poll period in force.
+    pub fn poll_period(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

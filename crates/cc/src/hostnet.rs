@@ -283,6 +283,7 @@ mod tests {
         let empty = plan(
             &ironbark_cluster_api::ZoneDesired {
                 generation: 9,
+                node_poll_secs: None,
                 segments: vec![],
                 instances: vec![],
             },

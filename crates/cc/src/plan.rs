@@ -637,6 +637,7 @@ mod tests {
         let p = plan(
             &ZoneDesired {
                 generation: 1,
+                node_poll_secs: None,
                 segments: vec![],
                 instances: vec![],
             },

@@ -78,6 +78,7 @@ pub fn instance(
 pub fn zone() -> ZoneDesired {
     ZoneDesired {
         generation: 7,
+        node_poll_secs: None,
         segments: vec![
             Segment {
                 group_id: "sg-web".into(),

@@ -91,6 +91,7 @@ fn segment(group: &str, bridge: &str, subnet: &str, gateway: &str, tag: u32) -> 
 fn zone(generation: u64, with_db: bool, extra: bool) -> ZoneDesired {
     let mut z = ZoneDesired {
         generation,
+        node_poll_secs: None,
         segments: vec![segment(
             "sg-web",
             "ibr0",
@@ -361,6 +362,7 @@ async fn a_guest_gets_its_lease_and_metadata_through_the_real_host_network() {
     // An empty zone leaves nothing of the CC behind.
     cc.apply(ZoneDesired {
         generation: 4,
+        node_poll_secs: None,
         segments: vec![],
         instances: vec![],
     })

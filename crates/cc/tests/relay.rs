@@ -340,3 +340,16 @@ async fn events_update_the_node_and_unknown_nodes_are_refused() {
         Err(CcError::UnknownNode(_))
     ));
 }
+
+#[tokio::test]
+async fn the_clc_sets_the_node_poll_period() {
+    let c = cluster();
+    let configured = c.cc.poll_period();
+    c.cc.apply(zone()).await.unwrap();
+    assert_eq!(c.cc.poll_period(), configured, "unset keeps the CC's own");
+    let mut z = zone();
+    z.generation = 8;
+    z.node_poll_secs = Some(2);
+    c.cc.apply(z).await.unwrap();
+    assert_eq!(c.cc.poll_period(), std::time::Duration::from_secs(2));
+}

@@ -129,6 +129,10 @@ fn mac_for(id: &InstanceId) -> String {
     format!("d0:0d:{}:{}:{}:{}", b(0), b(2), b(4), b(6))
 }
 
+/// How often the CC polls its NCs (seconds), as a cloud property; the CC's
+/// own default (6 s) applies while it is unset.
+pub const NODE_POLL: &str = "cloud.node.poll_interval";
+
 /// The volumes each instance's NC reports plugged in, by instance id.
 fn plugged_volumes(_report: &ZoneReport) -> HashMap<String, Vec<String>> {
     // NCs do not report volumes yet; nothing is ever attached until they do.
@@ -551,10 +555,17 @@ impl Cloud {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
+        let node_poll_secs = self
+            .store
+            .property(NODE_POLL)
+            .await?
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|s| (1..=3600).contains(s));
         Ok(ZoneDesired {
             generation,
             segments,
             instances,
+            node_poll_secs,
         })
     }
 

@@ -32,7 +32,7 @@ pub use addresses::{AddressRef, AddressView};
 pub use ebs::{AttachRequest, NoStorage, SNAPSHOT_BUCKET, SnapshotPermissionChange, Storage};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
-pub use instances::{Cluster, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
+pub use instances::{Cluster, NODE_POLL, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
 pub use keypairs::CreatedKeyPair;
 pub use zones::{RegionInfo, ZoneLine};
 

@@ -116,6 +116,10 @@ pub struct ZoneDesired {
     pub generation: u64,
     pub segments: Vec<Segment>,
     pub instances: Vec<InstanceDesired>,
+    /// How often the CC polls its NCs (seconds; a cloud property). `None`
+    /// keeps the CC's own setting.
+    #[serde(default)]
+    pub node_poll_secs: Option<u32>,
 }
 
 /// A node as the CC sees it: its last report, and whether it answered.
