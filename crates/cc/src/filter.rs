@@ -329,6 +329,26 @@ pub fn element_key(e: &str) -> &str {
     e.split_once(" : ").map_or(e, |(k, _)| k)
 }
 
+/// How `delete element` must name an element of `set`. nft 1.0.6 cannot
+/// find a single value inside an interval concatenation unless it is
+/// written as a range (`a-a`), although it adds it fine either way.
+fn delete_form(set: &str, key: &str) -> String {
+    if !matches!(set, "allow_all" | "allow_ports" | "allow_icmp") {
+        return key.to_string();
+    }
+    key.split(" . ")
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 || c.contains(['-', '/']) || c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+                c.to_string()
+            } else {
+                format!("{c}-{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
 /// One `nft -f` script that turns `from` into `to` by deleting and adding
 /// elements only; `None` when nothing differs.
 pub fn delta_script(table: &str, from: &Elements, to: &Elements) -> Option<String> {
@@ -338,7 +358,10 @@ pub fn delta_script(table: &str, from: &Elements, to: &Elements) -> Option<Strin
     for set in SETS {
         let old = from.get(*set).unwrap_or(&empty);
         let new = to.get(*set).unwrap_or(&empty);
-        let gone: Vec<&str> = old.difference(new).map(|e| element_key(e)).collect();
+        let gone: Vec<String> = old
+            .difference(new)
+            .map(|e| delete_form(set, element_key(e)))
+            .collect();
         let came: Vec<&str> = new.difference(old).map(|e| e.as_str()).collect();
         for chunk in gone.chunks(512) {
             let _ = writeln!(
@@ -430,5 +453,18 @@ mod tests {
              add element ip t pub2priv { 192.0.2.1 : 10.0.0.3 }\n"
         );
         assert_eq!(delta_script("t", &a, &a), None);
+        let mut c = Elements::new();
+        c.insert(
+            "allow_ports".into(),
+            [
+                "10 . 10.0.0.2 . tcp . 22".to_string(),
+                "10 . 10.0.0.0/8 . udp . 5-6".to_string(),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            delta_script("t", &c, &Elements::new()).unwrap(),
+            "delete element ip t allow_ports { 10 . 10.0.0.0/8 . udp . 5-6, 10 . 10.0.0.2-10.0.0.2 . tcp . 22-22 }\n"
+        );
     }
 }
