@@ -11,7 +11,9 @@ IRONBARK_PACKAGES=(
   ca-certificates curl procps
   rclone                          # S3 tool the Walrus tests drive
   iproute2 nftables dnsmasq-base  # the CC: bridges, taps, filtering, DHCP
-  busybox                         # udhcpc: the DHCP client of the CC's netns test
+  busybox                         # udhcpc and ping: the CC's netns tests
+  conntrack                       # the CC deletes NAT flows of a moved public address
+  socat                           # tcp clients and servers in the CC's netns tests
   dpkg apt                        # the test image is built from Debian packages
 )
 

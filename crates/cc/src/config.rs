@@ -58,6 +58,13 @@ pub struct CcConfig {
     pub state_dir: PathBuf,
     /// The dnsmasq program.
     pub dnsmasq: PathBuf,
+    /// `VNET_PUBINTERFACE`: where instances' public addresses live (as
+    /// `/32`s). `None`: they are only NATed, the upstream routes them here.
+    pub public_interface: Option<String>,
+    /// `VNET_PUBLICIPS`, parsed: the CC owns the `/32`s inside these
+    /// ranges on the public interface (and removes those no instance has);
+    /// empty means it owns every `/32` there.
+    pub public_ips: Vec<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl CcConfig {
@@ -84,11 +91,60 @@ impl CcConfig {
             netns: None,
             state_dir: state_dir.into(),
             dnsmasq: PathBuf::from("dnsmasq"),
+            public_interface: None,
+            public_ips: Vec::new(),
         }
     }
 
     /// The port the metadata redirect points at.
     pub fn metadata_port(&self) -> u16 {
         self.metadata_listen.port()
+    }
+}
+
+/// Parses `VNET_PUBLICIPS` as eucalyptus.conf writes it: addresses,
+/// `a.b.c.d-e.f.g.h` ranges and CIDR blocks, separated by spaces or commas.
+pub fn parse_public_ips(text: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
+    let mut out = Vec::new();
+    for item in text.split([' ', ',', '\t', '\n']).filter(|s| !s.is_empty()) {
+        let bad = || format!("VNET_PUBLICIPS: {item:?} is not an address, range or CIDR block");
+        let range = if let Some((a, b)) = item.split_once('-') {
+            let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+            let b: Ipv4Addr = b.parse().map_err(|_| bad())?;
+            if a > b {
+                return Err(bad());
+            }
+            (a, b)
+        } else if item.contains('/') {
+            let n: crate::plan::Ipv4Net = item.parse().map_err(|_| bad())?;
+            (n.network, n.broadcast())
+        } else {
+            let a: Ipv4Addr = item.parse().map_err(|_| bad())?;
+            (a, a)
+        };
+        out.push(range);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_ips_in_eucalyptus_syntax() {
+        let r = parse_public_ips("203.0.113.10-203.0.113.12, 198.51.100.7 192.0.2.0/30").unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            r,
+            [
+                (ip("203.0.113.10"), ip("203.0.113.12")),
+                (ip("198.51.100.7"), ip("198.51.100.7")),
+                (ip("192.0.2.0"), ip("192.0.2.3")),
+            ]
+        );
+        assert!(parse_public_ips("203.0.113.12-203.0.113.10").is_err());
+        assert!(parse_public_ips("nope").is_err());
+        assert_eq!(parse_public_ips("").unwrap(), []);
     }
 }

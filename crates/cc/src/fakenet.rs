@@ -4,6 +4,8 @@
 //! fail on purpose.
 
 use std::collections::BTreeMap;
+
+use crate::hostnet::planned_nat;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -24,7 +26,11 @@ pub enum NetOp {
     StopDhcp(String),
     /// The fingerprint of the table loaded.
     ApplyNft(String),
+    /// The elements fingerprint the loaded table's sets were brought to.
+    UpdateNft(String),
     DeleteNft,
+    FlushConntrack(String),
+    EnableForwarding,
 }
 
 #[derive(Default)]
@@ -32,6 +38,9 @@ struct State {
     bridges: BTreeMap<String, BridgeState>,
     dhcp: BTreeMap<String, DhcpState>,
     nft: Option<NftPlan>,
+    /// Addresses of interfaces that are not CC bridges (the public one).
+    ifaces: BTreeMap<String, Vec<String>>,
+    forwarding: bool,
     ops: Vec<NetOp>,
     fail: Vec<NetOp>,
 }
@@ -70,6 +79,20 @@ impl FakeHostNet {
     /// The table text as loaded.
     pub fn nft_table(&self) -> Option<String> {
         self.lock().nft.as_ref().map(|n| n.table.clone())
+    }
+
+    /// The loaded table's elements, by set.
+    pub fn nft_elements(&self) -> Option<crate::filter::Elements> {
+        self.lock().nft.as_ref().map(|n| n.elements.clone())
+    }
+
+    /// Addresses of a non-bridge interface (the public one).
+    pub fn iface_addresses(&self, iface: &str) -> Vec<String> {
+        self.lock().ifaces.get(iface).cloned().unwrap_or_default()
+    }
+
+    pub fn forwarding_on(&self) -> bool {
+        self.lock().forwarding
     }
 
     /// Makes `op` fail (once per call, every time it is asked for).
@@ -173,12 +196,12 @@ impl HostNet for FakeHostNet {
     async fn add_address(&self, bridge: &str, cidr: &str) -> Result<(), NetError> {
         let mut st = self.lock();
         self.record(&mut st, NetOp::AddAddress(bridge.into(), cidr.into()))?;
-        let b = st
-            .bridges
-            .get_mut(bridge)
-            .ok_or_else(|| Self::missing(bridge))?;
-        if !b.addresses.iter().any(|a| a == cidr) {
-            b.addresses.push(cidr.to_string());
+        let list = match st.bridges.get_mut(bridge) {
+            Some(b) => &mut b.addresses,
+            None => st.ifaces.entry(bridge.to_string()).or_default(),
+        };
+        if !list.iter().any(|a| a == cidr) {
+            list.push(cidr.to_string());
         }
         Ok(())
     }
@@ -186,11 +209,33 @@ impl HostNet for FakeHostNet {
     async fn delete_address(&self, bridge: &str, cidr: &str) -> Result<(), NetError> {
         let mut st = self.lock();
         self.record(&mut st, NetOp::DeleteAddress(bridge.into(), cidr.into()))?;
-        let b = st
-            .bridges
-            .get_mut(bridge)
-            .ok_or_else(|| Self::missing(bridge))?;
-        b.addresses.retain(|a| a != cidr);
+        let list = match st.bridges.get_mut(bridge) {
+            Some(b) => &mut b.addresses,
+            None => st
+                .ifaces
+                .get_mut(bridge)
+                .ok_or_else(|| Self::missing(bridge))?,
+        };
+        list.retain(|a| a != cidr);
+        Ok(())
+    }
+
+    async fn addresses(&self, iface: &str) -> Result<Vec<String>, NetError> {
+        let st = self.lock();
+        Ok(match st.bridges.get(iface) {
+            Some(b) => b.addresses.clone(),
+            None => st.ifaces.get(iface).cloned().unwrap_or_default(),
+        })
+    }
+
+    async fn forwarding(&self) -> Result<bool, NetError> {
+        Ok(self.lock().forwarding)
+    }
+
+    async fn enable_forwarding(&self) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::EnableForwarding)?;
+        st.forwarding = true;
         Ok(())
     }
 
@@ -230,8 +275,31 @@ impl HostNet for FakeHostNet {
         Ok(())
     }
 
-    async fn nft_fingerprint(&self) -> Result<Option<String>, NetError> {
-        Ok(self.lock().nft.as_ref().map(|n| n.fingerprint.clone()))
+    async fn nft_state(&self) -> Result<Option<String>, NetError> {
+        Ok(self.lock().nft.as_ref().map(|n| n.state()))
+    }
+
+    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::UpdateNft(nft.elements_fingerprint.clone()))?;
+        let loaded = st.nft.as_mut().ok_or_else(|| Self::missing("table"))?;
+        loaded.elements = nft.elements.clone();
+        loaded.elements_fingerprint = nft.elements_fingerprint.clone();
+        Ok(())
+    }
+
+    async fn nat_map(&self) -> Result<BTreeMap<String, String>, NetError> {
+        Ok(self
+            .lock()
+            .nft
+            .as_ref()
+            .map(planned_nat)
+            .unwrap_or_default())
+    }
+
+    async fn flush_conntrack(&self, ip: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        self.record(&mut st, NetOp::FlushConntrack(ip.into()))
     }
 
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError> {

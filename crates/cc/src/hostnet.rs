@@ -15,6 +15,16 @@
 //! `dnsmasq`; [`crate::fakenet::FakeHostNet`] keeps the same state in
 //! memory and records every change, for tests of everything above it.
 //! Multi-host segments will add VXLAN devices to the vocabulary.
+//!
+//! The table is loaded whole only when its chains change (new or removed
+//! segments, a new metadata port); instances, addresses and rules only
+//! change set elements, in one transaction ([`HostNet::update_nft_elements`]),
+//! which is what keeps a rule change atomic and fast at thousands of rules.
+//! When a public address moves (an elastic IP associated elsewhere), the
+//! conntrack entries of its old mapping are deleted, so no connection keeps
+//! running through a NAT binding the plan no longer has.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
@@ -81,10 +91,22 @@ pub trait HostNet: Send + Sync + 'static {
     async fn reload_dhcp_hosts(&self, bridge: &str, dhcp: &DhcpPlan) -> Result<(), NetError>;
     /// Stops the server of `bridge` and removes its files.
     async fn stop_dhcp(&self, bridge: &str) -> Result<(), NetError>;
-    /// The fingerprint of the loaded `ironbark` table, if there is one.
-    async fn nft_fingerprint(&self) -> Result<Option<String>, NetError>;
-    /// Replaces the whole table in one transaction.
+    /// What the loaded `ironbark` table says it holds ([`NftPlan::state`]),
+    /// if there is a table.
+    async fn nft_state(&self) -> Result<Option<String>, NetError>;
+    /// Replaces the whole table, elements included, in one transaction.
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError>;
+    /// Brings the loaded table's elements to the plan's in one
+    /// transaction; its chains are already the plan's.
+    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError>;
+    /// The loaded public-to-private NAT map (empty without a table).
+    async fn nat_map(&self) -> Result<BTreeMap<String, String>, NetError>;
+    /// Deletes the conntrack entries to or NATed to `ip`.
+    async fn flush_conntrack(&self, ip: &str) -> Result<(), NetError>;
+    /// IPv4 addresses (`a.b.c.d/len`) on any interface.
+    async fn addresses(&self, iface: &str) -> Result<Vec<String>, NetError>;
+    async fn forwarding(&self) -> Result<bool, NetError>;
+    async fn enable_forwarding(&self) -> Result<(), NetError>;
     /// Removes the table if it exists.
     async fn delete_nft(&self) -> Result<(), NetError>;
 }
@@ -137,6 +159,28 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
         }
     }
 
+    if plan.forwarding && !net.forwarding().await? {
+        let r = net.enable_forwarding().await;
+        step("enable IPv4 forwarding".into(), r, &mut changes);
+    }
+
+    // New public addresses before the NAT that points at them.
+    let public_have = match &plan.public.interface {
+        Some(iface) => net.addresses(iface).await?,
+        None => Vec::new(),
+    };
+    if let Some(iface) = &plan.public.interface {
+        for a in plan
+            .public
+            .addresses
+            .iter()
+            .filter(|a| !public_have.contains(a))
+        {
+            let r = net.add_address(iface, a).await;
+            step(format!("add {a} to {iface}"), r, &mut changes);
+        }
+    }
+
     let servers = net.dhcp_servers().await?;
     for seg in &plan.segments {
         let dhcp = &seg.dhcp;
@@ -158,22 +202,54 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
         }
     }
 
-    let loaded = net.nft_fingerprint().await?;
+    let loaded = net.nft_state().await?;
     match (&plan.nft, loaded) {
-        (Some(nft), Some(fp)) if fp == nft.fingerprint => {}
-        (Some(nft), _) => {
-            let r = net.apply_nft(nft).await;
-            step(
-                format!("load nft table {}", nft.fingerprint),
-                r,
-                &mut changes,
-            );
+        (Some(nft), Some(state)) if state == nft.state() => {}
+        (Some(nft), loaded) => {
+            let before = net.nat_map().await.unwrap_or_default();
+            let r = match loaded {
+                Some(state) if state.split(':').next() == Some(nft.fingerprint.as_str()) => {
+                    let r = net.update_nft_elements(nft).await;
+                    step(
+                        format!("update nft elements to {}", nft.elements_fingerprint),
+                        r,
+                        &mut changes,
+                    );
+                    true
+                }
+                _ => {
+                    let r = net.apply_nft(nft).await;
+                    let ok = r.is_ok();
+                    step(format!("load nft table {}", nft.state()), r, &mut changes);
+                    ok
+                }
+            };
+            if r {
+                let after = planned_nat(nft);
+                for (public, private) in &before {
+                    if after.get(public) != Some(private) {
+                        let r = net.flush_conntrack(public).await;
+                        step(format!("flush conntrack of {public}"), r, &mut changes);
+                    }
+                }
+            }
         }
         (None, Some(_)) => {
             let r = net.delete_nft().await;
             step("delete nft table".into(), r, &mut changes);
         }
         (None, None) => {}
+    }
+
+    // Stale public addresses go after the NAT that used them.
+    if let Some(iface) = &plan.public.interface {
+        for old in public_have
+            .iter()
+            .filter(|a| plan.public.owns(a) && !plan.public.addresses.contains(a))
+        {
+            let r = net.delete_address(iface, old).await;
+            step(format!("delete {old} from {iface}"), r, &mut changes);
+        }
     }
 
     // What the plan no longer lists: DHCP servers before their bridges.
@@ -194,6 +270,17 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
     }
 }
 
+/// The plan's public-to-private map.
+pub fn planned_nat(nft: &NftPlan) -> BTreeMap<String, String> {
+    nft.elements
+        .get("pub2priv")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.split_once(" : "))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +293,7 @@ mod tests {
         let net = FakeHostNet::new();
         let p = plan(&zone(), &cfg());
         let changes = reconcile(&net, &p).await.unwrap();
-        assert_eq!(changes.len(), 7, "{changes:#?}");
+        assert_eq!(changes.len(), 8, "{changes:#?}");
         assert_eq!(
             net.take_ops(),
             [
@@ -214,6 +301,7 @@ mod tests {
                 NetOp::AddAddress("ibr0".into(), "10.200.0.1/28".into()),
                 NetOp::AddBridge("ibr1".into()),
                 NetOp::AddAddress("ibr1".into(), "10.200.0.17/28".into()),
+                NetOp::EnableForwarding,
                 NetOp::StartDhcp("ibr0".into()),
                 NetOp::StartDhcp("ibr1".into()),
                 NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
@@ -254,7 +342,13 @@ mod tests {
         ));
         let p = plan(&z, &cfg());
         reconcile(&net, &p).await.unwrap();
-        assert_eq!(net.take_ops(), [NetOp::ReloadDhcp("ibr1".into())]);
+        assert_eq!(
+            net.take_ops(),
+            [
+                NetOp::ReloadDhcp("ibr1".into()),
+                NetOp::UpdateNft(p.nft.as_ref().unwrap().elements_fingerprint.clone()),
+            ]
+        );
         assert!(net.dhcp("ibr1").unwrap().hosts.contains("10.200.0.19"));
     }
 
@@ -345,6 +439,96 @@ mod tests {
                 NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
             ]
         );
+    }
+
+    fn public_cfg() -> crate::config::CcConfig {
+        let mut c = cfg();
+        c.public_interface = Some("pub0".into());
+        c.public_ips = crate::config::parse_public_ips("203.0.113.0/24").unwrap();
+        c
+    }
+
+    #[tokio::test]
+    async fn public_addresses_are_held_and_applying_twice_changes_nothing() {
+        let net = FakeHostNet::new();
+        net.add_address("pub0", "198.51.100.1/24").await.unwrap();
+        net.add_address("pub0", "203.0.113.99/32").await.unwrap();
+        net.take_ops();
+        let p = plan(&crate::testdata::zone_with_rules(), &public_cfg());
+        reconcile(&net, &p).await.unwrap();
+        // The operator's own address stays; a stale one of the pool goes.
+        assert_eq!(
+            net.iface_addresses("pub0"),
+            [
+                "198.51.100.1/24",
+                "203.0.113.10/32",
+                "203.0.113.11/32",
+                "203.0.113.20/32"
+            ]
+        );
+        assert!(net.forwarding_on());
+        assert_eq!(
+            net.nft_elements().as_ref(),
+            Some(&p.nft.as_ref().unwrap().elements)
+        );
+        net.take_ops();
+        assert!(reconcile(&net, &p).await.unwrap().is_empty());
+        assert_eq!(net.take_ops(), []);
+    }
+
+    #[tokio::test]
+    async fn a_rule_change_only_updates_set_elements() {
+        let net = FakeHostNet::new();
+        let mut z = crate::testdata::zone_with_rules();
+        reconcile(&net, &plan(&z, &public_cfg())).await.unwrap();
+        net.take_ops();
+        z.segments[0].rules.pop();
+        let p = plan(&z, &public_cfg());
+        reconcile(&net, &p).await.unwrap();
+        assert_eq!(
+            net.take_ops(),
+            [NetOp::UpdateNft(
+                p.nft.as_ref().unwrap().elements_fingerprint.clone()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_elastic_ip_moves_without_a_dangling_mapping() {
+        let net = FakeHostNet::new();
+        let mut z = crate::testdata::zone_with_rules();
+        reconcile(&net, &plan(&z, &public_cfg())).await.unwrap();
+        net.take_ops();
+        // i-0000000a (10.200.0.2) had 203.0.113.10; it gets 203.0.113.50
+        // and i-0000000b (10.200.0.3) takes 203.0.113.10 over.
+        let a = z
+            .instances
+            .iter_mut()
+            .find(|i| i.private_ip == "10.200.0.2")
+            .unwrap();
+        a.public_ip = Some("203.0.113.50".into());
+        let b = z
+            .instances
+            .iter_mut()
+            .find(|i| i.private_ip == "10.200.0.3")
+            .unwrap();
+        b.public_ip = Some("203.0.113.10".into());
+        let p = plan(&z, &public_cfg());
+        reconcile(&net, &p).await.unwrap();
+        assert_eq!(
+            net.take_ops(),
+            [
+                NetOp::AddAddress("pub0".into(), "203.0.113.50/32".into()),
+                NetOp::UpdateNft(p.nft.as_ref().unwrap().elements_fingerprint.clone()),
+                NetOp::FlushConntrack("203.0.113.10".into()),
+                NetOp::FlushConntrack("203.0.113.11".into()),
+                NetOp::DeleteAddress("pub0".into(), "203.0.113.11/32".into()),
+            ]
+        );
+        let nat = planned_nat(p.nft.as_ref().unwrap());
+        assert_eq!(nat["203.0.113.10"], "10.200.0.3");
+        assert_eq!(nat["203.0.113.50"], "10.200.0.2");
+        assert!(!nat.contains_key("203.0.113.11"));
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod controller;
 pub mod fakenet;
+pub mod filter;
 pub mod hostnet;
 mod http;
 pub mod linux;

@@ -18,9 +18,16 @@
 //!
 //! The nftables table is replaced in one transaction: `nft -f -` with
 //! `table ip ironbark {}` (creates it if missing), `delete table`, then the
-//! new table, so the host never has half a ruleset. The table's comment
-//! carries the plan's fingerprint, which is how the next reconcile knows
-//! whether it is current.
+//! new table and its elements, so the host never has half a ruleset. The
+//! one element of the table's `state` set carries, in its comment, the
+//! plan's fingerprints ([`NftPlan::state`]), which is how the next
+//! reconcile knows whether it is current without listing thousands of
+//! elements. Element-only changes are one `nft -f -` transaction too:
+//! the difference from what this process last loaded, or, when it does not
+//! know (it restarted, someone edited the sets), a flush and reload of
+//! every set.
+//!
+//! Conntrack entries are deleted with `conntrack -D` (conntrack-tools).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,6 +41,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::config::CcConfig;
+use crate::filter::{self, Elements};
 use crate::hostnet::{BridgeState, DhcpState, HostNet, NetError};
 use crate::plan::{DhcpPlan, NFT_COMMENT_PREFIX, NFT_TABLE, NftPlan, files};
 
@@ -44,6 +52,9 @@ pub struct LinuxHostNet {
     netns: Option<String>,
     state_dir: PathBuf,
     dnsmasq: PathBuf,
+    /// The state string and elements this process last loaded, so an
+    /// element change can be sent as a difference.
+    loaded: std::sync::Mutex<Option<(String, Elements)>>,
 }
 
 impl LinuxHostNet {
@@ -52,7 +63,13 @@ impl LinuxHostNet {
             netns: cfg.netns.clone(),
             state_dir: cfg.state_dir.clone(),
             dnsmasq: cfg.dnsmasq.clone(),
+            loaded: std::sync::Mutex::new(None),
         }
+    }
+
+    fn remember(&self, nft: &NftPlan) {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((nft.state(), nft.elements.clone()));
     }
 
     fn dhcp_root(&self) -> PathBuf {
@@ -164,7 +181,51 @@ pub fn command_line(netns: Option<&str>, program: &str, args: &[&str]) -> Vec<St
 
 /// The script `nft -f -` gets to replace the table atomically.
 pub fn nft_replace_script(nft: &NftPlan) -> String {
-    format!("{}{}", nft_delete_script(), nft.table)
+    format!(
+        "{}{}{}{}",
+        nft_delete_script(),
+        nft.table,
+        filter::add_lines(NFT_TABLE, &nft.elements),
+        state_lines(nft)
+    )
+}
+
+/// Replaces the `state` set's one element (flush and add in the same
+/// transaction as the change it describes).
+fn state_lines(nft: &NftPlan) -> String {
+    format!(
+        "flush set ip {NFT_TABLE} state\nadd element ip {NFT_TABLE} state {{ 0 comment \"{NFT_COMMENT_PREFIX}{}\" }}\n",
+        nft.state()
+    )
+}
+
+/// The script that brings the elements from `from` (`None`: unknown) to
+/// the plan's, atomically.
+pub fn nft_elements_script(from: Option<&Elements>, nft: &NftPlan) -> String {
+    let body = match from {
+        Some(old) => filter::delta_script(NFT_TABLE, old, &nft.elements).unwrap_or_default(),
+        None => {
+            let mut s = String::new();
+            for set in filter::SETS {
+                s.push_str(&format!("flush set ip {NFT_TABLE} {set}\n"));
+            }
+            s + &filter::add_lines(NFT_TABLE, &nft.elements)
+        }
+    };
+    body + &state_lines(nft)
+}
+
+/// The elements of one set or map in `nft list` output, as written.
+pub fn parse_nft_elements(listing: &str) -> Vec<String> {
+    let Some(start) = listing.find("elements = {") else {
+        return vec![];
+    };
+    let rest = &listing[start + "elements = {".len()..];
+    let body = rest.split('}').next().unwrap_or_default();
+    body.split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// Deletes the table whether or not it exists (`table {}` creates it empty
@@ -173,12 +234,13 @@ pub fn nft_delete_script() -> String {
     format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")
 }
 
-/// The fingerprint in `nft list table` output: the table's comment.
+/// The fingerprint in `nft list` output: the first comment with the
+/// CC's prefix (the table's, or the `state` element's).
 pub fn parse_nft_fingerprint(listing: &str) -> String {
     listing
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("comment \""))
-        .and_then(|rest| rest.split('"').next())
+        .split("comment \"")
+        .skip(1)
+        .find_map(|rest| rest.split('"').next())
         .and_then(|c| c.strip_prefix(NFT_COMMENT_PREFIX))
         .unwrap_or_default()
         .to_string()
@@ -362,12 +424,13 @@ impl HostNet for LinuxHostNet {
         }
     }
 
-    async fn nft_fingerprint(&self) -> Result<Option<String>, NetError> {
+    async fn nft_state(&self) -> Result<Option<String>, NetError> {
         match self
-            .run("nft", &["list", "table", "ip", NFT_TABLE], None)
+            .run("nft", &["list", "set", "ip", NFT_TABLE, "state"], None)
             .await
         {
             Ok(listing) => Ok(Some(parse_nft_fingerprint(&listing))),
+            // No table, or one from before the `state` set existed.
             Err(NetError::Command { message, .. })
                 if message.contains("No such file or directory") =>
             {
@@ -378,7 +441,77 @@ impl HostNet for LinuxHostNet {
     }
 
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError> {
-        self.nft(&nft_replace_script(nft)).await.map(drop)
+        self.nft(&nft_replace_script(nft)).await?;
+        self.remember(nft);
+        Ok(())
+    }
+
+    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError> {
+        let loaded = self.nft_state().await?;
+        let known = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(state, _)| Some(state) == loaded.as_ref())
+            .map(|(_, e)| e);
+        self.nft(&nft_elements_script(known.as_ref(), nft)).await?;
+        self.remember(nft);
+        Ok(())
+    }
+
+    async fn nat_map(&self) -> Result<std::collections::BTreeMap<String, String>, NetError> {
+        match self
+            .run("nft", &["list", "map", "ip", NFT_TABLE, "pub2priv"], None)
+            .await
+        {
+            Ok(listing) => Ok(parse_nft_elements(&listing)
+                .iter()
+                .filter_map(|e| e.split_once(" : "))
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()),
+            Err(NetError::Command { message, .. })
+                if message.contains("No such file or directory") =>
+            {
+                Ok(Default::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn flush_conntrack(&self, ip: &str) -> Result<(), NetError> {
+        // Flows addressed to it (inbound, DNATed) and flows whose replies
+        // come back to it (outbound, SNATed). `conntrack` fails when it
+        // deletes nothing, which is fine here.
+        for flag in ["-d", "-q"] {
+            match self.run("conntrack", &["-D", flag, ip], None).await {
+                Ok(_) => {}
+                Err(NetError::Command { message, .. }) if message.contains("0 flow entries") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn addresses(&self, iface: &str) -> Result<Vec<String>, NetError> {
+        let json = self.ip(&["-j", "addr", "show", "dev", iface]).await?;
+        Ok(parse_bridges(&json, "")?
+            .into_iter()
+            .flat_map(|b| b.addresses)
+            .collect())
+    }
+
+    async fn forwarding(&self) -> Result<bool, NetError> {
+        let v = self
+            .run("sysctl", &["-n", "net.ipv4.ip_forward"], None)
+            .await?;
+        Ok(v.trim() == "1")
+    }
+
+    async fn enable_forwarding(&self) -> Result<(), NetError> {
+        self.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)
+            .await
+            .map(drop)
     }
 
     async fn delete_nft(&self) -> Result<(), NetError> {
@@ -401,14 +534,50 @@ mod tests {
 
     #[test]
     fn the_table_is_replaced_in_one_script() {
+        let mut elements = Elements::new();
+        elements.insert("subnets".into(), ["10.0.0.0/28".to_string()].into());
         let nft = NftPlan {
             table: "table ip ironbark {\n}\n".into(),
             fingerprint: "ab".into(),
+            elements,
+            elements_fingerprint: "cd".into(),
         };
         assert_eq!(
             nft_replace_script(&nft),
-            "table ip ironbark {}\ndelete table ip ironbark\ntable ip ironbark {\n}\n"
+            "table ip ironbark {}\ndelete table ip ironbark\ntable ip ironbark {\n}\n\
+             add element ip ironbark subnets { 10.0.0.0/28 }\n\
+             flush set ip ironbark state\n\
+             add element ip ironbark state { 0 comment \"ironbark:ab:cd\" }\n"
         );
+        // Unknown elements: every set flushed and reloaded, one transaction.
+        let all = nft_elements_script(None, &nft);
+        assert!(
+            all.starts_with("flush set ip ironbark dst_group\n"),
+            "{all}"
+        );
+        assert!(all.contains("add element ip ironbark subnets { 10.0.0.0/28 }\n"));
+        // Known: only the difference.
+        let mut old = nft.elements.clone();
+        old.insert("subnets".into(), ["10.0.0.16/28".to_string()].into());
+        assert_eq!(
+            nft_elements_script(Some(&old), &nft),
+            "delete element ip ironbark subnets { 10.0.0.16/28 }\n\
+             add element ip ironbark subnets { 10.0.0.0/28 }\n\
+             flush set ip ironbark state\n\
+             add element ip ironbark state { 0 comment \"ironbark:ab:cd\" }\n"
+        );
+    }
+
+    #[test]
+    fn set_elements_are_parsed_from_nft_list() {
+        let listing = "table ip ironbark {\n\tmap pub2priv {\n\t\ttype ipv4_addr : ipv4_addr\n\t\telements = { 203.0.113.10 : 10.0.0.2,\n\t\t\t     203.0.113.11 : 10.0.0.3 }\n\t}\n}\n";
+        assert_eq!(
+            parse_nft_elements(listing),
+            ["203.0.113.10 : 10.0.0.2", "203.0.113.11 : 10.0.0.3"]
+        );
+        assert!(parse_nft_elements("map x {\n}\n").is_empty());
+        let state = "\tset state {\n\t\ttype mark\n\t\telements = { 0x00000000 comment \"ironbark:ab:cd\" }\n";
+        assert_eq!(parse_nft_fingerprint(state), "ab:cd");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! bridge with the gateway address on it, the text of one dnsmasq instance's
 //! configuration and static host list, and renders one nftables table
 //! (`table ip ironbark`) holding the metadata redirect, the metadata
-//! listener's anti-spoofing guard and the isolation between segments.
+//! listener's anti-spoofing guard, the public addresses' DNAT/SNAT and the
+//! security groups' ingress filtering (whose contents are set elements
+//! built by [`crate::filter`]), plus the `/32`s the public interface must
+//! hold ([`PublicPlan`]).
 //! [`crate::hostnet::reconcile`] then compares the plan with what the host
 //! has and changes only the difference; keeping all text generation here
 //! means the whole layout is checked by golden tests without a kernel.
@@ -26,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ironbark_cluster_api::{InstanceDesired, Segment, ZoneDesired};
+
+use crate::filter::{self, Elements, GroupRules, Member};
 use sha2::{Digest, Sha256};
 
 use crate::config::CcConfig;
@@ -123,6 +128,11 @@ pub struct NetPlan {
     pub segments: Vec<SegmentPlan>,
     /// `None` when there is no segment: the table is removed.
     pub nft: Option<NftPlan>,
+    /// The instances' public addresses on the CC's public interface.
+    pub public: PublicPlan,
+    /// Whether the host must route (IPv4 forwarding on): it must as soon
+    /// as there is a segment, since the CC is every segment's gateway.
+    pub forwarding: bool,
     /// The bridge-name prefix the CC owns (stale bridges are found by it).
     pub bridge_prefix: String,
     /// What was left out of the plan, and why.
@@ -147,6 +157,33 @@ impl SegmentPlan {
     }
 }
 
+/// The public addresses the CC holds for its instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicPlan {
+    /// `VNET_PUBINTERFACE`; without it the addresses are only NATed (the
+    /// upstream must then route them to the CC).
+    pub interface: Option<String>,
+    /// `a.b.c.d/32`, sorted.
+    pub addresses: Vec<String>,
+    /// Which `/32`s on the interface are the CC's, so stale ones can be
+    /// removed: those inside the pool, or every `/32` when no pool is set.
+    pub pool: Vec<filter::Range>,
+}
+
+impl PublicPlan {
+    /// Whether `cidr` (as `ip addr` shows it) is one the CC manages.
+    pub fn owns(&self, cidr: &str) -> bool {
+        let Some(ip) = cidr
+            .strip_suffix("/32")
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        else {
+            return false;
+        };
+        let ip = u32::from(ip);
+        self.pool.is_empty() || self.pool.iter().any(|(a, b)| *a <= ip && ip <= *b)
+    }
+}
+
 /// One dnsmasq instance serving one segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DhcpPlan {
@@ -168,14 +205,30 @@ pub struct DhcpHost {
     pub hostname: Option<String>,
 }
 
-/// The `ironbark` table, applied whole and atomically.
+/// The `ironbark` table: fixed chains and declared sets (`table`), and the
+/// sets' contents (`elements`), which are all that security-group and
+/// address changes touch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NftPlan {
-    /// `table ip ironbark { ... }`, its comment carrying the fingerprint.
+    /// `table ip ironbark { ... }` with empty sets, its comment carrying
+    /// the fingerprint.
     pub table: String,
-    /// Hex digest of the table's rules: what the host's table is compared
-    /// by, since `nft list` does not print rules back the way they went in.
+    /// Hex digest of `table`: what the host's table is compared by, since
+    /// `nft list` does not print rules back the way they went in. When it
+    /// matches, only elements need to change.
     pub fingerprint: String,
+    /// By set name (see [`filter::SETS`]).
+    pub elements: Elements,
+    /// Hex digest of `elements`.
+    pub elements_fingerprint: String,
+}
+
+impl NftPlan {
+    /// What the host keeps (in the `state` set's one element's comment) to
+    /// say which table and elements it has loaded.
+    pub fn state(&self) -> String {
+        format!("{}:{}", self.fingerprint, self.elements_fingerprint)
+    }
 }
 
 /// The segment directory of `bridge` under `state_dir`.
@@ -237,6 +290,8 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
     // by its address.
     let mut ips = HashSet::new();
     let mut macs = HashSet::new();
+    let mut publics = HashSet::new();
+    let mut members = Vec::new();
     let mut sorted_instances: Vec<&InstanceDesired> = zone.instances.iter().collect();
     sorted_instances.sort_by(|a, b| a.spec.instance_id.cmp(&b.spec.instance_id));
     for inst in sorted_instances {
@@ -258,6 +313,22 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
                     ));
                     continue;
                 }
+                let public = match inst.public_ip.as_deref().map(str::parse::<Ipv4Addr>) {
+                    None => None,
+                    Some(Ok(p)) if publics.insert(p) && !ips.contains(&p) => Some(p),
+                    Some(_) => {
+                        warnings.push(format!(
+                            "instance {id} has no public address: {:?} is not IPv4 or is taken",
+                            inst.public_ip.as_deref().unwrap_or_default()
+                        ));
+                        None
+                    }
+                };
+                members.push(Member {
+                    group_id: inst.group_id.clone(),
+                    private: host.ip,
+                    public,
+                });
                 seg.dhcp.entries.push(host);
             }
             Err(why) => warnings.push(format!("instance {id} left out of DHCP: {why}")),
@@ -271,10 +342,40 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
         seg.dhcp.config = dnsmasq_config(seg, &options);
         seg.dhcp.hosts = dnsmasq_hosts(&seg.dhcp.entries);
     }
-    let nft = (!segments.is_empty()).then(|| nft_table(&segments, cfg));
+    let nft = (!segments.is_empty()).then(|| {
+        let rules: BTreeMap<&str, &[ironbark_cluster_api::IngressRule]> = zone
+            .segments
+            .iter()
+            .map(|s| (s.group_id.as_str(), s.rules.as_slice()))
+            .collect();
+        let groups: Vec<GroupRules<'_>> = segments
+            .iter()
+            .map(|s| GroupRules {
+                group_id: &s.group_id,
+                tag: s.tag,
+                rules: rules.get(s.group_id.as_str()).copied().unwrap_or_default(),
+            })
+            .collect();
+        let subnets: Vec<Ipv4Net> = segments.iter().map(|s| s.subnet).collect();
+        let elements = filter::elements(&groups, &members, &subnets, &mut warnings);
+        nft_table(&segments, cfg, elements)
+    });
+    let mut addresses: Vec<Ipv4Addr> = members.iter().filter_map(|m| m.public).collect();
+    addresses.sort();
+    let public = PublicPlan {
+        interface: cfg.public_interface.clone(),
+        addresses: addresses.iter().map(|a| format!("{a}/32")).collect(),
+        pool: cfg
+            .public_ips
+            .iter()
+            .map(|(a, b)| (u32::from(*a), u32::from(*b)))
+            .collect(),
+    };
     NetPlan {
+        forwarding: !segments.is_empty(),
         segments,
         nft,
+        public,
         bridge_prefix: cfg.bridge_prefix.clone(),
         warnings,
     }
@@ -467,20 +568,33 @@ fn dnsmasq_hosts(entries: &[DhcpHost]) -> String {
     h
 }
 
-/// The `ironbark` table. Chains:
+/// The `ironbark` table. Sets and maps hold everything that changes with
+/// instances and rules (see [`crate::filter`]); the chains are fixed per
+/// set of segments:
 /// - `prerouting` (nat): a guest's 169.254.169.254:80 goes to the metadata
-///   listener on its own segment's gateway. DNAT keeps the source address,
-///   which is how the metadata service knows who asks.
+///   listener on its own segment's gateway (DNAT keeps the source address,
+///   which is how the metadata service knows who asks); traffic to a public
+///   address goes to its instance. `output` does the latter for the CC
+///   host's own traffic.
+/// - `postrouting` (nat): an instance's traffic leaving the segments, or
+///   coming back to one through a public address (a hairpin), is SNATed to
+///   its public address, so the peer answers through the CC; one without a
+///   public address is masqueraded on a hairpin.
 /// - `input`: connections to a gateway's metadata port must come in on that
 ///   segment's bridge from that segment's subnet, so no guest can pose as
 ///   another segment's instance (and nothing outside can ask at all).
-/// - `forward`: segments are isolated at layer 3 too: nothing is routed from
-///   one CC bridge to another. Security-group ingress rules will go here.
-fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig) -> NftPlan {
+/// - `forward` (after DNAT, before SNAT, so it sees the instance's private
+///   destination and the sender's own source): replies pass; a packet to an
+///   instance gets its group's tag as mark from `dst_group` and must match
+///   one of the group's allow sets, one lookup each, or is dropped. Every
+///   original-direction packet is checked, so a revoked rule also stops
+///   established connections. Anything else routed into a segment (an
+///   address no instance has) is dropped, which keeps segments isolated.
+fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig, elements: Elements) -> NftPlan {
     let port = cfg.metadata_port();
+    let prefix = &cfg.bridge_prefix;
     let mut pre = String::new();
     let mut input = String::new();
-    let mut fwd = String::new();
     for s in segments {
         let b = &s.bridge;
         let gw = s.gateway;
@@ -497,22 +611,56 @@ fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig) -> NftPlan {
             "\t\tip daddr {gw} tcp dport {port} ip saddr != {} drop",
             s.subnet
         );
-        let _ = writeln!(
-            fwd,
-            "\t\tiifname \"{b}\" oifname \"{}*\" oifname != \"{b}\" drop",
-            cfg.bridge_prefix
-        );
     }
+    let sets = "\tmap dst_group {\n\t\ttype ipv4_addr : mark\n\t}\n\n\
+         \tset allow_all {\n\t\ttype mark . ipv4_addr\n\t\tflags interval\n\t}\n\n\
+         \tset allow_ports {\n\t\ttype mark . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t}\n\n\
+         \tset allow_icmp {\n\t\ttype mark . ipv4_addr . icmp_type . icmp_code\n\t\tflags interval\n\t}\n\n\
+         \tmap pub2priv {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
+         \tmap priv2pub {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
+         \tset subnets {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\n\
+         \tset state {\n\t\ttype mark\n\t}\n\n";
     let chains = format!(
-        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\t}}\n\n\
+        "{sets}\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\
+         \t\tdnat ip to ip daddr map @pub2priv\n\t}}\n\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tdnat ip to ip daddr map @pub2priv\n\t}}\n\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname != \"{prefix}*\" snat ip to ip saddr map @priv2pub\n\
+         \t\tct status dnat snat ip to ip saddr map @priv2pub\n\
+         \t\tct status dnat ip saddr @subnets masquerade\n\t}}\n\n\
          \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n\n\
-         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{fwd}\t}}\n"
+         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tct direction reply accept\n\
+         \t\tmeta mark set ip daddr map @dst_group jump to_instance\n\
+         \t\toifname \"{prefix}*\" drop\n\t}}\n\n\
+         \tchain to_instance {{\n\
+         \t\tmeta mark . ip saddr @allow_all accept\n\
+         \t\tmeta mark . ip saddr . meta l4proto . th dport @allow_ports accept\n\
+         \t\tmeta mark . ip saddr . icmp type . icmp code @allow_icmp accept\n\
+         \t\tdrop\n\t}}\n"
     );
     let fingerprint = hex::encode(&Sha256::digest(chains.as_bytes())[..8]);
     let table = format!(
         "table ip {NFT_TABLE} {{\n\tcomment \"{NFT_COMMENT_PREFIX}{fingerprint}\";\n{chains}}}\n"
     );
-    NftPlan { table, fingerprint }
+    let mut h = Sha256::new();
+    for (set, items) in &elements {
+        h.update(set.as_bytes());
+        h.update(b"\n");
+        for e in items {
+            h.update(e.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    let elements_fingerprint = hex::encode(&h.finalize()[..8]);
+    NftPlan {
+        table,
+        fingerprint,
+        elements,
+        elements_fingerprint,
+    }
 }
 
 #[cfg(test)]
@@ -579,43 +727,102 @@ mod tests {
         );
 
         let nft = p.nft.expect("a table");
-        assert_eq!(
-            nft.table,
-            format!(
-                "table ip ironbark {{\n\
-                 \tcomment \"ironbark:{fp}\";\n\
-                 \tchain prerouting {{\n\
-                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
-                 \t\tiifname \"ibr0\" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.200.0.1:8777\n\
-                 \t\tiifname \"ibr1\" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.200.0.17:8777\n\
-                 \t}}\n\
-                 \n\
-                 \tchain input {{\n\
-                 \t\ttype filter hook input priority filter; policy accept;\n\
-                 \t\tip daddr 10.200.0.1 tcp dport 8777 iifname != \"ibr0\" drop\n\
-                 \t\tip daddr 10.200.0.1 tcp dport 8777 ip saddr != 10.200.0.0/28 drop\n\
-                 \t\tip daddr 10.200.0.17 tcp dport 8777 iifname != \"ibr1\" drop\n\
-                 \t\tip daddr 10.200.0.17 tcp dport 8777 ip saddr != 10.200.0.16/28 drop\n\
-                 \t}}\n\
-                 \n\
-                 \tchain forward {{\n\
-                 \t\ttype filter hook forward priority filter; policy accept;\n\
-                 \t\tiifname \"ibr0\" oifname \"ibr*\" oifname != \"ibr0\" drop\n\
-                 \t\tiifname \"ibr1\" oifname \"ibr*\" oifname != \"ibr1\" drop\n\
-                 \t}}\n\
-                 }}\n",
-                fp = nft.fingerprint
-            )
-        );
+        golden("two_segments.nft", &crate::linux::nft_replace_script(&nft));
         assert_eq!(nft.fingerprint.len(), 16);
+    }
+
+    /// Compares `text` with `src/golden/<name>`; `IRONBARK_BLESS=1`
+    /// rewrites the file instead (then review the diff).
+    fn golden(name: &str, text: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/golden")
+            .join(name);
+        if std::env::var("IRONBARK_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            text,
+            want,
+            "{} differs (IRONBARK_BLESS=1 rewrites it)",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn golden_public_addresses_nat_and_rules() {
+        let mut c = cfg();
+        c.public_interface = Some("pub0".into());
+        c.public_ips = crate::config::parse_public_ips("203.0.113.0/24").unwrap();
+        let p = plan(&crate::testdata::zone_with_rules(), &c);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(p.forwarding);
+        assert_eq!(
+            p.public.addresses,
+            ["203.0.113.10/32", "203.0.113.11/32", "203.0.113.20/32"]
+        );
+        assert!(p.public.owns("203.0.113.99/32"));
+        assert!(!p.public.owns("198.51.100.1/32") && !p.public.owns("203.0.113.0/24"));
+        let nft = p.nft.unwrap();
+        golden("rules.nft", &crate::linux::nft_replace_script(&nft));
+        // Spot checks of what the golden file must say.
+        let e = |set: &str| nft.elements[set].iter().cloned().collect::<Vec<_>>();
+        // DNS from the db instance's public address admits its private one.
+        assert!(e("allow_ports").contains(&"10 . 10.200.0.18 . udp . 53".to_string()));
+        // Overlapping port ranges were cut apart: 22 from anywhere, the
+        // rest of 20-30 from 10/8.
+        assert!(e("allow_ports").contains(&"11 . 0.0.0.0/0 . tcp . 22".to_string()));
+        assert!(e("allow_ports").contains(&"11 . 10.0.0.0/8 . tcp . 20-21".to_string()));
+        // A source group is its members' private and public addresses.
+        assert!(e("allow_icmp").contains(&"10 . 10.200.0.18 . 8 . 0-255".to_string()));
+        assert!(e("allow_icmp").contains(&"10 . 203.0.113.20 . 8 . 0-255".to_string()));
+        assert_eq!(
+            e("pub2priv"),
+            [
+                "203.0.113.10 : 10.200.0.2",
+                "203.0.113.11 : 10.200.0.3",
+                "203.0.113.20 : 10.200.0.18"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rules_and_public_addresses_are_left_out_with_a_warning() {
+        use ironbark_cluster_api::{RuleProtocol, RuleSourceSpec};
+        let mut z = crate::testdata::zone_with_rules();
+        z.instances[1].public_ip = Some("203.0.113.11".into()); // taken by [0]
+        z.segments[0].rules.push(crate::testdata::rule(
+            RuleProtocol::Tcp,
+            90,
+            80,
+            RuleSourceSpec::Cidr("0.0.0.0/0".into()),
+        ));
+        z.segments[0].rules.push(crate::testdata::rule(
+            RuleProtocol::Icmp,
+            300,
+            -1,
+            RuleSourceSpec::Cidr("0.0.0.0/0".into()),
+        ));
+        z.segments[0].rules.push(crate::testdata::rule(
+            RuleProtocol::Tcp,
+            1,
+            2,
+            RuleSourceSpec::Cidr("nope".into()),
+        ));
+        let p = plan(&z, &cfg());
+        assert_eq!(p.warnings.len(), 4, "{:#?}", p.warnings);
+        assert_eq!(p.public.addresses.len(), 2);
     }
 
     #[test]
     fn planning_is_deterministic_and_order_independent() {
-        let mut z = zone();
+        let mut z = crate::testdata::zone_with_rules();
         let a = plan(&z, &cfg());
         z.instances.reverse();
         z.segments.reverse();
+        for s in &mut z.segments {
+            s.rules.reverse();
+        }
         assert_eq!(plan(&z, &cfg()), a);
     }
 
@@ -626,10 +833,17 @@ mod tests {
         c.metadata_listen.set_port(9999);
         let b = plan(&zone(), &c).nft.unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
-        // Instances do not change the table: only segments do.
+        // Instances do not change the chains, only the elements.
         let mut z = zone();
         z.instances.pop();
-        assert_eq!(plan(&z, &cfg()).nft.unwrap(), a);
+        let c = plan(&z, &cfg()).nft.unwrap();
+        assert_eq!(c.fingerprint, a.fingerprint);
+        assert_ne!(c.elements_fingerprint, a.elements_fingerprint);
+        // Nor do rules.
+        let d = plan(&crate::testdata::zone_with_rules(), &cfg())
+            .nft
+            .unwrap();
+        assert_eq!(d.fingerprint, a.fingerprint);
     }
 
     #[test]

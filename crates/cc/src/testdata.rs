@@ -2,7 +2,10 @@
 //! zone as the CLC would send it. Public so the crate's integration tests
 //! and other crates' tests can build on them.
 
-use ironbark_cluster_api::{InstanceDesired, InstanceMetadata, Segment, ZoneDesired};
+use ironbark_cluster_api::{
+    IngressRule, InstanceDesired, InstanceMetadata, RuleProtocol, RuleSourceSpec, Segment,
+    ZoneDesired,
+};
 use ironbark_node_api::{BootImage, ImageRef, InstanceSpec, NicSpec, VmResources};
 
 use crate::config::CcConfig;
@@ -124,4 +127,55 @@ pub fn zone() -> ZoneDesired {
             ),
         ],
     }
+}
+
+/// An ingress rule.
+pub fn rule(protocol: RuleProtocol, from: i32, to: i32, source: RuleSourceSpec) -> IngressRule {
+    IngressRule {
+        protocol,
+        from_port: from,
+        to_port: to,
+        source,
+    }
+}
+
+/// [`zone`] with public addresses and rules of every kind: sg-web takes
+/// ssh from anywhere, 80-81 from a block, ping from sg-db, DNS from the db
+/// instance's public address (which must admit its private one too);
+/// sg-db takes 5432 from sg-web, 22 overlapping 20-30 from anywhere, and
+/// everything from 192.0.2.0/24.
+pub fn zone_with_rules() -> ZoneDesired {
+    let mut z = zone();
+    for (i, p) in z
+        .instances
+        .iter_mut()
+        .zip(["203.0.113.11", "203.0.113.10", "203.0.113.20"])
+    {
+        i.public_ip = Some(p.into());
+        i.metadata.public_ipv4 = Some(p.into());
+    }
+    let cidr = |c: &str| RuleSourceSpec::Cidr(c.into());
+    z.segments[0].rules = vec![
+        rule(RuleProtocol::Tcp, 22, 22, cidr("0.0.0.0/0")),
+        rule(RuleProtocol::Tcp, 80, 81, cidr("198.51.100.0/24")),
+        rule(
+            RuleProtocol::Icmp,
+            8,
+            -1,
+            RuleSourceSpec::Group("sg-db".into()),
+        ),
+        rule(RuleProtocol::Udp, 53, 53, cidr("203.0.113.20/32")),
+    ];
+    z.segments[1].rules = vec![
+        rule(
+            RuleProtocol::Tcp,
+            5432,
+            5432,
+            RuleSourceSpec::Group("sg-web".into()),
+        ),
+        rule(RuleProtocol::Tcp, 22, 22, cidr("0.0.0.0/0")),
+        rule(RuleProtocol::Tcp, 20, 30, cidr("10.0.0.0/8")),
+        rule(RuleProtocol::All, -1, -1, cidr("192.0.2.0/24")),
+    ];
+    z
 }

@@ -1,0 +1,470 @@
+//! Security-group filtering and public-address NAT, as nftables set and
+//! map elements.
+//!
+//! Why sets and not rules: the per-packet cost must not grow with the
+//! number of rules, and a rule change must be an atomic, fast update. So
+//! the table's chains are fixed (see [`crate::plan`]) and everything the
+//! security groups say lives in a handful of sets and maps:
+//!
+//! - `dst_group` (`ipv4_addr : mark`): an instance's private address to its
+//!   group's tag. One hash lookup classifies the packet's destination.
+//! - `allow_all` (`mark . ipv4_addr`), `allow_ports` (`mark . ipv4_addr .
+//!   inet_proto . inet_service`) and `allow_icmp` (`mark . ipv4_addr .
+//!   icmp_type . icmp_code`): one lookup each in the kernel's interval
+//!   concatenation sets, whatever the number of rules.
+//! - `pub2priv` / `priv2pub` (`ipv4_addr : ipv4_addr`): DNAT and SNAT.
+//! - `subnets` (intervals): the segments, for the hairpin masquerade of
+//!   instances that have no public address.
+//!
+//! Rules become elements here: a CIDR source also admits the private
+//! address of every instance whose public address lies in it (filtering
+//! runs after DNAT and before SNAT, so a packet between instances still
+//! carries the sender's private address: that is the original's bug this
+//! fixes); a source group expands to its members' private and public
+//! addresses; members of a group always reach each other. The kernel
+//! refuses interval elements that overlap at their ends, so each group's
+//! elements are first cut into disjoint boxes ([`disjoint`]), which also
+//! makes the output canonical for golden tests and for diffing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use ironbark_cluster_api::{IngressRule, RuleProtocol, RuleSourceSpec};
+
+use crate::plan::Ipv4Net;
+
+/// An inclusive range on one axis (addresses, ports, ICMP types...).
+pub type Range = (u32, u32);
+
+/// A box: ranges on the key axes, then the source-address range.
+pub type KeyedBox = (Vec<Range>, Range);
+
+/// One instance as filtering and NAT see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub group_id: String,
+    pub private: Ipv4Addr,
+    pub public: Option<Ipv4Addr>,
+}
+
+/// One group that has a segment here: its tag (the mark) and rules.
+#[derive(Clone, Debug)]
+pub struct GroupRules<'a> {
+    pub group_id: &'a str,
+    pub tag: u32,
+    pub rules: &'a [IngressRule],
+}
+
+/// The names of the table's sets and maps, in the order they are declared.
+pub const SETS: &[&str] = &[
+    "dst_group",
+    "allow_all",
+    "allow_ports",
+    "allow_icmp",
+    "pub2priv",
+    "priv2pub",
+    "subnets",
+];
+
+/// Every element of every set, as `nft` text, sorted.
+pub type Elements = BTreeMap<String, BTreeSet<String>>;
+
+/// The elements for `groups` (with segments here), `members` (the planned
+/// instances) and the segments' `subnets`; and warnings for rules that
+/// could not be used.
+pub fn elements(
+    groups: &[GroupRules<'_>],
+    members: &[Member],
+    subnets: &[Ipv4Net],
+    warnings: &mut Vec<String>,
+) -> Elements {
+    let mut out: Elements = SETS
+        .iter()
+        .map(|s| (s.to_string(), BTreeSet::new()))
+        .collect();
+    let tag_of: BTreeMap<&str, u32> = groups.iter().map(|g| (g.group_id, g.tag)).collect();
+    for m in members {
+        let Some(tag) = tag_of.get(m.group_id.as_str()) else {
+            continue;
+        };
+        out.get_mut("dst_group")
+            .expect("declared")
+            .insert(format!("{} : {tag}", m.private));
+        if let Some(p) = m.public {
+            out.get_mut("pub2priv")
+                .expect("declared")
+                .insert(format!("{p} : {}", m.private));
+            out.get_mut("priv2pub")
+                .expect("declared")
+                .insert(format!("{} : {p}", m.private));
+        }
+    }
+    for s in subnets {
+        out.get_mut("subnets")
+            .expect("declared")
+            .insert(s.to_string());
+    }
+
+    for g in groups {
+        let mut all: Vec<Range> = Vec::new();
+        let mut ports: Vec<KeyedBox> = Vec::new();
+        let mut icmp: Vec<KeyedBox> = Vec::new();
+        // Members of the group reach each other on every protocol, also
+        // through their public addresses (a hairpin through the CC).
+        all.extend(sources_of_group(g.group_id, members));
+        for r in g.rules {
+            let sources = match &r.source {
+                RuleSourceSpec::Cidr(c) => match c.parse::<Ipv4Net>() {
+                    Ok(net) => sources_of_cidr(&net, members),
+                    Err(e) => {
+                        warnings.push(format!("rule of {} left out: {e}", g.group_id));
+                        continue;
+                    }
+                },
+                RuleSourceSpec::Group(src) => sources_of_group(src, members),
+            };
+            match r.protocol {
+                RuleProtocol::All => all.extend(sources),
+                RuleProtocol::Tcp | RuleProtocol::Udp => {
+                    let Some(range) = port_range(r.from_port, r.to_port) else {
+                        warnings.push(format!(
+                            "rule of {} left out: bad port range {}-{}",
+                            g.group_id, r.from_port, r.to_port
+                        ));
+                        continue;
+                    };
+                    let proto = if r.protocol == RuleProtocol::Tcp {
+                        6
+                    } else {
+                        17
+                    };
+                    for s in sources {
+                        ports.push((vec![(proto, proto), range], s));
+                    }
+                }
+                RuleProtocol::Icmp => {
+                    let (Some(t), Some(c)) = (icmp_range(r.from_port), icmp_range(r.to_port))
+                    else {
+                        warnings.push(format!(
+                            "rule of {} left out: bad ICMP type/code {}/{}",
+                            g.group_id, r.from_port, r.to_port
+                        ));
+                        continue;
+                    };
+                    for s in sources {
+                        icmp.push((vec![t, c], s));
+                    }
+                }
+            }
+        }
+        let tag = g.tag;
+        let set = out.get_mut("allow_all").expect("declared");
+        for (_, src) in disjoint(all.into_iter().map(|s| (vec![], s)).collect()) {
+            set.insert(format!("{tag} . {}", addr_range(src)));
+        }
+        let set = out.get_mut("allow_ports").expect("declared");
+        for (k, src) in disjoint(ports) {
+            let proto = if k[0].0 == 6 { "tcp" } else { "udp" };
+            set.insert(format!(
+                "{tag} . {} . {proto} . {}",
+                addr_range(src),
+                num_range(k[1])
+            ));
+        }
+        let set = out.get_mut("allow_icmp").expect("declared");
+        for (k, src) in disjoint(icmp) {
+            set.insert(format!(
+                "{tag} . {} . {} . {}",
+                addr_range(src),
+                num_range(k[0]),
+                num_range(k[1])
+            ));
+        }
+    }
+    out
+}
+
+fn host(ip: Ipv4Addr) -> Range {
+    (u32::from(ip), u32::from(ip))
+}
+
+fn sources_of_group(group: &str, members: &[Member]) -> Vec<Range> {
+    members
+        .iter()
+        .filter(|m| m.group_id == group)
+        .flat_map(|m| std::iter::once(host(m.private)).chain(m.public.map(host)))
+        .collect()
+}
+
+fn sources_of_cidr(net: &Ipv4Net, members: &[Member]) -> Vec<Range> {
+    let start = u32::from(net.network);
+    let mut v = vec![(start, u32::from(net.broadcast()))];
+    v.extend(
+        members
+            .iter()
+            .filter(|m| m.public.is_some_and(|p| net.contains(p)))
+            .map(|m| host(m.private)),
+    );
+    v
+}
+
+fn port_range(from: i32, to: i32) -> Option<Range> {
+    let ok = |p: i32| (0..=65535).contains(&p);
+    (ok(from) && ok(to) && from <= to).then_some((from as u32, to as u32))
+}
+
+/// An ICMP type or code: `-1` is any.
+fn icmp_range(v: i32) -> Option<Range> {
+    match v {
+        -1 => Some((0, 255)),
+        0..=255 => Some((v as u32, v as u32)),
+        _ => None,
+    }
+}
+
+fn num_range((a, b): Range) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+/// An address range as a CIDR block when it is one, else `a-b`.
+pub fn addr_range((a, b): Range) -> String {
+    let size = u64::from(b) - u64::from(a) + 1;
+    if size.is_power_of_two() && u64::from(a) % size == 0 {
+        let len = 32 - size.trailing_zeros();
+        if len == 32 {
+            return Ipv4Addr::from(a).to_string();
+        }
+        return format!("{}/{len}", Ipv4Addr::from(a));
+    }
+    format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b))
+}
+
+/// Cuts boxes (key ranges, then a source range) into disjoint ones that
+/// cover the same points: along each key axis in turn the boundaries of
+/// every box split the axis into pieces, each piece gets the boxes that
+/// cover it, and neighbouring pieces with the same content are joined
+/// again; the sources of the last axis are merged into disjoint ranges.
+/// The result is sorted and does not depend on the input's order.
+pub fn disjoint(boxes: Vec<KeyedBox>) -> Vec<KeyedBox> {
+    let Some(dims) = boxes.first().map(|b| b.0.len()) else {
+        return vec![];
+    };
+    let refs: Vec<&KeyedBox> = boxes.iter().collect();
+    split(&refs, 0, dims)
+}
+
+fn split(boxes: &[&KeyedBox], dim: usize, dims: usize) -> Vec<KeyedBox> {
+    if dim == dims {
+        return merge(boxes.iter().map(|b| b.1).collect())
+            .into_iter()
+            .map(|r| (vec![], r))
+            .collect();
+    }
+    let mut points: Vec<u64> = boxes
+        .iter()
+        .flat_map(|b| [u64::from(b.0[dim].0), u64::from(b.0[dim].1) + 1])
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut pieces: Vec<(Range, Vec<KeyedBox>)> = Vec::new();
+    for w in points.windows(2) {
+        let (lo, hi) = (w[0] as u32, (w[1] - 1) as u32);
+        let covering: Vec<&KeyedBox> = boxes
+            .iter()
+            .copied()
+            .filter(|b| b.0[dim].0 <= lo && b.0[dim].1 >= hi)
+            .collect();
+        if covering.is_empty() {
+            continue;
+        }
+        let sub = split(&covering, dim + 1, dims);
+        match pieces.last_mut() {
+            Some((r, last)) if u64::from(r.1) + 1 == u64::from(lo) && *last == sub => r.1 = hi,
+            _ => pieces.push(((lo, hi), sub)),
+        }
+    }
+    let mut out = Vec::new();
+    for (r, sub) in pieces {
+        for (mut keys, src) in sub {
+            keys.insert(0, r);
+            out.push((keys, src));
+        }
+    }
+    out
+}
+
+/// Disjoint, sorted, with touching ranges joined.
+fn merge(mut v: Vec<Range>) -> Vec<Range> {
+    v.sort_unstable();
+    let mut out: Vec<Range> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The `add element` lines that load `elements` into table `table`.
+pub fn add_lines(table: &str, elements: &Elements) -> String {
+    let mut s = String::new();
+    for (set, items) in elements {
+        for chunk in items.iter().collect::<Vec<_>>().chunks(512) {
+            let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
+            let _ = writeln!(s, "add element ip {table} {set} {{ {} }}", list.join(", "));
+        }
+    }
+    s
+}
+
+/// The key of an element (what `delete element` takes): a map's element
+/// is `key : value`.
+pub fn element_key(e: &str) -> &str {
+    e.split_once(" : ").map_or(e, |(k, _)| k)
+}
+
+/// How `delete element` must name an element of `set`. nft 1.0.6 cannot
+/// find a single value inside an interval concatenation unless it is
+/// written as a range (`a-a`), although it adds it fine either way.
+fn delete_form(set: &str, key: &str) -> String {
+    if !matches!(set, "allow_all" | "allow_ports" | "allow_icmp") {
+        return key.to_string();
+    }
+    key.split(" . ")
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 || c.contains(['-', '/']) || c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+                c.to_string()
+            } else {
+                format!("{c}-{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// One `nft -f` script that turns `from` into `to` by deleting and adding
+/// elements only; `None` when nothing differs.
+pub fn delta_script(table: &str, from: &Elements, to: &Elements) -> Option<String> {
+    let empty = BTreeSet::new();
+    let mut del = String::new();
+    let mut add = String::new();
+    for set in SETS {
+        let old = from.get(*set).unwrap_or(&empty);
+        let new = to.get(*set).unwrap_or(&empty);
+        let gone: Vec<String> = old
+            .difference(new)
+            .map(|e| delete_form(set, element_key(e)))
+            .collect();
+        let came: Vec<&str> = new.difference(old).map(|e| e.as_str()).collect();
+        for chunk in gone.chunks(512) {
+            let _ = writeln!(
+                del,
+                "delete element ip {table} {set} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+        for chunk in came.chunks(512) {
+            let _ = writeln!(
+                add,
+                "add element ip {table} {set} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+    (!del.is_empty() || !add.is_empty()).then(|| format!("{del}{add}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> u32 {
+        u32::from(s.parse::<Ipv4Addr>().unwrap())
+    }
+
+    #[test]
+    fn boxes_become_disjoint_and_canonical() {
+        // tcp 22 from everywhere, tcp 20-30 from 10/8: the overlap at 22
+        // must not be listed twice.
+        let a = (vec![(6, 6), (22, 22)], (0, u32::MAX));
+        let b = (
+            vec![(6, 6), (20, 30)],
+            (ip("10.0.0.0"), ip("10.255.255.255")),
+        );
+        let out = disjoint(vec![a.clone(), b.clone()]);
+        assert_eq!(
+            out,
+            vec![
+                (
+                    vec![(6, 6), (20, 21)],
+                    (ip("10.0.0.0"), ip("10.255.255.255"))
+                ),
+                (vec![(6, 6), (22, 22)], (0, u32::MAX)),
+                (
+                    vec![(6, 6), (23, 30)],
+                    (ip("10.0.0.0"), ip("10.255.255.255"))
+                ),
+            ]
+        );
+        assert_eq!(disjoint(vec![b, a]), out);
+        // Touching sources merge; a duplicate disappears.
+        let c = (vec![], (ip("10.0.0.0"), ip("10.0.0.127")));
+        let d = (vec![], (ip("10.0.0.128"), ip("10.0.0.255")));
+        assert_eq!(
+            disjoint(vec![c.clone(), d, c]),
+            vec![(vec![], (ip("10.0.0.0"), ip("10.0.0.255")))]
+        );
+        assert_eq!(disjoint(vec![]), vec![]);
+    }
+
+    #[test]
+    fn ranges_print_as_cidr_when_they_are_one() {
+        assert_eq!(addr_range((0, u32::MAX)), "0.0.0.0/0");
+        assert_eq!(addr_range((ip("10.0.0.5"), ip("10.0.0.5"))), "10.0.0.5");
+        assert_eq!(addr_range((ip("10.0.0.0"), ip("10.0.0.15"))), "10.0.0.0/28");
+        assert_eq!(
+            addr_range((ip("10.0.0.1"), ip("10.0.0.2"))),
+            "10.0.0.1-10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn deltas_delete_by_key_and_add() {
+        let mut a = Elements::new();
+        a.insert(
+            "pub2priv".into(),
+            ["192.0.2.1 : 10.0.0.2".to_string()].into(),
+        );
+        let mut b = Elements::new();
+        b.insert(
+            "pub2priv".into(),
+            ["192.0.2.1 : 10.0.0.3".to_string()].into(),
+        );
+        assert_eq!(
+            delta_script("t", &a, &b).unwrap(),
+            "delete element ip t pub2priv { 192.0.2.1 }\n\
+             add element ip t pub2priv { 192.0.2.1 : 10.0.0.3 }\n"
+        );
+        assert_eq!(delta_script("t", &a, &a), None);
+        let mut c = Elements::new();
+        c.insert(
+            "allow_ports".into(),
+            [
+                "10 . 10.0.0.2 . tcp . 22".to_string(),
+                "10 . 10.0.0.0/8 . udp . 5-6".to_string(),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            delta_script("t", &c, &Elements::new()).unwrap(),
+            "delete element ip t allow_ports { 10 . 10.0.0.0/8 . udp . 5-6, 10 . 10.0.0.2-10.0.0.2 . tcp . 22-22 }\n"
+        );
+    }
+}
