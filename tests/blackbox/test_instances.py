@@ -10,154 +10,23 @@ with a message otherwise. The cloud's API listens on a veth address the
 host reaches; everything else stays inside the namespace.
 """
 
-import base64
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
-from conftest import REGION, _retries, ironbark_bin
+from vmcloud import NEEDS_VMS, NetCloud, SplitCloud, build_test_image, console, states, wait_for
 
-NEEDS = ["qemu-system-x86_64", "qemu-img", "dnsmasq", "nft", "ip", "ssh"]
-MISSING = [t for t in NEEDS if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING),
-    reason=f"needs root and {', '.join(MISSING) or 'nothing'}",
-)
-
-DEB_CACHE = Path(os.environ.get("IRONBARK_DEB_CACHE", "/var/cache/ironbark/debs"))
-
-
-def sh(*args, check=True, timeout=120, **kw):
-    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
+pytestmark = NEEDS_VMS
 
 
 @pytest.fixture(scope="module")
 def test_image(tmp_path_factory):
-    out = tmp_path_factory.mktemp("image")
-    DEB_CACHE.mkdir(parents=True, exist_ok=True)
-    sh(str(ironbark_bin()), "image", "build-test", "--out", str(out), "--cache", str(DEB_CACHE), timeout=600)
-    assert (out / "vmlinuz").stat().st_size > 1_000_000
-    assert (out / "initrd.img").stat().st_size > 100_000
-    return out
-
-
-class NetCloud:
-    """An `ironbark up` inside its own network namespace, reachable from
-    the host through a veth pair."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.data = root / "data"
-        n = uuid.uuid4().int % 200 + 20
-        self.ns = f"ibt{uuid.uuid4().hex[:8]}"
-        self.host_if = f"vh{self.ns[3:]}"
-        self.ns_if = f"vn{self.ns[3:]}"
-        self.host_ip = f"10.254.{n}.1"
-        self.ip = f"10.254.{n}.2"
-        self.port = 8773
-        self.proc = None
-
-    def ns_run(self, *args, **kw):
-        return sh("ip", "netns", "exec", self.ns, *args, **kw)
-
-    def start(self):
-        self.setup_net()
-        return self.start_cloud()
-
-    def setup_net(self):
-        sh("ip", "netns", "add", self.ns)
-        self.ns_run("ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
-        sh("ip", "link", "set", self.ns_if, "netns", self.ns)
-        sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
-        sh("ip", "link", "set", self.host_if, "up")
-        self.ns_run("ip", "addr", "add", f"{self.ip}/30", "dev", self.ns_if)
-        self.ns_run("ip", "link", "set", self.ns_if, "up")
-
-    def start_cloud(self):
-        self.log = open(self.root / "ironbark.log", "ab")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, str(ironbark_bin()), "up", "--data-dir", str(self.data),
-             "--listen", f"{self.ip}:{self.port}", "--walrus-listen", "127.0.0.1:8780"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if (self.data / "admin" / "credentials").exists():
-                try:
-                    self.ec2().describe_regions()
-                    return self
-                except Exception:
-                    pass
-            assert self.proc.poll() is None, self.log_tail()
-            time.sleep(0.3)
-        raise RuntimeError("ironbark did not start:\n" + self.log_tail())
-
-    def log_tail(self):
-        try:
-            return (self.root / "ironbark.log").read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def creds(self):
-        text = (self.data / "admin" / "credentials").read_text()
-        kv = dict(l.split(" = ", 1) for l in text.splitlines() if " = " in l)
-        return kv["aws_access_key_id"], kv["aws_secret_access_key"]
-
-    def ec2(self):
-        key, secret = self.creds()
-        return boto3.client("ec2", endpoint_url=f"http://{self.ip}:{self.port}/", region_name=REGION,
-                            aws_access_key_id=key, aws_secret_access_key=secret, config=_retries())
-
-    def admin(self, *args):
-        return sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300).stdout
-
-    def kill9(self):
-        """The whole cloud process dies at once (its VMs are their own
-        processes and live on, as on a real host)."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def taps(self):
-        out = self.ns_run("ip", "-br", "link", "show", "type", "tun", check=False).stdout
-        return [l.split()[0] for l in out.splitlines() if l.strip()]
-
-    def qemu_pids(self):
-        out = []
-        for p in sh("ip", "netns", "pids", self.ns, check=False).stdout.split():
-            try:
-                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
-                state = Path(f"/proc/{p}/stat").read_text().split()[2]
-            except OSError:
-                continue
-            if b"qemu-system" in cmd and state != "Z":
-                out.append(p)
-        return out
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        # Whatever still runs in the namespace (QEMU daemonizes, dnsmasq too).
-        pids = sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
-        for p in pids:
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.ns, check=False)
+    return build_test_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture
@@ -174,31 +43,6 @@ def netcloud():
     finally:
         c.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def wait_for(what, fn, timeout=240, every=1.0):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-def console(ec2, iid):
-    out = ec2.get_console_output(InstanceId=iid).get("Output") or ""
-    # boto3 decodes base64 for us on some versions; accept either.
-    try:
-        return base64.b64decode(out, validate=True).decode(errors="replace")
-    except Exception:
-        return out
-
-
-def states(ec2, ids):
-    res = ec2.describe_instances(InstanceIds=ids)["Reservations"]
-    return {i["InstanceId"]: i for r in res for i in r["Instances"]}
 
 
 def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_image, tmp_path):
@@ -308,73 +152,6 @@ def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, 
     assert not list((c.data / "nc" / "instances").glob(f"*/{a}"))
     verbose = ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
     assert {i["InstanceId"]: i["State"]["Name"] for r in verbose for i in r["Instances"]}.get(a) == "terminated"
-
-
-class SplitCloud(NetCloud):
-    """The roles as separate processes, as on separate hosts: `ironbark clc`
-    (with Walrus), `ironbark cc` driving two NCs, and two `ironbark nc`, all
-    in one network namespace, each with its own data dir, configuration
-    file and a copy of the CLC's cluster token."""
-
-    NCS = {"nc-1": 8775, "nc-2": 8785}
-
-    def __init__(self, root: Path):
-        super().__init__(root)
-        self.data = root / "clc"
-        self.procs = {}
-
-    def spawn(self, name, *args):
-        log = open(self.root / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, str(ironbark_bin()), *args],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def conf(self, name, text):
-        p = self.root / f"{name}.conf"
-        p.write_text(text)
-        return str(p)
-
-    def start_cloud(self):
-        self.spawn("clc", "clc", "--data-dir", str(self.data), "--listen", f"{self.ip}:{self.port}",
-                   "--walrus-listen", "127.0.0.1:8780",
-                   "--config", self.conf("clc", 'CC_URL="http://127.0.0.1:8774"\n'))
-        self.proc = self.procs["clc"]
-        token = self.data / "keys" / "cluster.token"
-        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
-        for role in ["cc", *self.NCS]:
-            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
-            shutil.copy(token, self.root / role / "keys" / "cluster.token")
-        nodes = " ".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.NCS.items())
-        self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", "127.0.0.1:8774",
-                   "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'))
-        for n, p in self.NCS.items():
-            self.spawn(n, "nc", "--data-dir", str(self.root / n), "--listen", f"127.0.0.1:{p}",
-                       "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://127.0.0.1:8774"\n'))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if (self.data / "admin" / "credentials").exists():
-                try:
-                    self.ec2().describe_regions()
-                    return self
-                except Exception:
-                    pass
-            for name, proc in self.procs.items():
-                assert proc.poll() is None, f"{name} exited:\n{self.log_tail(name)}"
-            time.sleep(0.3)
-        raise RuntimeError("the CLC did not start:\n" + self.log_tail("clc"))
-
-    def log_tail(self, name="clc"):
-        try:
-            return (self.root / f"{name}.log").read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        super().stop()
 
 
 @pytest.fixture

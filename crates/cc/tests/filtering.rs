@@ -145,6 +145,7 @@ fn segment(group: &str, bridge: &str, subnet: &str, gw: &str, tag: u32) -> Segme
 fn zone() -> ZoneDesired {
     let mut z = ZoneDesired {
         generation: 1,
+        node_poll_secs: None,
         segments: vec![
             segment("sg-web", "ibr0", "198.51.100.0/28", "198.51.100.1", 10),
             segment("sg-db", "ibr1", "198.51.100.16/28", "198.51.100.17", 11),
@@ -489,6 +490,7 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     // Everything goes with the last segment.
     let empty = ZoneDesired {
         generation: z.generation + 1,
+        node_poll_secs: None,
         segments: vec![],
         instances: vec![],
     };

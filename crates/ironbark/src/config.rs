@@ -45,6 +45,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ),
     ("VNET_DNS", "DNS server handed to instances by DHCP"),
     (
+        "VNET_PUBINTERFACE",
+        "the CC's interface that holds instances' public addresses",
+    ),
+    (
         "VNET_PUBLICIPS",
         "public addresses for instances and elastic IPs: addresses, ranges (a.b.c.d-a.b.c.e) and blocks (a.b.c.d/n), separated by spaces or commas",
     ),

@@ -348,7 +348,9 @@ async fn serve_cc(a: RoleArgs) -> Result<(), String> {
     cc_cfg.clc_callback_url = file
         .get("CLC_URL")
         .map(|u| format!("{}{}", u.trim_end_matches('/'), server::ZONE_REPORT_PATH));
-    cc_cfg.dns_servers = vec![network_config(&file)?.dns];
+    let network = network_config(&file)?;
+    cc_cfg.dns_servers = vec![network.dns.clone()];
+    public_network(&mut cc_cfg, &file, &network);
     roles::start_cc(cc_cfg).await?;
     std::future::pending::<()>().await;
     Ok(())
@@ -488,6 +490,7 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
         cc_cfg.nodes = vec![(node_id, nc_url)];
         cc_cfg.clc_callback_url = Some(format!("{base}{}", server::ZONE_REPORT_PATH));
         cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
+        public_network(&mut cc_cfg, &file, &cloud.config().network);
         roles::start_cc(cc_cfg).await?;
     }
     roles::spawn_clc_loop(cloud.clone());
@@ -500,6 +503,27 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
     server::serve(app, listener)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// VNET_PUBINTERFACE and the pool: the CC holds instances' public
+/// addresses there and owns the pool's `/32`s on it.
+fn public_network(
+    cc: &mut ironbark_cc::CcConfig,
+    file: &config::ConfigFile,
+    network: &ironbark_clc::NetworkConfig,
+) {
+    cc.public_interface = file.get("VNET_PUBINTERFACE").map(str::to_string);
+    // Runs of consecutive addresses, so the CC's ownership test stays short.
+    let mut ranges: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> = Vec::new();
+    for ip in &network.public_ips {
+        match ranges.last_mut() {
+            Some((_, last)) if u32::from(*last).checked_add(1) == Some(u32::from(*ip)) => {
+                *last = *ip
+            }
+            _ => ranges.push((*ip, *ip)),
+        }
+    }
+    cc.public_ips = ranges;
 }
 
 /// VNET_SUBNET, VNET_NETMASK, VNET_ADDRSPERNET, VNET_DNS, VNET_PUBLICIPS, as
