@@ -26,7 +26,7 @@ import boto3
 from botocore.config import Config
 
 BIN = Path(os.environ["IRONBARK_BIN"])
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
 CACHE = Path(os.environ.get("IRONBARK_DEB_CACHE", "/var/cache/ironbark/debs"))
 
 
@@ -61,6 +61,17 @@ def bare_qemu(img: Path, work: Path) -> float:
         p.kill()
         p.wait()
     return t - t0
+
+
+def qemu_started(ns):
+    """Whether a QEMU process runs in the namespace (the NC daemonizes it)."""
+    for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:
+            if b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def main():
@@ -102,31 +113,42 @@ def main():
             t0 = time.monotonic()
             iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, InstanceType="m1.small")["Instances"][0]["InstanceId"]
             t_api = time.monotonic()
+            t_qemu = wait(lambda: qemu_started(ns), every=0.02)
             t_run = wait(lambda: _state(ec2, iid) == "running")
             t_init = wait(lambda: "udhcpc: started" in _console(ec2, iid), every=0.1)
             t_ready = wait(lambda: f"IRONBARK-READY instance-id={iid}" in _console(ec2, iid), every=0.1)
             t1 = time.monotonic()
             ec2.terminate_instances(InstanceIds=[iid])
             t_term = wait(lambda: _state(ec2, iid) is None, timeout=60, every=0.02)
-            rows.append(dict(api=t_api - t0, running=t_run - t0, init=t_init - t0, ready=t_ready - t0,
-                             terminate=t_term - t1))
+            # The bare boot right after, so both see the same background load.
+            bare = bare_qemu(img, work)
+            rows.append(dict(api=t_api - t0, qemu=t_qemu - t0, running=t_run - t0, init=t_init - t0,
+                             ready=t_ready - t0, terminate=t_term - t1, bare=bare,
+                             adds=(t_init - t0) - bare))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in rows[-1].items()), flush=True)
-        bare = [bare_qemu(img, work) for _ in range(ROUNDS)]
-        for i, b in enumerate(bare):
-            print(f"bare qemu round {i + 1}: init {b:.2f}s", flush=True)
-        med = lambda k: statistics.median(x[k] for x in rows)
-        b = statistics.median(bare)
-        over = med("init") - b
+        med = lambda k, rs=rows: statistics.median(x[k] for x in rs)
+        warm = rows[1:] or rows
+        b = med("bare")
         allowed = max(0.10 * b, 0.300)
         print()
-        print(f"{'median over ' + str(ROUNDS) + ' rounds':<40} {'seconds':>8}")
-        print(f"{'RunInstances call returned':<40} {med('api'):8.2f}")
-        print(f"{'RunInstances -> running':<40} {med('running'):8.2f}")
-        print(f"{'RunInstances -> guest /init (udhcpc)':<40} {med('init'):8.2f}")
-        print(f"{'RunInstances -> readiness line':<40} {med('ready'):8.2f}")
-        print(f"{'bare qemu -> guest /init (udhcpc)':<40} {b:8.2f}")
-        print(f"{'control plane adds (to /init)':<40} {over:8.2f}   target <= {allowed:.2f} (10 % or 300 ms)")
-        print(f"{'TerminateInstances -> terminated':<40} {med('terminate'):8.2f}   target < 1 s")
+        print("round 1 fetches the image into the NC's cache (and probes the accelerator);")
+        print(f"the others start from the cache. medians:{'':<10} {'all':>8} {'warm':>8}")
+        for label, k in [
+            ("RunInstances call returned", "api"),
+            ("RunInstances -> QEMU process started", "qemu"),
+            ("RunInstances -> running", "running"),
+            ("RunInstances -> guest /init (udhcpc)", "init"),
+            ("RunInstances -> readiness line", "ready"),
+            ("bare qemu -> guest /init (udhcpc)", "bare"),
+            ("control plane adds (to /init, per round)", "adds"),
+            ("TerminateInstances -> terminated", "terminate"),
+        ]:
+            note = ""
+            if k == "adds":
+                note = f"   target <= {allowed:.2f} (10 % or 300 ms)"
+            if k == "terminate":
+                note = "   target < 1 s"
+            print(f"{label:<44} {med(k):8.2f} {med(k, warm):8.2f}{note}")
     finally:
         if proc and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -97,6 +97,13 @@ def test_public_ips_rules_and_elastic_ips_on_real_vms(pubcloud, test_image, tmp_
     finally:
         responder.kill()
 
+    # Drift an incremental reconcile does not look for (a rule slipped into
+    # the CC's table by hand) is undone by the operator's clean restart.
+    c.ns_run("nft", "insert", "rule", "ip", "ironbark", "forward", "tcp", "dport", "22", "drop")
+    assert from_internet(pub[a]) is None
+    c.admin("cc", "clean-restart", "--cc-url", f"http://{c.ip}:{c.port + 1}")
+    assert wait_for("ssh after the clean restart", lambda: from_internet(pub[a], meta), timeout=30) == pub[a]
+
     # Revoke: new connections are refused again.
     ec2.revoke_security_group_ingress(**rule)
     wait_for("ssh refused after revoke", lambda: from_internet(pub[a]) is None, timeout=30)

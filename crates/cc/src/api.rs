@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `PUT /v1/zone` | [`ZoneDesired`] | [`ZoneReport`] |
 //! | `GET /v1/zone` | | [`ZoneReport`] |
+//! | `POST /v1/clean-restart` | | [`ZoneReport`], after every owned bridge, DHCP server, table and address was removed and rebuilt |
 //! | `POST /v1/instances/{id}/terminate` | | [`TerminateOutcome`] |
 //! | `POST /v1/instances/{id}/reboot` | | 204 |
 //! | `GET /v1/instances/{id}/console` | | `text/plain` |
@@ -42,6 +43,7 @@ const MAX_BODY: usize = 64 << 20;
 pub fn router(cc: Arc<ClusterController>) -> Router {
     Router::new()
         .route("/v1/zone", put(put_zone).get(get_zone))
+        .route("/v1/clean-restart", post(clean_restart))
         .route("/v1/instances/{id}/terminate", post(terminate))
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
@@ -129,6 +131,12 @@ impl IntoResponse for CcError {
         };
         error(status, &self.to_string())
     }
+}
+
+async fn clean_restart(
+    State(cc): State<Arc<ClusterController>>,
+) -> Result<Json<ZoneReport>, CcError> {
+    cc.clean_restart().await.map(Json)
 }
 
 async fn put_zone(

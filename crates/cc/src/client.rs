@@ -102,6 +102,12 @@ impl ClusterClient {
         self.json(Method::PUT, "/v1/zone".into(), Some(body)).await
     }
 
+    /// `POST /v1/clean-restart`.
+    pub async fn clean_restart(&self) -> Result<ZoneReport, ClientError> {
+        self.json(Method::POST, "/v1/clean-restart".into(), None)
+            .await
+    }
+
     /// `GET /v1/zone`.
     pub async fn report(&self) -> Result<ZoneReport, ClientError> {
         self.json(Method::GET, "/v1/zone".into(), None).await

@@ -251,6 +251,37 @@ impl ClusterController {
         Ok(self.report())
     }
 
+    /// The original's clean restart: removes every bridge, DHCP server
+    /// (with its leases), nftables table and public address the CC owns,
+    /// then builds them all again from the last desired state. For after
+    /// the operator changed the network layout, or a host that drifted in
+    /// ways an incremental reconcile does not see.
+    pub async fn clean_restart(&self) -> Result<ZoneReport, CcError> {
+        let _order = self.apply_lock.lock().await;
+        let empty = ZoneDesired {
+            generation: 0,
+            segments: vec![],
+            instances: vec![],
+            node_poll_secs: None,
+        };
+        let wipe = plan::plan(&empty, &self.cfg);
+        match hostnet::reconcile(self.net.as_ref(), &wipe).await {
+            Ok(changes) => {
+                for c in changes {
+                    tracing::info!("clean restart: {c}");
+                }
+            }
+            Err(e) => return Err(CcError::Network(e.to_string())),
+        }
+        let zone = self.lock().effective_zone();
+        if let Some(zone) = zone {
+            self.reconcile_network(&zone)
+                .await
+                .map_err(CcError::Network)?;
+        }
+        Ok(self.report())
+    }
+
     async fn reconcile_network(&self, zone: &ZoneDesired) -> Result<(), String> {
         let plan = plan::plan(zone, &self.cfg);
         for w in &plan.warnings {

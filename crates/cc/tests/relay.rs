@@ -358,3 +358,26 @@ async fn the_clc_sets_the_node_poll_period() {
     c.cc.apply(z).await.unwrap();
     assert_eq!(c.cc.poll_period(), std::time::Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn a_clean_restart_removes_everything_and_rebuilds_it() {
+    let c = cluster();
+    c.cc.apply(zone()).await.unwrap();
+    c.net.take_ops();
+    // An incremental apply of the same zone changes nothing...
+    c.cc.apply(zone()).await.unwrap();
+    assert_eq!(c.net.take_ops(), []);
+    // ...a clean restart tears down and builds again.
+    c.cc.clean_restart().await.unwrap();
+    let ops = c.net.take_ops();
+    let del = ops
+        .iter()
+        .position(|o| *o == NetOp::DeleteBridge("ibr0".into()))
+        .expect("bridge removed");
+    let add = ops
+        .iter()
+        .position(|o| *o == NetOp::AddBridge("ibr0".into()))
+        .expect("bridge rebuilt");
+    assert!(del < add, "{ops:?}");
+    assert!(ops.contains(&NetOp::StopDhcp("ibr0".into())), "{ops:?}");
+}

@@ -132,6 +132,20 @@ enum AdminCommand {
     AccessKey(AccessKeyCmd),
     #[command(subcommand)]
     Property(PropertyCmd),
+    #[command(subcommand)]
+    Cc(CcAdminCmd),
+}
+
+#[derive(Subcommand)]
+enum CcAdminCmd {
+    /// Remove every bridge, DHCP server, lease, rule and public address the
+    /// CC owns and build them again from the CLC's desired state (after a
+    /// VNET_* change, with no instances running).
+    CleanRestart {
+        /// The CC's control API (`ironbark up` runs it on its port + 1).
+        #[arg(long, default_value = "http://127.0.0.1:8774")]
+        cc_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -719,6 +733,21 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
     // The endpoint is not needed for administration; the data dir is.
     let cloud = Cloud::open(CloudConfig::new(&data_dir, ""), Arc::new(NoCapacity)).await?;
     match cmd {
+        AdminCommand::Cc(CcAdminCmd::CleanRestart { cc_url }) => {
+            let fail = |e: String| ironbark_types::Error::internal(e);
+            let token = roles::cluster_token(&data_dir).map_err(fail)?;
+            let client = ironbark_cc::ClusterClient::new(&cc_url, &token)
+                .map_err(|e| fail(e.to_string()))?;
+            let report = client
+                .clean_restart()
+                .await
+                .map_err(|e| fail(format!("clean restart via {cc_url}: {e}")))?;
+            print(json!({
+                "zone": report.zone,
+                "generation": report.generation,
+                "nodes": report.nodes.iter().map(|n| json!({"node_id": n.node_id, "reachable": n.reachable})).collect::<Vec<_>>(),
+            }));
+        }
         AdminCommand::Image(AdminImageCmd::Import {
             kernel,
             ramdisk,

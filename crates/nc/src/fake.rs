@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use ironbark_node_api::NicSpec;
+
 use crate::hypervisor::{HvError, Hypervisor, Launch, TapInfo, VmInfo};
 
 /// One recorded call.
@@ -26,6 +28,7 @@ pub enum FakeCall {
     Stop { dir: PathBuf },
     Reboot { dir: PathBuf },
     DeleteTap { tap: String },
+    AttachTap { tap: String, bridge: String },
 }
 
 #[derive(Default)]
@@ -33,6 +36,8 @@ struct Inner {
     /// Running VMs by directory: instance id and taps.
     vms: BTreeMap<PathBuf, (String, Vec<String>)>,
     taps: BTreeSet<String>,
+    /// The bridge each tap is attached to.
+    masters: HashMap<String, String>,
     calls: Vec<FakeCall>,
     failures: HashMap<String, String>,
     start_delay: Duration,
@@ -70,6 +75,12 @@ impl FakeHypervisor {
     /// crashed); its taps stay, as a real tap outlives its QEMU.
     pub fn crash(&self, instance_id: &str) {
         self.lock().vms.retain(|_, (id, _)| id != instance_id);
+    }
+
+    /// The bridge `bridge` was deleted: its taps hang loose (as the kernel
+    /// leaves them when a CC clean restart removes a bridge).
+    pub fn drop_bridge(&self, bridge: &str) {
+        self.lock().masters.retain(|_, b| b != bridge);
     }
 
     /// Adds a tap no instance owns.
@@ -121,6 +132,9 @@ impl Hypervisor for FakeHypervisor {
         }
         let taps: Vec<String> = launch.nics.iter().map(|n| n.tap.clone()).collect();
         s.taps.extend(taps.iter().cloned());
+        for n in &launch.nics {
+            s.masters.insert(n.tap.clone(), n.bridge.clone());
+        }
         if let Some(message) = s.failures.get(&launch.instance_id) {
             return Err(HvError(message.clone()));
         }
@@ -177,6 +191,20 @@ impl Hypervisor for FakeHypervisor {
             tap: tap.to_string(),
         });
         s.taps.remove(tap);
+        s.masters.remove(tap);
+        Ok(())
+    }
+
+    async fn attach_tap(&self, nic: &NicSpec) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.calls.push(FakeCall::AttachTap {
+            tap: nic.tap.clone(),
+            bridge: nic.bridge.clone(),
+        });
+        if !s.taps.contains(&nic.tap) {
+            return Err(HvError(format!("no tap {}", nic.tap)));
+        }
+        s.masters.insert(nic.tap.clone(), nic.bridge.clone());
         Ok(())
     }
 
@@ -187,6 +215,7 @@ impl Hypervisor for FakeHypervisor {
             .map(|t| TapInfo {
                 name: t.clone(),
                 in_use: s.vms.values().any(|(_, taps)| taps.contains(t)),
+                master: s.masters.get(t).cloned(),
             })
             .collect())
     }

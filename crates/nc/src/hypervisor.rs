@@ -48,6 +48,8 @@ pub struct TapInfo {
     pub name: String,
     /// A process holds it open (its carrier is up): some VM uses it.
     pub in_use: bool,
+    /// The bridge it is attached to, if any.
+    pub master: Option<String>,
 }
 
 /// A hypervisor operation that failed; the message says what and why.
@@ -78,6 +80,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Deletes a tap device; `Ok` if it does not exist.
     async fn delete_tap(&self, tap: &str) -> Result<(), HvError>;
 
-    /// The tap devices present, for the orphan sweep.
+    /// The tap devices present, for the orphan sweep and the bridge check.
     async fn list_taps(&self) -> Result<Vec<TapInfo>, HvError>;
+
+    /// Attaches an existing tap to its bridge and sets it up again (after
+    /// the bridge was removed and rebuilt, as a CC clean restart does).
+    async fn attach_tap(&self, nic: &NicSpec) -> Result<(), HvError>;
 }

@@ -528,7 +528,9 @@ impl Node {
     }
 
     /// Deletes taps that look like instance taps, belong to no instance
-    /// here and are held by no process.
+    /// here and are held by no process; puts running instances' taps back
+    /// on their bridges when something removed them (a CC clean restart
+    /// rebuilds bridges, and a new bridge has no ports).
     async fn sweep_taps(&self) {
         let _exclusive = self.tap_guard.write().await;
         let taps = match self.hv.list_taps().await {
@@ -538,6 +540,27 @@ impl Node {
                 return;
             }
         };
+        let loose: Vec<ironbark_node_api::NicSpec> = {
+            let st = self.lock();
+            st.live
+                .values()
+                .filter(|l| l.state == VmState::Running && !l.busy)
+                .flat_map(|l| l.spec.nics.iter())
+                .filter(|n| {
+                    taps.iter()
+                        .any(|t| t.name == n.tap && t.master.as_deref() != Some(n.bridge.as_str()))
+                })
+                .cloned()
+                .collect()
+        };
+        for nic in loose {
+            match self.hv.attach_tap(&nic).await {
+                Ok(()) => {
+                    tracing::warn!(tap = %nic.tap, bridge = %nic.bridge, "tap was off its bridge; attached it again")
+                }
+                Err(e) => tracing::warn!(tap = %nic.tap, error = %e, "re-attaching a tap"),
+            }
+        }
         let owned: HashSet<String> = self
             .lock()
             .live

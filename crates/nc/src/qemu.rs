@@ -419,6 +419,12 @@ impl Hypervisor for QemuHypervisor {
         let out = self.ip(&["-j", "link", "show", "type", "tun"]).await?;
         parse_tap_list(&out)
     }
+
+    async fn attach_tap(&self, nic: &NicSpec) -> Result<(), HvError> {
+        self.ip(&["link", "set", "dev", &nic.tap, "master", &nic.bridge, "up"])
+            .await
+            .map(drop)
+    }
 }
 
 /// Paths of one VM's files.
@@ -597,7 +603,12 @@ fn parse_tap_list(json: &str) -> Result<Vec<TapInfo>, HvError> {
             let in_use = l["flags"]
                 .as_array()
                 .is_some_and(|f| f.iter().any(|x| x == "LOWER_UP"));
-            Some(TapInfo { name, in_use })
+            let master = l["master"].as_str().map(str::to_string);
+            Some(TapInfo {
+                name,
+                in_use,
+                master,
+            })
         })
         .collect())
 }
@@ -767,18 +778,20 @@ mod tests {
     #[test]
     fn tap_list_parses_ip_json() {
         let json = r#"[{"ifindex":3,"ifname":"tapdeadbeef","flags":["NO-CARRIER","BROADCAST","UP"]},
-                      {"ifindex":4,"ifname":"tap0123456789ab","flags":["BROADCAST","UP","LOWER_UP"]}]"#;
+                      {"ifindex":4,"ifname":"tap0123456789ab","flags":["BROADCAST","UP","LOWER_UP"],"master":"ibr0"}]"#;
         let taps = parse_tap_list(json).unwrap();
         assert_eq!(
             taps,
             vec![
                 TapInfo {
                     name: "tapdeadbeef".into(),
-                    in_use: false
+                    in_use: false,
+                    master: None,
                 },
                 TapInfo {
                     name: "tap0123456789ab".into(),
-                    in_use: true
+                    in_use: true,
+                    master: Some("ibr0".into()),
                 },
             ]
         );

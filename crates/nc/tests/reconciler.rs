@@ -323,6 +323,34 @@ async fn orphan_taps_are_removed_and_others_left_alone() {
 }
 
 #[tokio::test]
+async fn taps_knocked_off_their_bridge_are_attached_again() {
+    let w = World::new().await;
+    let node = w.node().await;
+    node.apply(w.desired(1, &[A])).await;
+    node.settle().await;
+    node.tick().await;
+    let attaches = |calls: Vec<FakeCall>| {
+        calls
+            .into_iter()
+            .filter(|c| matches!(c, FakeCall::AttachTap { .. }))
+            .count()
+    };
+    assert_eq!(
+        attaches(w.fake.calls()),
+        0,
+        "a tap on its bridge is left alone"
+    );
+    w.fake.drop_bridge("br0");
+    node.tick().await;
+    assert!(w.fake.calls().contains(&FakeCall::AttachTap {
+        tap: tap_name(A),
+        bridge: "br0".into()
+    }));
+    node.tick().await;
+    assert_eq!(attaches(w.fake.calls()), 1, "once back, nothing more to do");
+}
+
+#[tokio::test]
 async fn ended_instances_are_forgotten_after_the_retention() {
     let w = World::new().await;
     let mut cfg = w.config();
