@@ -141,7 +141,8 @@ def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, 
     wait_for("one VM", lambda: len(c.qemu_pids()) == 1, timeout=30)
 
     # Killed right after TerminateInstances answered: on restart it ends up
-    # terminated, with no VM, tap or directory left behind.
+    # terminated, with no VM, tap, lease or directory left behind.
+    a_ip = states(ec2, [a])[a]["PrivateIpAddress"]
     ec2.terminate_instances(InstanceIds=[a])
     c.kill9()
     c.start_cloud()
@@ -150,6 +151,10 @@ def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, 
     wait_for("no VM left", lambda: not c.qemu_pids(), timeout=60)
     wait_for("no tap left", lambda: not c.taps(), timeout=60)
     assert not list((c.data / "nc" / "instances").glob(f"*/{a}"))
+    # No DHCP lease or host entry for it is left either.
+    def lease_files():
+        return [p for p in (c.data / "cc" / "dhcp").glob("*/*") if p.name in ("leases", "hosts")]
+    wait_for("no lease left", lambda: not any(a_ip in p.read_text() for p in lease_files()), timeout=60)
     verbose = ec2.describe_instances(InstanceIds=["verbose"])["Reservations"]
     assert {i["InstanceId"]: i["State"]["Name"] for r in verbose for i in r["Instances"]}.get(a) == "terminated"
 
