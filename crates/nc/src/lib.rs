@@ -30,6 +30,7 @@ pub mod hypervisor;
 pub mod node;
 pub mod qemu;
 pub mod qmp;
+pub mod segnet;
 pub mod testing;
 
 pub use api::{router, serve};
