@@ -65,6 +65,13 @@ pub struct CcConfig {
     /// ranges on the public interface (and removes those no instance has);
     /// empty means it owns every `/32` there.
     pub public_ips: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// `VNET_PRIVINTERFACE`: the underlay device segment tunnels (VXLAN)
+    /// run over, towards NCs on other hosts.
+    pub private_interface: Option<String>,
+    /// The CC's address on the underlay, which NCs on other hosts flood
+    /// their segments to. An NC whose URL names a loopback address or this
+    /// one shares the CC's host and needs no tunnel.
+    pub private_ip: Option<Ipv4Addr>,
 }
 
 impl CcConfig {
@@ -93,7 +100,19 @@ impl CcConfig {
             dnsmasq: PathBuf::from("dnsmasq"),
             public_interface: None,
             public_ips: Vec::new(),
+            private_interface: None,
+            private_ip: None,
         }
+    }
+
+    /// The underlay address of NC `url` (`http://a.b.c.d:port/`), or
+    /// `None` when it shares the CC's host (loopback, or the CC's own
+    /// private address) or names no IPv4 address.
+    pub fn remote_node_ip(&self, url: &str) -> Option<Ipv4Addr> {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let host = rest.split(['/', ':']).next().unwrap_or_default();
+        let ip: Ipv4Addr = host.parse().ok()?;
+        (!ip.is_loopback() && !ip.is_unspecified() && Some(ip) != self.private_ip).then_some(ip)
     }
 
     /// The port the metadata redirect points at.

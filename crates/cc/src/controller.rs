@@ -104,6 +104,8 @@ struct State {
     seen: HashMap<String, Seen>,
     /// Instances terminated through the CC, kept out of desired sets.
     terminated: BTreeSet<String>,
+    /// What each NC on another host must join, from the last plan.
+    networks: std::collections::BTreeMap<String, ironbark_node_api::NodeNetwork>,
 }
 
 impl State {
@@ -287,6 +289,7 @@ impl ClusterController {
         for w in &plan.warnings {
             tracing::warn!(generation = zone.generation, "{w}");
         }
+        self.lock().networks = plan.nodes.clone();
         match hostnet::reconcile(self.net.as_ref(), &plan).await {
             Ok(changes) => {
                 for c in changes {
@@ -319,6 +322,7 @@ impl ClusterController {
             let desired = DesiredInstances {
                 generation: zone.generation,
                 instances,
+                network: self.lock().networks.get(&node.id).cloned(),
             };
             let (id, link, limit) = (node.id.clone(), node.link.clone(), self.cfg.node_timeout);
             calls.spawn(async move { (id, bounded(limit, link.apply(&desired)).await) });

@@ -48,6 +48,7 @@ struct State {
 #[derive(Default)]
 pub struct FakeHostNet {
     state: Mutex<State>,
+    segnet: ironbark_nc::segnet::FakeSegNet,
 }
 
 impl FakeHostNet {
@@ -79,6 +80,11 @@ impl FakeHostNet {
     /// The table text as loaded.
     pub fn nft_table(&self) -> Option<String> {
         self.lock().nft.as_ref().map(|n| n.table.clone())
+    }
+
+    /// The tunnels' fake host.
+    pub fn fake_segnet(&self) -> &ironbark_nc::segnet::FakeSegNet {
+        &self.segnet
     }
 
     /// The loaded table's elements, by set.
@@ -226,6 +232,10 @@ impl HostNet for FakeHostNet {
             Some(b) => b.addresses.clone(),
             None => st.ifaces.get(iface).cloned().unwrap_or_default(),
         })
+    }
+
+    fn segnet(&self) -> &dyn ironbark_nc::segnet::SegNet {
+        &self.segnet
     }
 
     async fn forwarding(&self) -> Result<bool, NetError> {

@@ -107,6 +107,9 @@ pub trait HostNet: Send + Sync + 'static {
     async fn addresses(&self, iface: &str) -> Result<Vec<String>, NetError>;
     async fn forwarding(&self) -> Result<bool, NetError>;
     async fn enable_forwarding(&self) -> Result<(), NetError>;
+    /// The same host's bridges and tunnels, for the segments' VXLAN
+    /// tunnels to NCs on other hosts.
+    fn segnet(&self) -> &dyn ironbark_nc::segnet::SegNet;
     /// Removes the table if it exists.
     async fn delete_nft(&self) -> Result<(), NetError>;
 }
@@ -157,6 +160,26 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
                 }
             }
         }
+    }
+
+    // Tunnels to NCs on other hosts, on the bridges just made; stale ones go.
+    match ironbark_nc::segnet::join(
+        net.segnet(),
+        &plan.tunnels,
+        plan.underlay_interface.as_deref(),
+        false,
+    )
+    .await
+    {
+        Ok(done) => changes.extend(done),
+        Err(e) => step(
+            "join segment tunnels".into(),
+            Err(NetError::Command {
+                command: "joining segment tunnels".into(),
+                message: e.0,
+            }),
+            &mut changes,
+        ),
     }
 
     if plan.forwarding && !net.forwarding().await? {

@@ -55,6 +55,7 @@ pub struct LinuxHostNet {
     /// The state string and elements this process last loaded, so an
     /// element change can be sent as a difference.
     loaded: std::sync::Mutex<Option<(String, Elements)>>,
+    segnet: ironbark_nc::segnet::LinuxSegNet,
 }
 
 impl LinuxHostNet {
@@ -64,6 +65,7 @@ impl LinuxHostNet {
             state_dir: cfg.state_dir.clone(),
             dnsmasq: cfg.dnsmasq.clone(),
             loaded: std::sync::Mutex::new(None),
+            segnet: ironbark_nc::segnet::LinuxSegNet::new(cfg.netns.clone()),
         }
     }
 
@@ -499,6 +501,10 @@ impl HostNet for LinuxHostNet {
             .into_iter()
             .flat_map(|b| b.addresses)
             .collect())
+    }
+
+    fn segnet(&self) -> &dyn ironbark_nc::segnet::SegNet {
+        &self.segnet
     }
 
     async fn forwarding(&self) -> Result<bool, NetError> {

@@ -31,6 +31,7 @@ use std::str::FromStr;
 use ironbark_cluster_api::{InstanceDesired, Segment, ZoneDesired};
 
 use crate::filter::{self, Elements, GroupRules, Member};
+use ironbark_node_api::{NodeNetwork, SegmentLink};
 use sha2::{Digest, Sha256};
 
 use crate::config::CcConfig;
@@ -133,6 +134,14 @@ pub struct NetPlan {
     /// Whether the host must route (IPv4 forwarding on): it must as soon
     /// as there is a segment, since the CC is every segment's gateway.
     pub forwarding: bool,
+    /// The CC's tunnels: per segment, the NCs on other hosts that run its
+    /// instances (no peers, no tunnel).
+    pub tunnels: NodeNetwork,
+    /// What each NC on another host must join (NCs on the CC's host are
+    /// not listed: the CC's bridges are theirs).
+    pub nodes: BTreeMap<String, NodeNetwork>,
+    /// The device the CC's tunnels run over (`VNET_PRIVINTERFACE`).
+    pub underlay_interface: Option<String>,
     /// The bridge-name prefix the CC owns (stale bridges are found by it).
     pub bridge_prefix: String,
     /// What was left out of the plan, and why.
@@ -371,14 +380,116 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
             .map(|(a, b)| (u32::from(*a), u32::from(*b)))
             .collect(),
     };
+    let (tunnels, nodes) = node_networks(zone, cfg, &segments, &members, &mut warnings);
     NetPlan {
         forwarding: !segments.is_empty(),
+        tunnels,
+        nodes,
+        underlay_interface: cfg.private_interface.clone(),
         segments,
         nft,
         public,
         bridge_prefix: cfg.bridge_prefix.clone(),
         warnings,
     }
+}
+
+/// Which hosts each segment spans: the CC's tunnels (to every remote NC
+/// running one of the segment's instances) and each remote NC's segments
+/// (to the CC and to the other NCs of the segment: a full mesh, so
+/// instances of one group on two NCs talk directly).
+fn node_networks(
+    zone: &ZoneDesired,
+    cfg: &CcConfig,
+    segments: &[SegmentPlan],
+    members: &[Member],
+    warnings: &mut Vec<String>,
+) -> (NodeNetwork, BTreeMap<String, NodeNetwork>) {
+    let remote: BTreeMap<&str, Ipv4Addr> = cfg
+        .nodes
+        .iter()
+        .filter_map(|(id, url)| Some((id.as_str(), cfg.remote_node_ip(url)?)))
+        .collect();
+    let planned: HashSet<Ipv4Addr> = members.iter().map(|m| m.private).collect();
+    // group -> remote node ids running its (planned) instances
+    let mut spans: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for i in &zone.instances {
+        let ok = i
+            .private_ip
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|ip| planned.contains(&ip));
+        if ok && remote.contains_key(i.node_id.as_str()) {
+            spans
+                .entry(i.group_id.as_str())
+                .or_default()
+                .insert(i.node_id.as_str());
+        }
+    }
+    if !spans.is_empty() && cfg.private_ip.is_none() {
+        warnings.push(
+            "NCs on other hosts run instances but the CC has no private (underlay) address: \
+             their segments cannot reach the CC"
+                .to_string(),
+        );
+    }
+    let ips_of = |nodes: Option<&std::collections::BTreeSet<&str>>, except: Option<&str>| {
+        let mut v: Vec<Ipv4Addr> = nodes
+            .into_iter()
+            .flatten()
+            .filter(|n| Some(**n) != except)
+            .map(|n| remote[n])
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let tunnels = NodeNetwork {
+        bridge_prefix: cfg.bridge_prefix.clone(),
+        segments: segments
+            .iter()
+            .map(|s| SegmentLink {
+                bridge: s.bridge.clone(),
+                vni: s.tag,
+                peers: ips_of(spans.get(s.group_id.as_str()), None)
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut nodes = BTreeMap::new();
+    for id in remote.keys() {
+        let mut segs = Vec::new();
+        for s in segments {
+            let Some(span) = spans.get(s.group_id.as_str()) else {
+                continue;
+            };
+            if !span.contains(id) {
+                continue;
+            }
+            let mut peers: Vec<String> = cfg.private_ip.iter().map(|ip| ip.to_string()).collect();
+            let others = ips_of(Some(span), Some(id));
+            peers.extend(
+                others
+                    .iter()
+                    .filter(|ip| Some(**ip) != Some(remote[id]))
+                    .map(|ip| ip.to_string()),
+            );
+            segs.push(SegmentLink {
+                bridge: s.bridge.clone(),
+                vni: s.tag,
+                peers,
+            });
+        }
+        nodes.insert(
+            id.to_string(),
+            NodeNetwork {
+                bridge_prefix: cfg.bridge_prefix.clone(),
+                segments: segs,
+            },
+        );
+    }
+    (tunnels, nodes)
 }
 
 fn check_segment(seg: &Segment, cfg: &CcConfig) -> Result<(Ipv4Net, Ipv4Addr), String> {
@@ -812,6 +923,69 @@ mod tests {
         let p = plan(&z, &cfg());
         assert_eq!(p.warnings.len(), 4, "{:#?}", p.warnings);
         assert_eq!(p.public.addresses.len(), 2);
+    }
+
+    #[test]
+    fn segments_span_the_hosts_running_their_instances() {
+        let mut c = cfg();
+        c.private_interface = Some("eth1".into());
+        c.private_ip = Some("10.99.0.1".parse().unwrap());
+        c.nodes = vec![
+            ("nc1".into(), "http://10.99.0.2:8775".into()),
+            ("nc2".into(), "http://10.99.0.3:8775/".into()),
+            ("local".into(), "http://127.0.0.1:8775".into()),
+            ("self".into(), "http://10.99.0.1:8775".into()),
+        ];
+        let mut z = zone();
+        z.instances.push(instance(
+            "i-0000000d",
+            "sg-web",
+            "ibr0",
+            "10.200.0.4",
+            "d0:0d:00:00:00:0d",
+            "nc2",
+        ));
+        z.instances.push(instance(
+            "i-0000000e",
+            "sg-db",
+            "ibr1",
+            "10.200.0.19",
+            "d0:0d:00:00:00:0e",
+            "local",
+        ));
+        let p = plan(&z, &c);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let link = |bridge: &str, vni, peers: &[&str]| SegmentLink {
+            bridge: bridge.into(),
+            vni,
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(p.underlay_interface.as_deref(), Some("eth1"));
+        assert_eq!(
+            p.tunnels.segments,
+            [
+                link("ibr0", 10, &["10.99.0.2", "10.99.0.3"]),
+                link("ibr1", 11, &["10.99.0.3"])
+            ]
+        );
+        // Hosts of the CC's own (loopback or its address) get nothing.
+        assert_eq!(p.nodes.keys().collect::<Vec<_>>(), ["nc1", "nc2"]);
+        assert_eq!(
+            p.nodes["nc1"].segments,
+            [link("ibr0", 10, &["10.99.0.1", "10.99.0.3"])]
+        );
+        assert_eq!(
+            p.nodes["nc2"].segments,
+            [
+                link("ibr0", 10, &["10.99.0.1", "10.99.0.2"]),
+                link("ibr1", 11, &["10.99.0.1"])
+            ]
+        );
+        assert_eq!(p.nodes["nc2"].bridge_prefix, "ibr");
+        // One host (as `ironbark up` runs): no tunnel, no node networks.
+        let p = plan(&z, &cfg());
+        assert!(p.nodes.is_empty());
+        assert!(p.tunnels.segments.iter().all(|s| s.peers.is_empty()));
     }
 
     #[test]

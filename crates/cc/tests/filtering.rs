@@ -23,113 +23,15 @@
 //! assertion fails.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ironbark_cc::testdata::{instance, rule};
 use ironbark_cc::{CcConfig, LinuxHostNet, plan, reconcile};
 use ironbark_cluster_api::{RuleProtocol, RuleSourceSpec, Segment, ZoneDesired};
 
-fn enabled() -> bool {
-    std::env::var("IRONBARK_NET_TESTS").is_ok_and(|v| v == "1")
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Guard {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    state: std::path::PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-/// Cables namespace `ns` to `bridge` in `cc` with `ip/len` and a default
-/// route via `gw`.
-fn attach(cc: &str, bridge: &str, ns: &str, port: &str, cidr: &str, gw: &str) {
-    sh(&[
-        "ip", "link", "add", port, "netns", cc, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ]);
-    sh(&["ip", "-n", cc, "link", "set", port, "master", bridge, "up"]);
-    sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", "eth0"]);
-    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-    sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
-}
-
-fn ping(ns: &str, ip: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", ip,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
-/// Connects from `ns` to `ip:port` and returns what the server said, or
-/// `None` when nothing answered within a second.
-fn tcp(ns: &str, ip: &str, port: u16) -> Option<String> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "socat",
-            "-T",
-            "2",
-            "-u",
-            &format!("TCP:{ip}:{port},connect-timeout=1"),
-            "-",
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
-/// A server in `ns` on `port` that tells each client its name and the
-/// address the connection came from.
-fn server(ns: &str, port: u16, name: &str) -> Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "socat",
-            &format!("TCP-LISTEN:{port},fork,reuseaddr"),
-            &format!("SYSTEM:echo {name} from $SOCAT_PEERADDR"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+mod common;
+use common::*;
 
 fn segment(group: &str, bridge: &str, subnet: &str, gw: &str, tag: u32) -> Segment {
     Segment {

@@ -8,7 +8,9 @@
 //! keeps its pidfile and QMP socket there, so a new NC process finds the
 //! VMs the old one started.
 //!
-//! Two implementations: [`crate::qemu::QemuHypervisor`] (real QEMU) and
+//! Three implementations: [`crate::qemu::QemuHypervisor`] (real QEMU, the
+//! default), [`crate::netns_hv::NetnsHypervisor`] (an instance as a network
+//! namespace, for data-path tests and benches) and
 //! [`crate::fake::FakeHypervisor`] (in memory, for tests of the reconciler).
 
 use std::path::{Path, PathBuf};

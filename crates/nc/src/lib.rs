@@ -27,9 +27,11 @@ pub mod fake;
 pub mod host;
 mod http;
 pub mod hypervisor;
+pub mod netns_hv;
 pub mod node;
 pub mod qemu;
 pub mod qmp;
+pub mod segnet;
 pub mod testing;
 
 pub use api::{router, serve};
@@ -38,5 +40,6 @@ pub use client::{ClientError, NodeClient};
 pub use fake::{FakeCall, FakeHypervisor};
 pub use host::Capacity;
 pub use hypervisor::{HvError, Hypervisor, Launch, TapInfo, VmInfo};
+pub use netns_hv::{NetnsHypervisor, NetnsHypervisorConfig};
 pub use node::{Node, NodeConfig, NodeError};
 pub use qemu::{Accel, AccelMode, QemuConfig, QemuHypervisor};

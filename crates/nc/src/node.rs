@@ -59,6 +59,7 @@ use crate::cache::{DownloadTimeouts, ImageCache};
 use crate::host::{self, Capacity};
 use crate::http::{self, HttpClient};
 use crate::hypervisor::{Hypervisor, Launch};
+use crate::segnet::{self, LinuxSegNet, SegNet};
 
 /// The instance's spec, written first when it starts and deleted last when
 /// it ends: an instance directory with it is an instance.
@@ -89,6 +90,9 @@ pub struct NodeConfig {
     pub callback_url: Option<String>,
     pub callback_timeout: Duration,
     pub download: DownloadTimeouts,
+    /// `VNET_PRIVINTERFACE`: the device segment tunnels run over when the
+    /// CC asks this NC to join segments itself (its own host).
+    pub underlay_interface: Option<String>,
 }
 
 impl NodeConfig {
@@ -107,6 +111,7 @@ impl NodeConfig {
             callback_url: None,
             callback_timeout: Duration::from_secs(2),
             download: DownloadTimeouts::default(),
+            underlay_interface: None,
         }
     }
 }
@@ -193,6 +198,10 @@ pub struct Node {
     cfg: NodeConfig,
     instances_root: PathBuf,
     hv: Arc<dyn Hypervisor>,
+    /// Joins segments when the CC sends [`DesiredInstances::network`].
+    segnet: Arc<dyn SegNet>,
+    /// Serializes segment changes (applies may overlap).
+    segnet_lock: tokio::sync::Mutex<()>,
     cache: ImageCache,
     capacity: Capacity,
     state: Mutex<State>,
@@ -209,6 +218,15 @@ impl Node {
     /// process, cleans up what died meanwhile, and starts the periodic tick
     /// (which ends when the node is dropped or [`Node::shutdown`]).
     pub async fn start(cfg: NodeConfig, hv: Arc<dyn Hypervisor>) -> Result<Arc<Node>, NodeError> {
+        Self::start_with_net(cfg, hv, Arc::new(LinuxSegNet::new(None))).await
+    }
+
+    /// [`Node::start`] with the host-network driver for segments.
+    pub async fn start_with_net(
+        cfg: NodeConfig,
+        hv: Arc<dyn Hypervisor>,
+        segnet: Arc<dyn SegNet>,
+    ) -> Result<Arc<Node>, NodeError> {
         let internal =
             |what: &str, e: &dyn std::fmt::Display| NodeError::Internal(format!("{what}: {e}"));
         std::fs::create_dir_all(&cfg.data_dir)
@@ -239,6 +257,8 @@ impl Node {
             cfg,
             instances_root,
             hv,
+            segnet,
+            segnet_lock: tokio::sync::Mutex::new(()),
             cache,
             capacity,
             state: Mutex::new(State::default()),
@@ -310,6 +330,28 @@ impl Node {
     /// (starts and teardowns continue in the background). A generation
     /// older than one already applied is ignored.
     pub async fn apply(self: &Arc<Self>, desired: DesiredInstances) -> NodeReport {
+        // Bridges and tunnels before the taps that attach to them. Only a
+        // set that is not stale may change them.
+        if let Some(network) = &desired.network {
+            let _one = self.segnet_lock.lock().await;
+            if desired.generation >= self.lock().generation {
+                match segnet::join(
+                    self.segnet.as_ref(),
+                    network,
+                    self.cfg.underlay_interface.as_deref(),
+                    true,
+                )
+                .await
+                {
+                    Ok(changes) => {
+                        for c in changes {
+                            tracing::info!("segments: {c}");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "joining segments failed"),
+                }
+            }
+        }
         let mut to_start = Vec::new();
         let mut to_tear_down = Vec::new();
         {

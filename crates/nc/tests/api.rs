@@ -100,6 +100,7 @@ async fn every_operation_round_trips() {
         .apply(&DesiredInstances {
             generation: 7,
             instances: vec![s.spec.clone()],
+            network: None,
         })
         .await
         .unwrap();

@@ -333,6 +333,7 @@ async fn an_instance_boots_reboots_and_terminates_under_qemu() {
     node.apply(DesiredInstances {
         generation: 1,
         instances: vec![spec],
+        network: None,
     })
     .await;
 
@@ -428,6 +429,7 @@ async fn an_instance_boots_reboots_and_terminates_under_qemu() {
     node.apply(DesiredInstances {
         generation: 2,
         instances: vec![],
+        network: None,
     })
     .await;
     let ended = wait_until(Duration::from_secs(60), async || {

@@ -79,6 +79,7 @@ impl World {
         DesiredInstances {
             generation,
             instances: ids.iter().map(|id| self.spec(id)).collect(),
+            network: None,
         }
     }
 
@@ -209,6 +210,7 @@ async fn a_corrupt_image_fails_the_launch_with_a_clear_error() {
     node.apply(DesiredInstances {
         generation: 1,
         instances: vec![spec],
+        network: None,
     })
     .await;
     node.settle().await;
@@ -231,6 +233,7 @@ async fn invalid_specs_fail_without_touching_anything() {
     node.apply(DesiredInstances {
         generation: 1,
         instances: vec![bad, w.spec(C), dup],
+        network: None,
     })
     .await;
     node.settle().await;

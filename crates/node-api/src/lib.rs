@@ -75,6 +75,31 @@ pub struct InstanceSpec {
 pub struct DesiredInstances {
     pub generation: u64,
     pub instances: Vec<InstanceSpec>,
+    /// The segments this NC must join itself, when it is not on the CC's
+    /// host. `None`: the CC's host network is this host's (one-host
+    /// clouds), and the NC leaves bridges alone.
+    #[serde(default)]
+    pub network: Option<NodeNetwork>,
+}
+
+/// The security-group segments an NC on its own host joins: per segment a
+/// bridge (the name the instances' NICs carry) and a VXLAN tunnel with the
+/// segment's tag as VNI, flooding to every other host on the segment. The
+/// NC removes bridges with `bridge_prefix` and tunnels not listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    pub bridge_prefix: String,
+    pub segments: Vec<SegmentLink>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentLink {
+    pub bridge: String,
+    /// The VXLAN network identifier: the segment's tag.
+    pub vni: u32,
+    /// Underlay (VNET_PRIVINTERFACE) addresses of the other hosts on the
+    /// segment: the CC's and those of the other NCs running its instances.
+    pub peers: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
