@@ -231,12 +231,14 @@ def aws_chunked_signed(cloud, path, data: bytes, chunk=64 * 1024, creds=None,
     return http(cloud, "PUT", path, signed, body)
 
 
-def aws_chunked_unsigned_trailer(cloud, path, data: bytes, chunk=64 * 1024, creds=None):
+def aws_chunked_unsigned_trailer(cloud, path, data: bytes, chunk=64 * 1024, creds=None,
+                                 crc=None):
     """PUTs `data` as STREAMING-UNSIGNED-PAYLOAD-TRAILER with an
-    x-amz-checksum-crc32 trailer (what botocore sends over TLS)."""
+    x-amz-checksum-crc32 trailer (what botocore sends over TLS); `crc`
+    replaces the right value."""
     import base64
     import zlib
-    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    crc = crc or base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
     body = bytearray()
     for i in range(0, len(data), chunk):
         piece = data[i:i + chunk]

@@ -8,11 +8,13 @@
 //! keys). The decoded operation lands in `s3.rs`, which checks ACLs and
 //! works on two stores: [`meta::Meta`], the SQLite index of buckets,
 //! objects and uploads, and [`blob::FsBlobs`], the checksummed object data
-//! on the local filesystem. The blob layer is the seam where an external S3
+//! on the local filesystem. Uploads carrying S3's flexible checksums are
+//! verified against them as they stream in (`checksum.rs`). The blob layer is the seam where an external S3
 //! backend can later replace the local disk.
 
 pub mod acl;
 pub mod blob;
+mod checksum;
 pub mod meta;
 mod s3;
 

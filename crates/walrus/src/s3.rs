@@ -14,6 +14,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::acl::{self, Acl, Grantee, Permission as Perm, Requester};
 use crate::blob::{BlobError, FsBlobs};
+use crate::checksum::Requested;
 use crate::meta::{self, Meta, MetaError, Piece, StoredHeaders};
 use crate::{Identities, WalrusConfig};
 
@@ -529,21 +530,27 @@ impl Walrus {
         futures::stream::iter(parts).flat_map(move |(id, s, e)| blobs.read(&id, s, e))
     }
 
-    /// Streams a body into a blob, checking Content-MD5 when given.
+    /// Streams a body into a blob, checking Content-MD5 and the flexible
+    /// checksum the client asked for (see [`checksum`]) when given. On a
+    /// mismatch the blob is removed before anything refers to it. Returns
+    /// the checksum to echo back, if one was asked for.
     async fn store_body(
         &self,
         body: Option<StreamingBlob>,
         len: Option<i64>,
         content_md5: Option<&String>,
-    ) -> S3Result<crate::blob::BlobInfo> {
+        wanted: Option<(Requested, Option<s3s::TrailingHeaders>)>,
+    ) -> S3Result<(crate::blob::BlobInfo, Option<Checksum>)> {
         let len = len.map(|n| n.max(0) as u64);
-        let info = match body {
-            Some(b) => self.blobs.put(b, len).await,
+        let tap = wanted.as_ref().map(|(r, _)| r.hasher()).unwrap_or_default();
+        let (info, hashed) = match body {
+            Some(b) => self.blobs.put_tapped(b, len, tap).await,
             None => {
                 self.blobs
-                    .put(
+                    .put_tapped(
                         futures::stream::empty::<Result<Bytes, std::io::Error>>(),
                         len.or(Some(0)),
+                        tap,
                     )
                     .await
             }
@@ -563,7 +570,17 @@ impl Walrus {
                 ));
             }
         }
-        Ok(info)
+        let echoed = match &wanted {
+            None => None,
+            Some((r, trailers)) => match r.verify(hashed, trailers.as_ref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.blobs.delete(&info.id).await;
+                    return Err(e);
+                }
+            },
+        };
+        Ok((info, echoed))
     }
 
     /// Copies a byte range of an object into a new blob.
@@ -966,6 +983,9 @@ impl S3 for Walrus {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let who = self.requester(&req).await.map_err(closing)?;
+        let wanted = Requested::from_headers(&req)
+            .map_err(closing)?
+            .map(|r| (r, req.trailing_headers.clone()));
         let b = self
             .bucket_for(&req.input.bucket, &who, Perm::Write)
             .await
@@ -985,8 +1005,8 @@ impl S3 for Walrus {
             )
             .await
             .map_err(closing)?;
-        let info = self
-            .store_body(i.body, i.content_length, i.content_md5.as_ref())
+        let (info, sum) = self
+            .store_body(i.body, i.content_length, i.content_md5.as_ref(), wanted)
             .await?;
         let etag = hex::encode(info.md5);
         let o = meta::Object {
@@ -1011,9 +1031,15 @@ impl S3 for Walrus {
             acl,
         };
         self.commit_object(&o, &info.id).await.map_err(meta_err)?;
+        let sum = sum.unwrap_or_default();
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(quoted(&etag)),
             size: Some(info.size as i64),
+            checksum_crc32: sum.checksum_crc32,
+            checksum_crc32c: sum.checksum_crc32c,
+            checksum_crc64nvme: sum.checksum_crc64nvme,
+            checksum_sha1: sum.checksum_sha1,
+            checksum_sha256: sum.checksum_sha256,
             ..Default::default()
         }))
     }
@@ -1473,6 +1499,9 @@ impl S3 for Walrus {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let who = self.requester(&req).await.map_err(closing)?;
+        let wanted = Requested::from_headers(&req)
+            .map_err(closing)?
+            .map(|r| (r, req.trailing_headers.clone()));
         let i = req.input;
         part_number_ok(i.part_number).map_err(closing)?;
         self.bucket_for(&i.bucket, &who, Perm::Write)
@@ -1482,8 +1511,8 @@ impl S3 for Walrus {
             .upload(&i.bucket, &i.key, &i.upload_id)
             .await
             .map_err(|e| closing(meta_err(e)))?;
-        let info = self
-            .store_body(i.body, i.content_length, i.content_md5.as_ref())
+        let (info, sum) = self
+            .store_body(i.body, i.content_length, i.content_md5.as_ref(), wanted)
             .await?;
         let etag = hex::encode(info.md5);
         let part = meta::Part {
@@ -1496,8 +1525,14 @@ impl S3 for Walrus {
         self.commit_part(&i.upload_id, &part)
             .await
             .map_err(meta_err)?;
+        let sum = sum.unwrap_or_default();
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(quoted(&etag)),
+            checksum_crc32: sum.checksum_crc32,
+            checksum_crc32c: sum.checksum_crc32c,
+            checksum_crc64nvme: sum.checksum_crc64nvme,
+            checksum_sha1: sum.checksum_sha1,
+            checksum_sha256: sum.checksum_sha256,
             ..Default::default()
         }))
     }
