@@ -93,6 +93,7 @@ struct Seen {
     reachable: bool,
     last_seen_ms: Option<i64>,
     report: Option<NodeReport>,
+    volumes: Option<ironbark_node_api::VolumesReport>,
 }
 
 #[derive(Default)]
@@ -375,6 +376,7 @@ impl ClusterController {
                         reachable: seen.reachable,
                         last_seen_ms: seen.last_seen_ms,
                         report: seen.report,
+                        volumes: seen.volumes,
                     }
                 })
                 .collect(),

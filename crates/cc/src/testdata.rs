@@ -55,6 +55,7 @@ pub fn instance(
         group_id: group.into(),
         private_ip: ip.into(),
         public_ip: None,
+        volumes: Vec::new(),
         metadata: InstanceMetadata {
             ami_id: "emi-0000abcd".into(),
             reservation_id: format!("r-{}", &id[2..]),

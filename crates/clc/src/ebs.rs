@@ -318,7 +318,13 @@ impl Cloud {
             v
         };
         tracing::info!(volume = %v.id, instance = req.instance_id, device = req.device, "attaching");
+        // The SC opens the export; once it is ready the NC is told to plug
+        // it in (now if the SC answered ready, else by the EBS tick).
         self.push_storage_logged().await;
+        if let Err(e) = self.push_desired().await {
+            tracing::warn!(error = %e, "sending the zone's desired state failed; the EBS tick retries");
+        }
+        let v = self.own_volume(caller, req.volume_id).await?;
         Ok(v)
     }
 
@@ -689,7 +695,6 @@ impl Cloud {
 
     /// The NBD export an NC should attach for `volume` on `node`, once the
     /// SC has it ready.
-    #[allow(dead_code)] // until NCs take volumes in their desired state
     pub(crate) fn ready_export(
         &self,
         volume: &VolumeId,
@@ -890,8 +895,12 @@ mod tests {
                     .iter()
                     .map(|e| ExportReport {
                         node_id: e.node_id.clone(),
-                        state: ExportState::Ready,
-                        nbd: Some(NbdExport {
+                        state: if hold {
+                            ExportState::Pending
+                        } else {
+                            ExportState::Ready
+                        },
+                        nbd: (!hold).then(|| NbdExport {
                             host: "10.0.0.1".into(),
                             port: 10809,
                             export: format!("{}.{}", v.volume_id, e.node_id),
@@ -954,7 +963,7 @@ mod tests {
 
     #[tokio::test]
     async fn volumes_attachments_and_snapshots_follow_their_state_machines() {
-        let (c, _fake, _admin, alice, img) = setup(4).await;
+        let (c, fake, _admin, alice, img) = setup(4).await;
         let sc = Arc::new(FakeSc::default());
         let c = c.with_storage(sc.clone());
         let bob = caller(&c, "bob").await;
@@ -1048,6 +1057,7 @@ mod tests {
             kind(c.attach_volume(&alice, att(&vid, &bobs, "/dev/sdb")).await),
             ErrorKind::InstanceNotFound
         );
+        *sc.hold.lock().unwrap() = true;
         let got = c
             .attach_volume(&alice, att(&vid, &inst, "/dev/sdb"))
             .await
@@ -1055,7 +1065,8 @@ mod tests {
         assert_eq!(got.api_state(), "in-use");
         assert_eq!(
             got.attachment.as_ref().unwrap().state,
-            AttachState::Attaching
+            AttachState::Attaching,
+            "not attached before the NC says so"
         );
         let d = sc.last.lock().unwrap().clone().unwrap();
         let spec = d.volumes.iter().find(|s| s.volume_id == vid).unwrap();
@@ -1065,7 +1076,10 @@ mod tests {
                 node_id: "node-1".into()
             }]
         );
-        assert!(c.ready_export(&v.id, "node-1").is_some());
+        assert!(
+            c.ready_export(&v.id, "node-1").is_none(),
+            "the SC has not opened it yet"
+        );
         assert_eq!(
             kind(c.attach_volume(&alice, att(&vid, &inst, "/dev/sdc")).await),
             ErrorKind::VolumeInUse
@@ -1082,17 +1096,33 @@ mod tests {
             c.delete_volume(&alice, &vid).await.unwrap_err().kind,
             ErrorKind::VolumeInUse
         );
-        // The NC reports it plugged: attached.
-        let plugged: HashMap<String, Vec<String>> =
-            [(inst.clone(), vec![vid.clone()])].into_iter().collect();
-        assert!(c.observe_attachments(&plugged).await.unwrap());
-        assert!(
-            !c.observe_attachments(&plugged).await.unwrap(),
-            "idempotent"
+        // The NC gets the export with the instance, plugs it in: attached.
+        *sc.hold.lock().unwrap() = false;
+        c.ebs_tick().await.unwrap();
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        let d = z
+            .instances
+            .iter()
+            .find(|d| d.spec.instance_id == inst)
+            .unwrap();
+        assert_eq!(d.volumes.len(), 1);
+        assert_eq!(
+            (
+                d.volumes[0].volume_id.as_str(),
+                d.volumes[0].device.as_str()
+            ),
+            (vid.as_str(), "/dev/sdb")
         );
+        assert_eq!(d.volumes[0].nbd.port, 10809);
         assert_eq!(
             state(&v.id).await.unwrap().attachment.unwrap().state,
             AttachState::Attached
+        );
+        let plugged: HashMap<String, Vec<String>> =
+            [(inst.clone(), vec![vid.clone()])].into_iter().collect();
+        assert!(
+            !c.observe_attachments(&plugged).await.unwrap(),
+            "idempotent"
         );
 
         // Detach: the attachment must match; detaching until unplugged.
@@ -1112,7 +1142,10 @@ mod tests {
             !c.observe_attachments(&plugged).await.unwrap(),
             "still plugged"
         );
-        c.observe_attachments(&HashMap::new()).await.unwrap();
+        // The NC no longer has it in the instance's set: unplugged, gone.
+        c.ebs_tick().await.unwrap();
+        let z = fake.last.lock().unwrap().clone().unwrap();
+        assert!(z.instances.iter().all(|d| d.volumes.is_empty()));
         let after = state(&v.id).await.unwrap();
         assert!(after.attachment.is_none());
         assert_eq!(after.api_state(), "available");

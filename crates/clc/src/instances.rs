@@ -26,7 +26,9 @@ use ironbark_cluster_api::{
     IngressRule, InstanceDesired, InstanceMetadata, RuleProtocol, RuleSourceSpec, Segment,
     TerminateOutcome, ZoneDesired, ZoneReport,
 };
-use ironbark_node_api::{BootImage, ImageRef, InstanceSpec, NicSpec, VmResources, VmState};
+use ironbark_node_api::{
+    BootImage, ImageRef, InstanceSpec, NbdTarget, NicSpec, VmResources, VmState, VolumeAttachment,
+};
 use ironbark_types::*;
 
 use crate::{Caller, Cloud};
@@ -132,12 +134,6 @@ fn mac_for(id: &InstanceId) -> String {
 /// How often the CC polls its NCs (seconds), as a cloud property; the CC's
 /// own default (6 s) applies while it is unset.
 pub const NODE_POLL: &str = "cloud.node.poll_interval";
-
-/// The volumes each instance's NC reports plugged in, by instance id.
-fn plugged_volumes(_report: &ZoneReport) -> HashMap<String, Vec<String>> {
-    // NCs do not report volumes yet; nothing is ever attached until they do.
-    HashMap::new()
-}
 
 /// A stored rule as the CC enforces it.
 fn ingress_rule(r: &Rule) -> IngressRule {
@@ -430,6 +426,7 @@ impl Cloud {
             .map(|g| (g.id.clone(), g))
             .collect();
         let mut images: HashMap<ImageId, Image> = HashMap::new();
+        let attached = self.store.list_volumes(None).await?;
         for i in &live {
             let Some(&idx) = segs.get(&i.group_id) else {
                 continue;
@@ -527,6 +524,27 @@ impl Cloud {
                 group_id: i.group_id.to_string(),
                 private_ip: i.private_ip.clone(),
                 public_ip: i.public_ip.clone(),
+                volumes: attached
+                    .iter()
+                    .filter_map(|v| {
+                        let a = v.attachment.as_ref()?;
+                        if a.instance_id != i.id || a.state == AttachState::Detaching {
+                            return None;
+                        }
+                        let e = self.ready_export(&v.id, &i.node_id)?;
+                        Some(VolumeAttachment {
+                            volume_id: v.id.to_string(),
+                            device: a.device.clone(),
+                            nbd: NbdTarget {
+                                host: e.host,
+                                port: e.port,
+                                export: e.export,
+                                tls_identity: e.tls_identity,
+                                psk_hex: e.psk_hex,
+                            },
+                        })
+                    })
+                    .collect(),
                 metadata: InstanceMetadata {
                     ami_id: i.image_id.to_string(),
                     reservation_id: i.reservation_id.to_string(),
@@ -629,7 +647,7 @@ impl Cloud {
                 tracing::info!(instance = %i.id, from = i.state.as_str(), to = to.as_str(), "instance state");
             }
         }
-        self.observe_attachments(&plugged_volumes(report)).await?;
+        self.observe_attachments(&report.plugged_volumes()).await?;
         self.release_idle_segments().await
     }
 
@@ -839,7 +857,7 @@ pub(crate) mod tests {
         cpus: u32,
         running: Mutex<Vec<(String, VmState)>>,
         terminated: Mutex<Vec<String>>,
-        last: Mutex<Option<ZoneDesired>>,
+        pub(crate) last: Mutex<Option<ZoneDesired>>,
     }
 
     impl FakeCluster {
@@ -879,6 +897,29 @@ pub(crate) mod tests {
                         disk_gib: 100,
                         generation: 0,
                         instances,
+                    }),
+                    // The node plugs in every volume it is given at once.
+                    volumes: Some(ironbark_node_api::VolumesReport {
+                        node_id: "node-1".into(),
+                        generation: 0,
+                        attachments: self
+                            .last
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .flat_map(|z| z.instances.iter())
+                            .flat_map(|d| {
+                                d.volumes
+                                    .iter()
+                                    .map(|v| ironbark_node_api::VolumeAttachReport {
+                                        instance_id: d.spec.instance_id.clone(),
+                                        volume_id: v.volume_id.clone(),
+                                        device: v.device.clone(),
+                                        state: ironbark_node_api::AttachState::Attached,
+                                        error: None,
+                                    })
+                            })
+                            .collect(),
                     }),
                 }],
             }

@@ -11,7 +11,9 @@
 //! terminate: sent to the instance's NC, or to every NC when that one does
 //! not answer. Requests carry `Authorization: Bearer <cluster token>`.
 
-use ironbark_node_api::{InstanceReport, InstanceSpec, NodeReport};
+use ironbark_node_api::{
+    AttachState, InstanceReport, InstanceSpec, NodeReport, VolumeAttachment, VolumesReport,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default TCP port of the CC's control API.
@@ -108,6 +110,10 @@ pub struct InstanceDesired {
     #[serde(default)]
     pub public_ip: Option<String>,
     pub metadata: InstanceMetadata,
+    /// EBS volumes to hot-plug into it (their SC exports are ready); the
+    /// CC hands each NC its instances' sets ([`ironbark_node_api::DesiredVolumes`]).
+    #[serde(default)]
+    pub volumes: Vec<VolumeAttachment>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +136,9 @@ pub struct NodeStatus {
     pub reachable: bool,
     pub last_seen_ms: Option<i64>,
     pub report: Option<NodeReport>,
+    /// The node's volume attachments, as it last reported them.
+    #[serde(default)]
+    pub volumes: Option<VolumesReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +156,26 @@ impl ZoneReport {
                 .iter()
                 .flat_map(move |r| r.instances.iter().map(move |i| (n.node_id.as_str(), i)))
         })
+    }
+}
+
+impl ZoneReport {
+    /// Volumes inside each instance's VM (attached, or detaching while the
+    /// guest still holds them), by instance id.
+    pub fn plugged_volumes(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for a in self
+            .nodes
+            .iter()
+            .filter_map(|n| n.volumes.as_ref())
+            .flat_map(|v| v.attachments.iter())
+            .filter(|a| matches!(a.state, AttachState::Attached | AttachState::Detaching))
+        {
+            out.entry(a.instance_id.clone())
+                .or_default()
+                .push(a.volume_id.clone());
+        }
+        out
     }
 }
 
