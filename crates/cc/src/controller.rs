@@ -25,7 +25,7 @@
 //!   that lost its own memory of the terminate) starts it again, until a
 //!   zone arrives that no longer lists it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,8 @@ struct Seen {
     last_seen_ms: Option<i64>,
     report: Option<NodeReport>,
     volumes: Option<ironbark_node_api::VolumesReport>,
+    /// The volume set last delivered (the node acknowledged it).
+    volumes_sent: Option<BTreeMap<String, Vec<ironbark_node_api::VolumeAttachment>>>,
 }
 
 #[derive(Default)]
@@ -250,6 +252,7 @@ impl ClusterController {
         let network = self.reconcile_network(&effective).await;
         let all: Vec<&Node> = self.nodes.iter().collect();
         self.push_desired(&all).await;
+        self.push_volumes(&all, false).await;
         network.map_err(CcError::Network)?;
         Ok(self.report())
     }
@@ -301,6 +304,68 @@ impl ClusterController {
             Err(e) => {
                 tracing::error!(error = %e, "network reconcile failed");
                 Err(e.to_string())
+            }
+        }
+    }
+
+    /// Sends each of `nodes` the volumes of its instances when that set
+    /// changed since it last acknowledged one (or, with `poll`, when its
+    /// report shows it lost it), and records what it has plugged in.
+    /// Nodes that never had volumes are not asked: older NCs lack the call.
+    /// Call with `apply_lock` held.
+    async fn push_volumes(&self, nodes: &[&Node], poll: bool) {
+        let Some(zone) = self.lock().effective_zone() else {
+            return;
+        };
+        let mut calls = JoinSet::new();
+        for node in nodes {
+            let set: BTreeMap<String, Vec<ironbark_node_api::VolumeAttachment>> = zone
+                .instances
+                .iter()
+                .filter(|i| i.node_id == node.id && !i.volumes.is_empty())
+                .map(|i| (i.spec.instance_id.clone(), i.volumes.clone()))
+                .collect();
+            let (sent, lost) = {
+                let st = self.lock();
+                let seen = st.seen.get(&node.id);
+                let sent = seen.and_then(|s| s.volumes_sent.clone());
+                let lost = seen
+                    .and_then(|s| s.volumes.as_ref())
+                    .zip(sent.as_ref())
+                    .is_some_and(|(r, s)| !s.is_empty() && r.generation == 0);
+                (sent, lost)
+            };
+            let (id, link, limit) = (node.id.clone(), node.link.clone(), self.cfg.node_timeout);
+            if sent.as_ref() != Some(&set) && (sent.is_some() || !set.is_empty()) || lost {
+                let desired = ironbark_node_api::DesiredVolumes {
+                    generation: zone.generation,
+                    instances: set.clone(),
+                };
+                calls.spawn(async move {
+                    (
+                        id,
+                        Some(set),
+                        bounded(limit, link.apply_volumes(&desired)).await,
+                    )
+                });
+            } else if poll && sent.is_some() {
+                calls.spawn(async move { (id, None, bounded(limit, link.volumes()).await) });
+            }
+        }
+        while let Some(done) = calls.join_next().await {
+            let Ok((id, set, result)) = done else {
+                continue;
+            };
+            match result {
+                Ok(report) => {
+                    let mut st = self.lock();
+                    let seen = st.seen.entry(id).or_default();
+                    if let Some(set) = set {
+                        seen.volumes_sent = Some(set);
+                    }
+                    seen.volumes = Some(report);
+                }
+                Err(e) => tracing::warn!(node = %id, error = %e, "volume set not delivered"),
             }
         }
     }
@@ -583,6 +648,10 @@ impl ClusterController {
             tracing::info!(nodes = ?ids, generation = zone.generation, "re-sending desired sets to lagging nodes");
             self.push_desired(&lagging).await;
         }
+        // Volume sets: re-read what each node has plugged in, and re-send
+        // to a node that lost its set (restarted) or never got it.
+        let all: Vec<&Node> = self.nodes.iter().collect();
+        self.push_volumes(&all, true).await;
         drop(_order);
         let after = self.report();
         if without_times(&before) != without_times(&after) {

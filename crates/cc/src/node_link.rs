@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ironbark_nc::{ClientError, NodeClient};
-use ironbark_node_api::{DesiredInstances, InstanceReport, NodeReport, TerminateAck, VmState};
+use ironbark_node_api::{
+    AttachState, DesiredInstances, DesiredVolumes, InstanceReport, NodeReport, TerminateAck,
+    VmState, VolumeAttachReport, VolumesReport,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
@@ -50,6 +53,10 @@ pub trait NodeLink: Send + Sync + 'static {
     async fn reboot(&self, instance_id: &str) -> Result<(), LinkError>;
     /// `GET /v1/instances/{id}/console`.
     async fn console(&self, instance_id: &str) -> Result<String, LinkError>;
+    /// `PUT /v1/volumes`.
+    async fn apply_volumes(&self, desired: &DesiredVolumes) -> Result<VolumesReport, LinkError>;
+    /// `GET /v1/volumes`.
+    async fn volumes(&self) -> Result<VolumesReport, LinkError>;
 }
 
 impl From<ClientError> for LinkError {
@@ -84,6 +91,12 @@ impl NodeLink for NodeClient {
     async fn console(&self, instance_id: &str) -> Result<String, LinkError> {
         Ok(NodeClient::console(self, instance_id).await?)
     }
+    async fn apply_volumes(&self, desired: &DesiredVolumes) -> Result<VolumesReport, LinkError> {
+        Ok(NodeClient::apply_volumes(self, desired).await?)
+    }
+    async fn volumes(&self) -> Result<VolumesReport, LinkError> {
+        Ok(NodeClient::volumes(self).await?)
+    }
 }
 
 /// How a [`FakeNode`] behaves.
@@ -115,6 +128,11 @@ struct FakeState {
     /// Explicitly terminated: never started again, as on a real NC.
     tombstones: BTreeSet<String>,
     calls: Vec<NodeCall>,
+    /// Volume sets received (kept apart from `calls`, which tests of the
+    /// instance relay compare whole).
+    volume_sets: Vec<DesiredVolumes>,
+    /// The set in force.
+    volumes: DesiredVolumes,
 }
 
 /// An NC in memory: runs whatever it is told at once, ignores older
@@ -134,6 +152,8 @@ impl FakeNode {
                 instances: BTreeMap::new(),
                 tombstones: BTreeSet::new(),
                 calls: Vec::new(),
+                volume_sets: Vec::new(),
+                volumes: DesiredVolumes::default(),
             }),
         }
     }
@@ -149,6 +169,48 @@ impl FakeNode {
     /// The calls received so far, and forgets them.
     pub fn take_calls(&self) -> Vec<NodeCall> {
         std::mem::take(&mut self.lock().calls)
+    }
+
+    /// The volume sets received so far, and forgets them.
+    pub fn take_volume_sets(&self) -> Vec<DesiredVolumes> {
+        std::mem::take(&mut self.lock().volume_sets)
+    }
+
+    /// Answers per the mode without recording a call.
+    async fn enter_quiet(&self) -> Result<MutexGuard<'_, FakeState>, LinkError> {
+        let mode = self.lock().mode;
+        match mode {
+            FakeMode::Up => Ok(self.lock()),
+            FakeMode::Down => Err(LinkError::Unreachable(format!(
+                "{}: connection refused",
+                self.node_id
+            ))),
+            FakeMode::Hang => std::future::pending().await,
+        }
+    }
+
+    /// What it has plugged in: every volume of the last set whose instance
+    /// runs here, at once.
+    fn volumes_of(&self, st: &FakeState) -> VolumesReport {
+        let last = &st.volumes;
+        VolumesReport {
+            node_id: self.node_id.clone(),
+            generation: last.generation,
+            attachments: last
+                .instances
+                .iter()
+                .filter(|(id, _)| st.instances.contains_key(*id))
+                .flat_map(|(id, vols)| {
+                    vols.iter().map(move |v| VolumeAttachReport {
+                        instance_id: id.clone(),
+                        volume_id: v.volume_id.clone(),
+                        device: v.device.clone(),
+                        state: AttachState::Attached,
+                        error: None,
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Ids of the instances it runs.
@@ -260,6 +322,20 @@ impl NodeLink for FakeNode {
                 message: format!("instance {instance_id} is not on this node"),
             })
         }
+    }
+
+    async fn apply_volumes(&self, desired: &DesiredVolumes) -> Result<VolumesReport, LinkError> {
+        let mut st = self.enter_quiet().await?;
+        st.volume_sets.push(desired.clone());
+        if desired.generation >= st.volumes.generation {
+            st.volumes = desired.clone();
+        }
+        Ok(self.volumes_of(&st))
+    }
+
+    async fn volumes(&self) -> Result<VolumesReport, LinkError> {
+        let st = self.enter_quiet().await?;
+        Ok(self.volumes_of(&st))
     }
 
     async fn console(&self, instance_id: &str) -> Result<String, LinkError> {

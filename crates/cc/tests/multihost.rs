@@ -31,7 +31,9 @@ use ironbark_cluster_api::{InstanceDesired, RuleProtocol, RuleSourceSpec, Segmen
 use ironbark_nc::segnet::LinuxSegNet;
 use ironbark_nc::testing::{FileServer, TempDir};
 use ironbark_nc::{NetnsHypervisor, NetnsHypervisorConfig, Node, NodeConfig};
-use ironbark_node_api::{DesiredInstances, NodeReport, TerminateAck, VmState};
+use ironbark_node_api::{
+    DesiredInstances, DesiredVolumes, NodeReport, TerminateAck, VmState, VolumesReport,
+};
 
 /// The CC talks to the node objects directly.
 struct Local(Arc<Node>);
@@ -52,6 +54,18 @@ impl NodeLink for Local {
     }
     async fn console(&self, _: &str) -> Result<String, LinkError> {
         Ok(String::new())
+    }
+    async fn apply_volumes(&self, _: &DesiredVolumes) -> Result<VolumesReport, LinkError> {
+        Err(LinkError::Refused {
+            status: 404,
+            message: "no volumes in this test".into(),
+        })
+    }
+    async fn volumes(&self) -> Result<VolumesReport, LinkError> {
+        Err(LinkError::Refused {
+            status: 404,
+            message: "no volumes in this test".into(),
+        })
     }
 }
 

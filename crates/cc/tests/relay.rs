@@ -381,3 +381,65 @@ async fn a_clean_restart_removes_everything_and_rebuilds_it() {
     assert!(del < add, "{ops:?}");
     assert!(ops.contains(&NetOp::StopDhcp("ibr0".into())), "{ops:?}");
 }
+
+fn volume(id: &str, device: &str) -> ironbark_node_api::VolumeAttachment {
+    ironbark_node_api::VolumeAttachment {
+        volume_id: id.into(),
+        device: device.into(),
+        nbd: ironbark_node_api::NbdTarget {
+            host: "10.0.0.9".into(),
+            port: 10809,
+            export: format!("{id}.nc1"),
+            tls_identity: format!("nc1.{id}"),
+            psk_hex: "ab".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn volume_sets_go_to_the_instances_node_only_when_they_change() {
+    let c = cluster();
+    // No volumes anywhere: no node is asked (older NCs lack the call).
+    c.cc.apply(zone()).await.unwrap();
+    assert!(c.nodes.iter().all(|n| n.take_volume_sets().is_empty()));
+
+    let mut z = zone();
+    z.generation = 8;
+    z.instances
+        .iter_mut()
+        .find(|i| i.spec.instance_id == "i-0000000a")
+        .unwrap()
+        .volumes = vec![volume("vol-1", "/dev/sdb")];
+    let report = c.cc.apply(z.clone()).await.unwrap();
+    let sets = c.node("nc1").take_volume_sets();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        sets[0].instances.keys().collect::<Vec<_>>(),
+        ["i-0000000a"],
+        "only instances with volumes"
+    );
+    assert!(c.node("nc2").take_volume_sets().is_empty());
+    assert_eq!(
+        report.plugged_volumes().get("i-0000000a"),
+        Some(&vec!["vol-1".to_string()]),
+        "{report:?}"
+    );
+
+    // The same set again is not re-sent; the poll only reads it back.
+    z.generation = 9;
+    c.cc.apply(z.clone()).await.unwrap();
+    c.cc.poll_once().await;
+    assert!(c.node("nc1").take_volume_sets().is_empty());
+    assert_eq!(c.cc.report().plugged_volumes()["i-0000000a"], ["vol-1"]);
+
+    // Detach: the emptied set is sent, and nothing is plugged any more.
+    z.generation = 10;
+    for i in &mut z.instances {
+        i.volumes.clear();
+    }
+    let report = c.cc.apply(z).await.unwrap();
+    let sets = c.node("nc1").take_volume_sets();
+    assert_eq!(sets.len(), 1);
+    assert!(sets[0].instances.is_empty());
+    assert!(report.plugged_volumes().is_empty());
+}

@@ -107,6 +107,21 @@ impl NodeClient {
             .await
     }
 
+    /// `PUT /v1/volumes`.
+    pub async fn apply_volumes(
+        &self,
+        desired: &ironbark_node_api::DesiredVolumes,
+    ) -> Result<ironbark_node_api::VolumesReport, ClientError> {
+        let body = serde_json::to_vec(desired).expect("serializable");
+        self.json(Method::PUT, "/v1/volumes".into(), Some(body))
+            .await
+    }
+
+    /// `GET /v1/volumes`.
+    pub async fn volumes(&self) -> Result<ironbark_node_api::VolumesReport, ClientError> {
+        self.json(Method::GET, "/v1/volumes".into(), None).await
+    }
+
     /// `GET /v1/instances`.
     pub async fn report(&self) -> Result<NodeReport, ClientError> {
         self.json(Method::GET, "/v1/instances".into(), None).await
