@@ -139,6 +139,32 @@ impl SqliteStore {
         }
     }
 
+    /// `select` narrowed to one account's rows (all when `None`), in
+    /// `order`: the shape of every per-account listing.
+    async fn scoped_rows(
+        &self,
+        select: &str,
+        order: &str,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<SqliteRow>> {
+        match account {
+            Some(a) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{select} WHERE account_id = $1 ORDER BY {order}"
+                )))
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{select} ORDER BY {order}")))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(db)
+    }
+
     async fn begin(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Transaction<'_, Sqlite>)> {
         let guard = self.write.lock().await;
         let tx = self.pool.begin().await.map_err(db)?;
@@ -912,26 +938,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_groups(&self, account: Option<&AccountId>) -> Result<Vec<SecurityGroup>> {
-        let rows = match account {
-            Some(a) => {
-                sqlx::query(
-                    "SELECT id, account_id, name, description, created_ms FROM security_groups \
-                 WHERE account_id = $1 ORDER BY name",
-                )
-                .bind(a.as_str())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(
-                    "SELECT id, account_id, name, description, created_ms FROM security_groups \
-                 ORDER BY account_id, name",
-                )
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(db)?;
+        let rows = self
+            .scoped_rows(
+                "SELECT id, account_id, name, description, created_ms FROM security_groups",
+                "account_id, name",
+                account,
+            )
+            .await?;
         let groups = rows.iter().map(group_row).collect::<Result<Vec<_>>>()?;
         self.attach_rules(groups, account).await
     }
@@ -1236,24 +1249,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_instances(&self, account: Option<&AccountId>) -> Result<Vec<Instance>> {
-        let rows = match account {
-            Some(a) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{INSTANCE_SELECT} WHERE account_id = $1 ORDER BY launch_ms, reservation_id, launch_index"
-                )))
-                .bind(a.as_str())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{INSTANCE_SELECT} ORDER BY launch_ms, reservation_id, launch_index"
-                )))
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(db)?;
+        let rows = self
+            .scoped_rows(
+                INSTANCE_SELECT,
+                "launch_ms, reservation_id, launch_index",
+                account,
+            )
+            .await?;
         rows.iter().map(instance_row).collect()
     }
 
@@ -1479,26 +1481,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_tags(&self, account: Option<&AccountId>) -> Result<Vec<Tag>> {
-        let rows = match account {
-            Some(a) => {
-                sqlx::query(
-                    "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
-                 WHERE account_id = $1 ORDER BY resource_id, tag_key",
-                )
-                .bind(a.as_str())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(
-                    "SELECT resource_id, resource_type, tag_key, tag_value FROM tags \
-                 ORDER BY resource_id, tag_key",
-                )
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(db)?;
+        let rows = self
+            .scoped_rows(
+                "SELECT resource_id, resource_type, tag_key, tag_value FROM tags",
+                "resource_id, tag_key",
+                account,
+            )
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(Tag {
@@ -1543,24 +1532,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_volumes(&self, account: Option<&AccountId>) -> Result<Vec<Volume>> {
-        let rows = match account {
-            Some(a) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{VOLUME_SELECT} WHERE account_id = $1 ORDER BY created_ms, id"
-                )))
-                .bind(a.as_str())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{VOLUME_SELECT} ORDER BY created_ms, id"
-                )))
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(db)?;
+        let rows = self
+            .scoped_rows(VOLUME_SELECT, "created_ms, id", account)
+            .await?;
         rows.iter().map(volume_row).collect()
     }
 
@@ -1668,24 +1642,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_addresses(&self, account: Option<&AccountId>) -> Result<Vec<Address>> {
-        let rows = match account {
-            Some(a) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{ADDRESS_SELECT} WHERE account_id = $1 ORDER BY allocated_ms, public_ip"
-                )))
-                .bind(a.as_str())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{ADDRESS_SELECT} ORDER BY allocated_ms, public_ip"
-                )))
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(db)?;
+        let rows = self
+            .scoped_rows(ADDRESS_SELECT, "allocated_ms, public_ip", account)
+            .await?;
         rows.iter().map(address_row).collect()
     }
 
