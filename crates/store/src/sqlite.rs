@@ -165,6 +165,27 @@ impl SqliteStore {
         .map_err(db)
     }
 
+    /// Deletes the row `id` of `table` and its tags in one transaction;
+    /// whether the row existed.
+    async fn delete_with_tags(&self, table: &str, id: &str) -> Result<bool> {
+        let (_g, mut tx) = self.begin().await?;
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE id = $1"
+        )))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        self.commit(tx).await?;
+        Ok(n > 0)
+    }
+
     async fn begin(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Transaction<'_, Sqlite>)> {
         let guard = self.write.lock().await;
         let tx = self.pool.begin().await.map_err(db)?;
@@ -1539,20 +1560,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<bool> {
-        let (_g, mut tx) = self.begin().await?;
-        let n = sqlx::query("DELETE FROM volumes WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        self.commit(tx).await?;
-        Ok(n > 0)
+        self.delete_with_tags("volumes", id.as_str()).await
     }
 
     async fn put_snapshot(&self, sn: &Snapshot) -> Result<()> {
@@ -1597,20 +1605,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool> {
-        let (_g, mut tx) = self.begin().await?;
-        let n = sqlx::query("DELETE FROM snapshots WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        self.commit(tx).await?;
-        Ok(n > 0)
+        self.delete_with_tags("snapshots", id.as_str()).await
     }
 
     async fn insert_address(&self, a: &Address) -> Result<()> {
