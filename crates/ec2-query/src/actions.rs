@@ -31,7 +31,7 @@ pub async fn handle(
             ));
         }
     };
-    let version = p.get("Version").ok_or_else(|| Error::missing("Version"))?;
+    let version = p.required("Version")?;
     if !is_date(version) || !(OLDEST_VERSION..=NEWEST_VERSION).contains(&version) {
         return Err(Error::invalid_value(format!(
             "Unsupported API version '{version}': ironbark accepts {OLDEST_VERSION} to {NEWEST_VERSION}"
@@ -91,9 +91,7 @@ pub async fn handle(
             r.w.elem("return", "true");
         }
         "GetConsoleOutput" => {
-            let id = p
-                .get("InstanceId")
-                .ok_or_else(|| Error::missing("InstanceId"))?;
+            let id = p.required("InstanceId")?;
             let (i, text) = cloud.console_output(caller, id).await?;
             r.w.elem("instanceId", i.id.as_str());
             r.w.elem("timestamp", &iso8601_ms(now_ms()));
@@ -122,9 +120,7 @@ pub async fn handle(
             r.w.elem("return", "true");
         }
         "AssociateAddress" => {
-            let instance = p
-                .get("InstanceId")
-                .ok_or_else(|| Error::missing("InstanceId"))?;
+            let instance = p.required("InstanceId")?;
             let allow = match p.get("AllowReassociation") {
                 None => None,
                 Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
@@ -181,7 +177,7 @@ pub async fn handle(
         "RegisterImage" => register_image(cloud, caller, p, &mut r).await?,
         "DescribeImages" => describe_images(cloud, caller, p, &mut r).await?,
         "DeregisterImage" => {
-            let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+            let id = p.required("ImageId")?;
             cloud.deregister_image(caller, id).await?;
             r.w.elem("return", "true");
         }
@@ -191,7 +187,7 @@ pub async fn handle(
             r.w.elem("return", "true");
         }
         "ResetImageAttribute" => {
-            let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+            let id = p.required("ImageId")?;
             match p.get("Attribute") {
                 Some("launchPermission") => cloud.reset_image_launch(caller, id).await?,
                 other => {
@@ -334,7 +330,7 @@ async fn create_key_pair(
     p: &Params,
     r: &mut Response,
 ) -> Result<()> {
-    let name = p.get("KeyName").ok_or_else(|| Error::missing("KeyName"))?;
+    let name = p.required("KeyName")?;
     match p.get("KeyFormat") {
         None | Some("pem") => {}
         Some(other) => {
@@ -367,10 +363,8 @@ async fn import_key_pair(
     p: &Params,
     r: &mut Response,
 ) -> Result<()> {
-    let name = p.get("KeyName").ok_or_else(|| Error::missing("KeyName"))?;
-    let material = p
-        .get("PublicKeyMaterial")
-        .ok_or_else(|| Error::missing("PublicKeyMaterial"))?;
+    let name = p.required("KeyName")?;
+    let material = p.required("PublicKeyMaterial")?;
     let tags = tag_specs(p, "key-pair")?;
     cloud.check_new_tags(&tags)?;
     let kp = cloud.import_key_pair(caller, name, material).await?;
@@ -427,12 +421,8 @@ async fn create_group(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Respon
             "VPCs are not supported: security groups here are EC2-Classic groups",
         ));
     }
-    let name = p
-        .get("GroupName")
-        .ok_or_else(|| Error::missing("GroupName"))?;
-    let desc = p
-        .get("GroupDescription")
-        .ok_or_else(|| Error::missing("GroupDescription"))?;
+    let name = p.required("GroupName")?;
+    let desc = p.required("GroupDescription")?;
     let tags = tag_specs(p, "security-group")?;
     cloud.check_new_tags(&tags)?;
     let id = cloud.create_security_group(caller, name, desc).await?;
@@ -633,7 +623,7 @@ fn count(p: &Params, name: &str, default: u32) -> Result<u32> {
 }
 
 async fn run_instances(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
-    let image_id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+    let image_id = p.required("ImageId")?;
     let min = count(p, "MinCount", 1)?;
     let max = count(p, "MaxCount", min)?;
     if min > max {
@@ -864,9 +854,7 @@ async fn register_image(
     p: &Params,
     r: &mut Response,
 ) -> Result<()> {
-    let location = p
-        .get("ImageLocation")
-        .ok_or_else(|| Error::missing("ImageLocation"))?;
+    let location = p.required("ImageLocation")?;
     // Older tools register by location alone; the name defaults to it, as
     // Eucalyptus did.
     let name = p
@@ -944,10 +932,8 @@ async fn describe_image_attribute(
     p: &Params,
     r: &mut Response,
 ) -> Result<()> {
-    let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
-    let attr = p
-        .get("Attribute")
-        .ok_or_else(|| Error::missing("Attribute"))?;
+    let id = p.required("ImageId")?;
+    let attr = p.required("Attribute")?;
     let img = cloud.image_for_attribute(caller, id).await?;
     r.w.elem("imageId", img.id.as_str());
     match attr {
@@ -998,7 +984,7 @@ async fn describe_image_attribute(
 /// Both forms EC2 has taken: `LaunchPermission.Add.N.UserId|Group` and the
 /// classic `Attribute=launchPermission&OperationType=add&UserId.N&UserGroup.N`.
 async fn modify_image_attribute(cloud: &Cloud, caller: &Caller, p: &Params) -> Result<()> {
-    let id = p.get("ImageId").ok_or_else(|| Error::missing("ImageId"))?;
+    let id = p.required("ImageId")?;
     let mut change = LaunchPermissionChange::default();
     let mut any = false;
     for (which, add) in [

@@ -62,6 +62,12 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A parameter the action cannot do without: `MissingParameter` if absent.
+    pub fn required(&self, name: &str) -> ironbark_types::Result<&str> {
+        self.get(name)
+            .ok_or_else(|| ironbark_types::Error::missing(name))
+    }
+
     /// The sorted, distinct N of every `prefix.N` or `prefix.N.rest` parameter.
     pub fn indices(&self, prefix: &str) -> Vec<u32> {
         let mut set = BTreeSet::new();

@@ -19,29 +19,21 @@ pub(super) async fn handle(
         "CreateVolume" => create_volume(cloud, caller, p, r).await?,
         "DescribeVolumes" => describe_volumes(cloud, caller, p, r).await?,
         "DeleteVolume" => {
-            let id = p
-                .get("VolumeId")
-                .ok_or_else(|| Error::missing("VolumeId"))?;
+            let id = p.required("VolumeId")?;
             cloud.delete_volume(caller, id).await?;
             r.w.elem("return", "true");
         }
         "AttachVolume" => {
             let req = AttachRequest {
-                volume_id: p
-                    .get("VolumeId")
-                    .ok_or_else(|| Error::missing("VolumeId"))?,
-                instance_id: p
-                    .get("InstanceId")
-                    .ok_or_else(|| Error::missing("InstanceId"))?,
-                device: p.get("Device").ok_or_else(|| Error::missing("Device"))?,
+                volume_id: p.required("VolumeId")?,
+                instance_id: p.required("InstanceId")?,
+                device: p.required("Device")?,
             };
             let v = cloud.attach_volume(caller, req).await?;
             attachment_fields(r, &v);
         }
         "DetachVolume" => {
-            let id = p
-                .get("VolumeId")
-                .ok_or_else(|| Error::missing("VolumeId"))?;
+            let id = p.required("VolumeId")?;
             let force = match p.get("Force") {
                 None => false,
                 Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -58,9 +50,7 @@ pub(super) async fn handle(
             attachment_fields(r, &v);
         }
         "CreateSnapshot" => {
-            let id = p
-                .get("VolumeId")
-                .ok_or_else(|| Error::missing("VolumeId"))?;
+            let id = p.required("VolumeId")?;
             let tags = tag_specs(p, "snapshot")?;
             cloud.check_new_tags(&tags)?;
             let s = cloud
@@ -75,16 +65,12 @@ pub(super) async fn handle(
         }
         "DescribeSnapshots" => describe_snapshots(cloud, caller, p, r).await?,
         "DeleteSnapshot" => {
-            let id = p
-                .get("SnapshotId")
-                .ok_or_else(|| Error::missing("SnapshotId"))?;
+            let id = p.required("SnapshotId")?;
             cloud.delete_snapshot(caller, id).await?;
             r.w.elem("return", "true");
         }
         "DescribeSnapshotAttribute" => {
-            let id = p
-                .get("SnapshotId")
-                .ok_or_else(|| Error::missing("SnapshotId"))?;
+            let id = p.required("SnapshotId")?;
             match p.get("Attribute") {
                 Some("createVolumePermission") => {}
                 other => {
@@ -110,9 +96,7 @@ pub(super) async fn handle(
             r.w.close("createVolumePermission");
         }
         "ModifySnapshotAttribute" => {
-            let id = p
-                .get("SnapshotId")
-                .ok_or_else(|| Error::missing("SnapshotId"))?;
+            let id = p.required("SnapshotId")?;
             let change = permission_change(p)?;
             cloud
                 .modify_snapshot_permissions(caller, id, &change, false)
@@ -120,9 +104,7 @@ pub(super) async fn handle(
             r.w.elem("return", "true");
         }
         "ResetSnapshotAttribute" => {
-            let id = p
-                .get("SnapshotId")
-                .ok_or_else(|| Error::missing("SnapshotId"))?;
+            let id = p.required("SnapshotId")?;
             cloud
                 .modify_snapshot_permissions(caller, id, &Default::default(), true)
                 .await?;
@@ -134,9 +116,7 @@ pub(super) async fn handle(
 }
 
 async fn create_volume(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Response) -> Result<()> {
-    let zone = p
-        .get("AvailabilityZone")
-        .ok_or_else(|| Error::missing("AvailabilityZone"))?;
+    let zone = p.required("AvailabilityZone")?;
     match p.get("VolumeType") {
         None | Some("standard") | Some("gp2") => {}
         Some(t) => {
