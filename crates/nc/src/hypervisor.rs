@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use ironbark_node_api::NicSpec;
+use ironbark_node_api::{NicSpec, VolumeAttachment};
 
 /// Everything needed to start one VM; paths are absolute.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,4 +80,24 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// The tap devices present, for the orphan sweep.
     async fn list_taps(&self) -> Result<Vec<TapInfo>, HvError>;
+
+    /// Hot-plugs a volume into the VM running from `dir`; `Ok` if it is
+    /// plugged in already. See [`crate::volumes`].
+    async fn attach_volume(&self, dir: &Path, volume: &VolumeAttachment) -> Result<(), HvError> {
+        let _ = (dir, volume);
+        Err(HvError("this hypervisor cannot attach volumes".into()))
+    }
+
+    /// Unplugs a volume (the guest must release it) and closes its
+    /// connection; `Ok` if it is not plugged in.
+    async fn detach_volume(&self, dir: &Path, volume_id: &str) -> Result<(), HvError> {
+        let _ = (dir, volume_id);
+        Err(HvError("this hypervisor cannot detach volumes".into()))
+    }
+
+    /// The volume ids plugged into the VM running from `dir`.
+    async fn attached_volumes(&self, dir: &Path) -> Result<Vec<String>, HvError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
 }

@@ -19,6 +19,9 @@
 //! when it comes back. [`fake::FakeHypervisor`] stands in for it in tests of
 //! the logic above it. [`client::NodeClient`] is the typed client the CC
 //! uses.
+//!
+//! EBS volumes are hot-plugged into running VMs by [`volumes`]: the CC
+//! sends per instance the SC exports to attach (`PUT /v1/volumes`).
 
 pub mod api;
 pub mod cache;
@@ -29,8 +32,10 @@ mod http;
 pub mod hypervisor;
 pub mod node;
 pub mod qemu;
+mod qemu_volumes;
 pub mod qmp;
 pub mod testing;
+pub mod volumes;
 
 pub use api::{router, serve};
 pub use cache::{CacheError, ImageCache};

@@ -9,8 +9,17 @@
 //! original's broadcast path: an NC acknowledges a terminate for an
 //! instance it does not run, so the CC can send it to every NC.
 //!
+//! EBS volumes come separately ([`DesiredVolumes`], `PUT /v1/volumes`): for
+//! each instance, the volumes that should be hot-plugged into its VM, as
+//! NBD exports of the SC; the NC attaches and detaches to match and
+//! reports each attachment ([`VolumesReport`], `GET /v1/volumes`). They are
+//! a separate set, not a field of [`InstanceSpec`], so that adding them
+//! changed no existing message and attaching never restarts anything.
+//!
 //! Every request carries `Authorization: Bearer <cluster token>`; the token
 //! is a per-cloud secret shared by the CC and its NCs.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +126,74 @@ pub struct NodeReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminateAck {
     pub was_here: bool,
+}
+
+/// An SC's NBD export, as the SC reported it for this NC (ironbark-sc-api's
+/// `NbdExport`): QEMU's NBD client connects with TLS-PSK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdTarget {
+    pub host: String,
+    pub port: u16,
+    pub export: String,
+    pub tls_identity: String,
+    /// The pre-shared key, hex. A secret.
+    pub psk_hex: String,
+}
+
+/// A volume to attach to an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    /// `vol-…`: also the virtio serial the guest sees (the first 20
+    /// characters: virtio-blk's limit), as `/sys/block/vdX/serial` and
+    /// `/dev/disk/by-id/virtio-<serial>`.
+    pub volume_id: String,
+    /// The device name the user asked for (`/dev/sdb`, `/dev/xvdf` …).
+    /// Reported back; a virtio guest names its disks itself, in order.
+    pub device: String,
+    pub nbd: NbdTarget,
+}
+
+/// For every instance of this NC that should have volumes, the volumes.
+/// An instance not named (or with an empty list) should have none; a
+/// running instance's volume not listed is detached. `generation` only
+/// grows, like [`DesiredInstances`]'s (a separate counter).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredVolumes {
+    pub generation: u64,
+    #[serde(default)]
+    pub instances: BTreeMap<String, Vec<VolumeAttachment>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachState {
+    /// Wanted, not (yet) plugged in: the instance is not running yet, or
+    /// the hot-plug is under way.
+    Attaching,
+    /// Plugged into the VM.
+    Attached,
+    /// Unplug asked, the guest has not released the device yet.
+    Detaching,
+    /// The last attach or detach failed (`error`); it is retried.
+    Error,
+}
+
+/// One volume of one instance; a volume neither wanted nor plugged in is
+/// not listed (detached).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachReport {
+    pub instance_id: String,
+    pub volume_id: String,
+    pub device: String,
+    pub state: AttachState,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumesReport {
+    pub node_id: String,
+    pub generation: u64,
+    pub attachments: Vec<VolumeAttachReport>,
 }
 
 /// Tap device name for an instance: `tap-` and the id's hex digits, cut to
