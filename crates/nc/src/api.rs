@@ -7,6 +7,8 @@
 //! | `POST /v1/instances/{id}/terminate` | | [`TerminateAck`] (also for ids not here) |
 //! | `POST /v1/instances/{id}/reboot` | | 204; 404 unknown; 409 not running |
 //! | `GET /v1/instances/{id}/console` | | `text/plain`, the console's last 64 KiB |
+//! | `PUT /v1/volumes` | [`DesiredVolumes`] | [`VolumesReport`]; 409 malformed |
+//! | `GET /v1/volumes` | | [`VolumesReport`] |
 //!
 //! Every request needs `Authorization: Bearer <token>` (401 otherwise).
 //! Errors come as `{"error": "..."}`. The handlers only translate: all
@@ -21,7 +23,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use ironbark_node_api::{DesiredInstances, NodeReport, TerminateAck};
+use ironbark_node_api::{
+    DesiredInstances, DesiredVolumes, NodeReport, TerminateAck, VolumesReport,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -34,6 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/instances/{id}/terminate", post(terminate))
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/volumes", put(put_volumes).get(get_volumes))
         .layer(middleware::from_fn_with_state(node.clone(), require_token))
         .with_state(node)
 }
@@ -88,6 +93,17 @@ async fn put_instances(
     Json(desired): Json<DesiredInstances>,
 ) -> Json<NodeReport> {
     Json(node.apply(desired).await)
+}
+
+async fn put_volumes(
+    State(node): State<Arc<Node>>,
+    Json(desired): Json<DesiredVolumes>,
+) -> Result<Json<VolumesReport>, NodeError> {
+    node.apply_volumes(desired).await.map(Json)
+}
+
+async fn get_volumes(State(node): State<Arc<Node>>) -> Json<VolumesReport> {
+    Json(node.volumes_report())
 }
 
 async fn get_instances(State(node): State<Arc<Node>>) -> Json<NodeReport> {

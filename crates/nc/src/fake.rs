@@ -42,6 +42,10 @@ struct Inner {
     failures: HashMap<String, String>,
     start_delay: Duration,
     next_pid: u32,
+    /// Volumes plugged into each VM, by directory.
+    volumes: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// Volume ids whose attach or detach fails.
+    volume_failures: BTreeSet<String>,
 }
 
 /// See the module docs.
@@ -86,6 +90,26 @@ impl FakeHypervisor {
     /// Adds a tap no instance owns.
     pub fn add_tap(&self, name: &str) {
         self.lock().taps.insert(name.to_string());
+    }
+
+    /// Attaching or detaching `volume_id` fails (or works again).
+    pub fn fail_volume(&self, volume_id: &str, fail: bool) {
+        let mut i = self.lock();
+        if fail {
+            i.volume_failures.insert(volume_id.to_string());
+        } else {
+            i.volume_failures.remove(volume_id);
+        }
+    }
+
+    /// The volumes plugged into the VM of `instance_id`.
+    pub fn volumes_of(&self, instance_id: &str) -> Vec<String> {
+        let i = self.lock();
+        i.vms
+            .iter()
+            .filter(|(_, (id, _))| id == instance_id)
+            .flat_map(|(dir, _)| i.volumes.get(dir).cloned().unwrap_or_default())
+            .collect()
     }
 
     pub fn calls(&self) -> Vec<FakeCall> {
@@ -165,6 +189,7 @@ impl Hypervisor for FakeHypervisor {
             dir: dir.to_path_buf(),
         });
         s.vms.remove(dir);
+        s.volumes.remove(dir);
         Ok(())
     }
 
@@ -218,5 +243,49 @@ impl Hypervisor for FakeHypervisor {
                 master: s.masters.get(t).cloned(),
             })
             .collect())
+    }
+
+    async fn attach_volume(
+        &self,
+        dir: &Path,
+        volume: &ironbark_node_api::VolumeAttachment,
+    ) -> Result<(), HvError> {
+        let mut s = self.lock();
+        if !s.vms.contains_key(dir) {
+            return Err(HvError("no VM is running".into()));
+        }
+        if s.volume_failures.contains(&volume.volume_id) {
+            return Err(HvError(format!(
+                "attaching {} failed (fake)",
+                volume.volume_id
+            )));
+        }
+        s.volumes
+            .entry(dir.to_path_buf())
+            .or_default()
+            .insert(volume.volume_id.clone());
+        Ok(())
+    }
+
+    async fn detach_volume(&self, dir: &Path, volume_id: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        if s.volume_failures.contains(volume_id) {
+            return Err(HvError(format!("detaching {volume_id} failed (fake)")));
+        }
+        if let Some(v) = s.volumes.get_mut(dir) {
+            v.remove(volume_id);
+        }
+        Ok(())
+    }
+
+    async fn attached_volumes(&self, dir: &Path) -> Result<Vec<String>, HvError> {
+        let s = self.lock();
+        if !s.vms.contains_key(dir) {
+            return Err(HvError("no VM is running".into()));
+        }
+        Ok(s.volumes
+            .get(dir)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use ironbark_node_api::NicSpec;
+use ironbark_node_api::{NicSpec, VolumeAttachment};
 
 /// Everything needed to start one VM; paths are absolute.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,4 +88,24 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Attaches an existing tap to its bridge and sets it up again (after
     /// the bridge was removed and rebuilt, as a CC clean restart does).
     async fn attach_tap(&self, nic: &NicSpec) -> Result<(), HvError>;
+
+    /// Hot-plugs a volume into the VM running from `dir`; `Ok` if it is
+    /// plugged in already. See [`crate::volumes`].
+    async fn attach_volume(&self, dir: &Path, volume: &VolumeAttachment) -> Result<(), HvError> {
+        let _ = (dir, volume);
+        Err(HvError("this hypervisor cannot attach volumes".into()))
+    }
+
+    /// Unplugs a volume (the guest must release it) and closes its
+    /// connection; `Ok` if it is not plugged in.
+    async fn detach_volume(&self, dir: &Path, volume_id: &str) -> Result<(), HvError> {
+        let _ = (dir, volume_id);
+        Err(HvError("this hypervisor cannot detach volumes".into()))
+    }
+
+    /// The volume ids plugged into the VM running from `dir`.
+    async fn attached_volumes(&self, dir: &Path) -> Result<Vec<String>, HvError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
 }

@@ -19,6 +19,9 @@
 //! when it comes back. [`fake::FakeHypervisor`] stands in for it in tests of
 //! the logic above it. [`client::NodeClient`] is the typed client the CC
 //! uses.
+//!
+//! EBS volumes are hot-plugged into running VMs by [`volumes`]: the CC
+//! sends per instance the SC exports to attach (`PUT /v1/volumes`).
 
 pub mod api;
 pub mod cache;
@@ -30,9 +33,11 @@ pub mod hypervisor;
 pub mod netns_hv;
 pub mod node;
 pub mod qemu;
+mod qemu_volumes;
 pub mod qmp;
 pub mod segnet;
 pub mod testing;
+pub mod volumes;
 
 pub use api::{router, serve};
 pub use cache::{CacheError, ImageCache};

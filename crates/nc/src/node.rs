@@ -51,7 +51,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use ironbark_node_api::{
-    DesiredInstances, ImageRef, InstanceReport, InstanceSpec, NodeReport, TerminateAck, VmState,
+    DesiredInstances, DesiredVolumes, ImageRef, InstanceReport, InstanceSpec, NodeReport,
+    TerminateAck, VmState, VolumesReport,
 };
 use tokio::sync::{RwLock, watch};
 
@@ -60,6 +61,7 @@ use crate::host::{self, Capacity};
 use crate::http::{self, HttpClient};
 use crate::hypervisor::{Hypervisor, Launch};
 use crate::segnet::{self, LinuxSegNet, SegNet};
+use crate::volumes::Volumes;
 
 /// The instance's spec, written first when it starts and deleted last when
 /// it ends: an instance directory with it is an instance.
@@ -211,6 +213,8 @@ pub struct Node {
     ops: Arc<watch::Sender<usize>>,
     events: Option<watch::Sender<Option<NodeReport>>>,
     stopped: AtomicBool,
+    /// Hot-plugged EBS volumes (see [`crate::volumes`]).
+    volumes: Volumes,
 }
 
 impl Node {
@@ -252,7 +256,10 @@ impl Node {
             ));
             tx
         });
-        let cfg = NodeConfig { data_dir, ..cfg };
+        let cfg = NodeConfig {
+            data_dir: data_dir.clone(),
+            ..cfg
+        };
         let node = Arc::new(Node {
             cfg,
             instances_root,
@@ -266,6 +273,7 @@ impl Node {
             ops: Arc::new(watch::channel(0).0),
             events,
             stopped: AtomicBool::new(false),
+            volumes: Volumes::open(&data_dir),
         });
         node.adopt().await;
         // Tell the CC at once what survived the restart.
@@ -451,6 +459,53 @@ impl Node {
         }
     }
 
+    /// Takes the whole set of volumes the instances here should have
+    /// (an older generation is ignored) and plugs and unplugs in the
+    /// background; returns the report right away.
+    pub async fn apply_volumes(
+        self: &Arc<Self>,
+        desired: DesiredVolumes,
+    ) -> Result<VolumesReport, NodeError> {
+        match self.volumes.set_desired(desired) {
+            Ok(true) => self.spawn_volume_pass(),
+            Ok(false) => tracing::info!("ignoring an older desired volume set"),
+            Err(e) => return Err(NodeError::Conflict(e)),
+        }
+        Ok(self.volumes_report())
+    }
+
+    /// Each wanted or still plugged-in volume of the live instances.
+    pub fn volumes_report(&self) -> VolumesReport {
+        let live: Vec<String> = self.lock().live.keys().cloned().collect();
+        VolumesReport {
+            node_id: self.cfg.node_id.clone(),
+            generation: self.volumes.generation(),
+            attachments: self.volumes.report(&live),
+        }
+    }
+
+    /// One attach/detach pass over the running instances; the tick runs
+    /// one, tests call it directly.
+    pub async fn reconcile_volumes(&self) {
+        let running: Vec<(String, PathBuf)> = self
+            .lock()
+            .live
+            .iter()
+            .filter(|(_, l)| l.state == VmState::Running && !l.busy)
+            .map(|(id, l)| (id.clone(), l.dir.clone()))
+            .collect();
+        self.volumes.reconcile(self.hv.as_ref(), &running).await;
+    }
+
+    fn spawn_volume_pass(self: &Arc<Self>) {
+        let guard = self.begin_op();
+        let node = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            node.reconcile_volumes().await;
+        });
+    }
+
     /// Hard-resets a running instance's VM.
     pub async fn reboot(self: &Arc<Self>, instance_id: &str) -> Result<(), NodeError> {
         let dir = {
@@ -564,6 +619,7 @@ impl Node {
         }
 
         self.sweep_taps().await;
+        self.reconcile_volumes().await;
 
         let retention = self.cfg.terminated_retention;
         self.lock().ended.retain(|_, e| e.at.elapsed() < retention);
@@ -670,6 +726,7 @@ impl Node {
                         drop(st);
                         tracing::info!(instance = %id, "instance running");
                         self.notify();
+                        self.spawn_volume_pass();
                         return;
                     }
                     // Terminated while starting: tear down below.

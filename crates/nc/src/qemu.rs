@@ -8,7 +8,10 @@
 //! device, created here and enslaved to the bridge the CC made, wired to a
 //! virtio-net device (no vhost: the host kernel lacks it). QEMU boots the
 //! kernel directly (`-kernel`/`-initrd`/`-append`), logs the serial console
-//! to `console.log`, listens for QMP on `qmp.sock`, writes `qemu.pid` and
+//! to `console.log`, listens for QMP on a socket in the short runtime
+//! directory ([`QemuConfig::runtime_dir`], named by a hash of the instance
+//! directory, since a Unix socket path may not exceed 107 bytes and data
+//! directories can be long), writes `qemu.pid` and
 //! daemonizes, so the VM is nobody's child and survives an NC restart. The
 //! start returns once QMP answers `query-status`.
 //!
@@ -125,6 +128,8 @@ pub struct QemuConfig {
     pub quit_timeout: Duration,
     /// How long a starting QEMU gets to answer QMP.
     pub qmp_timeout: Duration,
+    /// Where QMP sockets live (short, see the module docs).
+    pub runtime_dir: PathBuf,
 }
 
 impl Default for QemuConfig {
@@ -139,6 +144,7 @@ impl Default for QemuConfig {
             powerdown_timeout: Duration::from_secs(10),
             quit_timeout: Duration::from_secs(5),
             qmp_timeout: Duration::from_secs(15),
+            runtime_dir: "/run/ironbark/qmp".into(),
         }
     }
 }
@@ -160,6 +166,20 @@ impl QemuHypervisor {
 
     pub fn config(&self) -> &QemuConfig {
         &self.cfg
+    }
+
+    /// The QMP socket of the VM running from `dir`: derived from the
+    /// directory alone, so a restarted NC finds it again.
+    pub fn qmp_socket(&self, dir: &Path) -> PathBuf {
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+        self.cfg.runtime_dir.join(format!("{}.qmp", &hash[..20]))
+    }
+
+    fn files(&self, dir: &Path) -> VmFiles {
+        let mut f = VmFiles::new(dir);
+        f.qmp = self.qmp_socket(dir);
+        f
     }
 
     /// A command for `program`, inside the namespace if there is one.
@@ -287,7 +307,10 @@ impl Hypervisor for QemuHypervisor {
         if let Some(pid) = self.live_pid(&launch.dir) {
             return Ok(VmInfo { pid: Some(pid) });
         }
-        let files = VmFiles::new(&launch.dir);
+        let files = self.files(&launch.dir);
+        tokio::fs::create_dir_all(&self.cfg.runtime_dir)
+            .await
+            .map_err(|e| HvError(format!("{}: {e}", self.cfg.runtime_dir.display())))?;
         let qmp_path = path_str(&files.qmp)?;
         if qmp_path.len() > MAX_SOCKET_PATH {
             return Err(HvError(format!(
@@ -350,7 +373,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     async fn stop(&self, dir: &Path) -> Result<(), HvError> {
-        let files = VmFiles::new(dir);
+        let files = self.files(dir);
         let Some(pid) = self.live_pid(dir) else {
             return Ok(());
         };
@@ -397,7 +420,7 @@ impl Hypervisor for QemuHypervisor {
             return Err(HvError("no VM is running".into()));
         }
         qmp::command(
-            &dir.join(QMP_SOCKET),
+            &self.qmp_socket(dir),
             "system_reset",
             None,
             Duration::from_secs(10),
@@ -424,6 +447,31 @@ impl Hypervisor for QemuHypervisor {
         self.ip(&["link", "set", "dev", &nic.tap, "master", &nic.bridge, "up"])
             .await
             .map(drop)
+    }
+
+    async fn attach_volume(
+        &self,
+        dir: &Path,
+        volume: &ironbark_node_api::VolumeAttachment,
+    ) -> Result<(), HvError> {
+        if self.live_pid(dir).is_none() {
+            return Err(HvError("no VM is running".into()));
+        }
+        crate::qemu_volumes::attach(&self.qmp_socket(dir), dir, volume).await
+    }
+
+    async fn detach_volume(&self, dir: &Path, volume_id: &str) -> Result<(), HvError> {
+        if self.live_pid(dir).is_none() {
+            return Ok(());
+        }
+        crate::qemu_volumes::detach(&self.qmp_socket(dir), dir, volume_id).await
+    }
+
+    async fn attached_volumes(&self, dir: &Path) -> Result<Vec<String>, HvError> {
+        if self.live_pid(dir).is_none() {
+            return Err(HvError("no VM is running".into()));
+        }
+        crate::qemu_volumes::attached(&self.qmp_socket(dir)).await
     }
 }
 
@@ -515,6 +563,18 @@ fn qemu_args(launch: &Launch, files: &VmFiles, accel: Accel) -> Result<Vec<Strin
     }
     // Entropy for early userspace (SSH host keys) without waiting on jitter.
     push(&["-device", "virtio-rng-pci"]);
+    // q35's root bus takes no hot-plugged devices: empty root ports for
+    // volumes, last so the devices above keep their addresses.
+    for i in 0..crate::qemu_volumes::HOTPLUG_PORTS {
+        push(&[
+            "-device",
+            &format!(
+                "pcie-root-port,id={}{i},chassis={}",
+                crate::qemu_volumes::PORT_PREFIX,
+                i + 1
+            ),
+        ]);
+    }
     Ok(a)
 }
 

@@ -1,0 +1,220 @@
+//! Hot-plugging SC volumes into a running QEMU, over its QMP socket.
+//!
+//! Attach: the export's TLS-PSK key goes into
+//! `<instance dir>/volumes/<vol>/keys.psk` (0600), then `object-add
+//! tls-creds-psk` (client end, the export's identity), `blockdev-add` of a
+//! raw node over QEMU's NBD client (with `reconnect-delay`, so a restarted
+//! storage daemon does not fail the guest's I/O at once), and `device_add
+//! virtio-blk-pci` with the volume id as serial on a free PCIe root port
+//! (made at launch, see [`HOTPLUG_PORTS`]).
+//!
+//! Detach: `device_del`, then wait for QEMU's `DEVICE_DELETED`, which comes
+//! once the guest has released the device; only then `blockdev-del` and
+//! `object-del` (QEMU refuses to delete a node a device still uses).
+//!
+//! What is plugged in is read back from QEMU (`qom-list
+//! /machine/peripheral`): device ids are `vdisk<port>-<volume id>`, so the
+//! list says both which volumes are attached and which ports are taken,
+//! with nothing to keep on the NC's side.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ironbark_node_api::VolumeAttachment;
+use ironbark_qmp::Qmp;
+use serde_json::json;
+
+use crate::hypervisor::HvError;
+
+/// Empty PCIe root ports each VM gets for volumes: at most this many
+/// volumes per instance.
+pub const HOTPLUG_PORTS: usize = 8;
+/// Their ids: `vport0` …
+pub const PORT_PREFIX: &str = "vport";
+const DEVICE_PREFIX: &str = "vdisk";
+/// How long a guest gets to release a device on detach.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
+/// virtio-blk serials are at most 20 bytes.
+const SERIAL_MAX: usize = 20;
+
+fn hv(what: &str) -> impl Fn(ironbark_qmp::QmpError) -> HvError + '_ {
+    move |e| HvError(format!("{what}: {e}"))
+}
+
+fn node(vol: &str) -> String {
+    format!("blk-{vol}")
+}
+
+fn creds(vol: &str) -> String {
+    format!("tls-{vol}")
+}
+
+/// (port, volume id) of every volume device.
+async fn devices(q: &mut Qmp) -> Result<Vec<(usize, String)>, HvError> {
+    let list = q
+        .execute("qom-list", Some(json!({"path": "/machine/peripheral"})))
+        .await
+        .map_err(hv("qom-list"))?;
+    Ok(list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| parse_device_id(p["name"].as_str()?))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn parse_device_id(id: &str) -> Option<(usize, String)> {
+    let rest = id.strip_prefix(DEVICE_PREFIX)?;
+    let (port, vol) = rest.split_once('-')?;
+    Some((port.parse().ok()?, vol.to_string()))
+}
+
+/// Volume ids plugged into the VM.
+pub async fn attached(qmp: &Path) -> Result<Vec<String>, HvError> {
+    let mut q = Qmp::connect(qmp).await.map_err(hv("QMP"))?;
+    Ok(devices(&mut q).await?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Removes the block node and credentials of a volume no device uses
+/// (leftovers of a failed attach, or after the device went).
+async fn drop_backend(q: &mut Qmp, dir: &Path, vol: &str) {
+    let _ = q
+        .execute("blockdev-del", Some(json!({"node-name": node(vol)})))
+        .await;
+    let _ = q
+        .execute("object-del", Some(json!({"id": creds(vol)})))
+        .await;
+    let _ = tokio::fs::remove_dir_all(dir.join("volumes").join(vol)).await;
+}
+
+pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), HvError> {
+    let mut q = Qmp::connect(qmp).await.map_err(hv("QMP"))?;
+    let present = devices(&mut q).await?;
+    if present.iter().any(|(_, vol)| vol == &v.volume_id) {
+        return Ok(());
+    }
+    let port = (0..HOTPLUG_PORTS)
+        .find(|p| !present.iter().any(|(used, _)| used == p))
+        .ok_or_else(|| HvError(format!("all {HOTPLUG_PORTS} volume slots are in use")))?;
+    let vol = &v.volume_id;
+    drop_backend(&mut q, dir, vol).await;
+
+    let keydir = dir.join("volumes").join(vol);
+    write_key(&keydir, &v.nbd.tls_identity, &v.nbd.psk_hex).await?;
+    let keydir_s = keydir
+        .to_str()
+        .ok_or_else(|| HvError("instance directory is not UTF-8".into()))?;
+    let result = async {
+        q.execute(
+            "object-add",
+            Some(json!({
+                "qom-type": "tls-creds-psk",
+                "id": creds(vol),
+                "endpoint": "client",
+                "dir": keydir_s,
+                "username": v.nbd.tls_identity,
+            })),
+        )
+        .await
+        .map_err(hv("object-add tls-creds-psk"))?;
+        q.execute(
+            "blockdev-add",
+            Some(json!({
+                "driver": "raw",
+                "node-name": node(vol),
+                "file": {
+                    "driver": "nbd",
+                    "server": {"type": "inet", "host": v.nbd.host, "port": v.nbd.port.to_string()},
+                    "export": v.nbd.export,
+                    "tls-creds": creds(vol),
+                    "reconnect-delay": 10,
+                },
+            })),
+        )
+        .await
+        .map_err(hv("blockdev-add nbd"))?;
+        let serial: String = vol.chars().take(SERIAL_MAX).collect();
+        q.execute(
+            "device_add",
+            Some(json!({
+                "driver": "virtio-blk-pci",
+                "id": format!("{DEVICE_PREFIX}{port}-{vol}"),
+                "drive": node(vol),
+                "serial": serial,
+                "bus": format!("{PORT_PREFIX}{port}"),
+            })),
+        )
+        .await
+        .map_err(hv("device_add virtio-blk-pci"))?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        drop_backend(&mut q, dir, vol).await;
+    }
+    result
+}
+
+pub async fn detach(qmp: &Path, dir: &Path, vol: &str) -> Result<(), HvError> {
+    let mut q = Qmp::connect(qmp).await.map_err(hv("QMP"))?;
+    let Some((port, _)) = devices(&mut q).await?.into_iter().find(|(_, v)| v == vol) else {
+        drop_backend(&mut q, dir, vol).await;
+        return Ok(());
+    };
+    let id = format!("{DEVICE_PREFIX}{port}-{vol}");
+    // A repeated device_del while the guest is still releasing the device
+    // is refused; the event is what counts.
+    if let Err(e) = q.execute("device_del", Some(json!({"id": id}))).await {
+        tracing::debug!(device = %id, error = %e, "device_del");
+    }
+    q.wait_event(
+        "DEVICE_DELETED",
+        |d| d["device"] == id.as_str(),
+        UNPLUG_TIMEOUT,
+    )
+    .await
+    .map_err(|_| {
+        HvError(format!(
+            "the guest has not released {vol} within {UNPLUG_TIMEOUT:?}"
+        ))
+    })?;
+    drop_backend(&mut q, dir, vol).await;
+    Ok(())
+}
+
+async fn write_key(dir: &Path, identity: &str, key: &str) -> Result<(), HvError> {
+    use tokio::io::AsyncWriteExt;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| HvError(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("keys.psk");
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .await
+        .map_err(|e| HvError(format!("{}: {e}", path.display())))?;
+    f.write_all(format!("{identity}:{key}\n").as_bytes())
+        .await
+        .map_err(|e| HvError(format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_carry_port_and_volume() {
+        assert_eq!(
+            parse_device_id("vdisk3-vol-0123abcd"),
+            Some((3, "vol-0123abcd".to_string()))
+        );
+        assert_eq!(parse_device_id("vport3"), None);
+        assert_eq!(parse_device_id("vdiskx-vol-1"), None);
+    }
+}

@@ -1,0 +1,472 @@
+//! The boundary between the SC's reconciler and the files and daemons that
+//! hold volumes.
+//!
+//! The [`crate::storage::Storage`] reconciler decides *what* to do; a
+//! [`Backend`] does each step. Every step is idempotent and leaves either
+//! its finished result or something [`Backend::recover`] removes: results
+//! appear by `rename` of a fsynced `.part` file, so a volume or snapshot
+//! that is listed is whole, whatever moment a crash hit.
+//!
+//! [`FileBackend`] is the real one: sparse files under `<data>/volumes/`
+//! and `<data>/snapshots/`, a `qemu-storage-daemon` per served volume
+//! ([`crate::daemon`]), compressed copies in Walrus ([`crate::walrus`]).
+//! [`crate::fake::FakeBackend`] is an in-memory one for the reconciler's
+//! tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ironbark_sc_api::{Compression, NbdExport, SnapshotSource, SnapshotSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::compress::Codec;
+use crate::daemon::{Daemons, Grant};
+use crate::error::ScError;
+use crate::sparse;
+use crate::walrus;
+
+/// A snapshot whose compressed copy is whole in Walrus. Persisted only
+/// after the upload was verified: its existence is what "completed" means.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    pub volume_size: u64,
+    pub compression: Compression,
+    pub sha256: String,
+    pub md5: String,
+    pub compressed_size: u64,
+    pub raw_digest: String,
+}
+
+/// Reports fractions done (0.0-1.0) of a long step.
+pub type Progress = Arc<dyn Fn(f64) + Send + Sync>;
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Removes what an interrupted step left half-made. Called once, before
+    /// anything else.
+    async fn recover(&self) -> Result<(), ScError>;
+
+    /// Whole volumes: id → size in bytes.
+    async fn volumes(&self) -> Result<BTreeMap<String, u64>, ScError>;
+
+    /// Makes volume `id` of `size` bytes, empty or from a snapshot. `Ok` at
+    /// once if it exists.
+    async fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        source: Option<&SnapshotSource>,
+    ) -> Result<(), ScError>;
+
+    /// Stops serving and deletes the volume; `Ok` if it does not exist.
+    async fn delete_volume(&self, id: &str) -> Result<(), ScError>;
+
+    /// Serves exactly `grants` for volume `id` (none: stop serving);
+    /// returns how to reach each, in order.
+    async fn set_exports(&self, id: &str, grants: &[Grant]) -> Result<Vec<NbdExport>, ScError>;
+
+    /// Volumes being served, whether or not anyone wants them (for the
+    /// sweep after a restart).
+    async fn served(&self) -> Result<Vec<String>, ScError>;
+
+    /// Completed snapshots.
+    async fn snapshots(&self) -> Result<BTreeMap<String, SnapshotRecord>, ScError>;
+
+    /// Takes the point-in-time raw copy of the snapshot's volume (while it
+    /// may be exported and written). `Ok` at once if the copy exists.
+    async fn snapshot_raw(&self, spec: &SnapshotSpec, progress: Progress) -> Result<(), ScError>;
+
+    /// Compresses the raw copy, uploads it and records the snapshot as
+    /// completed. Returns the record (at once if it exists).
+    async fn publish_snapshot(
+        &self,
+        spec: &SnapshotSpec,
+        progress: Progress,
+    ) -> Result<SnapshotRecord, ScError>;
+
+    /// Deletes the SC's copy and record; `Ok` if there are none.
+    async fn delete_snapshot(&self, id: &str) -> Result<(), ScError>;
+}
+
+/// Settings of [`FileBackend`].
+#[derive(Clone, Debug)]
+pub struct FileBackendConfig {
+    /// `<data>`; volumes and snapshots live in subdirectories.
+    pub dir: PathBuf,
+    pub qemu_img: PathBuf,
+    pub codec: Codec,
+}
+
+pub struct FileBackend {
+    volumes: PathBuf,
+    snapshots: PathBuf,
+    cfg: FileBackendConfig,
+    daemons: Daemons,
+    http: walrus::HttpClient,
+}
+
+impl FileBackend {
+    pub fn new(cfg: FileBackendConfig, daemons: Daemons) -> Result<FileBackend, ScError> {
+        let volumes = cfg.dir.join("volumes");
+        let snapshots = cfg.dir.join("snapshots");
+        for d in [&volumes, &snapshots] {
+            std::fs::create_dir_all(d).map_err(|e| ScError::io(d.display(), e))?;
+        }
+        Ok(FileBackend {
+            volumes,
+            snapshots,
+            cfg,
+            daemons,
+            http: walrus::client(),
+        })
+    }
+
+    pub fn daemons(&self) -> &Daemons {
+        &self.daemons
+    }
+
+    /// `<data>/volumes/<id>.raw`: the volume's file.
+    pub fn volume_path(&self, id: &str) -> PathBuf {
+        self.volumes.join(format!("{id}.raw"))
+    }
+
+    /// `<data>/snapshots/<id>.raw`: a snapshot's point-in-time raw copy.
+    pub fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.raw"))
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.json"))
+    }
+
+    async fn qemu_img(&self, args: &[&str]) -> Result<(), ScError> {
+        let out = tokio::process::Command::new(&self.cfg.qemu_img)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| ScError::io("running qemu-img", e))?;
+        if !out.status.success() {
+            return Err(ScError::Io(format!(
+                "qemu-img {}: {}",
+                args.first().copied().unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fills `part` (a new file of `size` bytes) from a snapshot.
+    async fn fill_from(&self, part: &Path, size: u64, src: &SnapshotSource) -> Result<(), ScError> {
+        let local = self.snapshot_path(&src.snapshot_id);
+        if !src.force_download && local.is_file() {
+            let len = std::fs::metadata(&local)
+                .map_err(|e| ScError::io(local.display(), e))?
+                .len();
+            if len > size {
+                return Err(ScError::Invalid(format!(
+                    "snapshot {} ({len} bytes) is larger than the volume ({size} bytes)",
+                    src.snapshot_id
+                )));
+            }
+            let (from, to) = (local.clone(), part.to_path_buf());
+            tokio::task::spawn_blocking(move || sparse::copy_sparse(&from, &to, size))
+                .await
+                .map_err(|e| ScError::io("copy task", e))?
+                .map_err(|e| ScError::io(format!("copying {}", local.display()), e))?;
+            return Ok(());
+        }
+        let Some(url) = &src.download_url else {
+            return Err(ScError::Invalid(format!(
+                "snapshot {} is not on this SC and no download URL was given",
+                src.snapshot_id
+            )));
+        };
+        let download = part.with_extension("download");
+        let result = async {
+            let sha = walrus::get_file(&self.http, url, &download).await?;
+            if let Some(want) = &src.sha256
+                && !want.eq_ignore_ascii_case(&sha)
+            {
+                return Err(ScError::Io(format!(
+                    "snapshot {} from Walrus has SHA-256 {sha}, expected {want}",
+                    src.snapshot_id
+                )));
+            }
+            let (codec, kind, from, to) = (
+                self.cfg.codec.clone(),
+                src.compression,
+                download.clone(),
+                part.to_path_buf(),
+            );
+            let (digest, _) =
+                tokio::task::spawn_blocking(move || codec.decompress(&from, kind, &to, size))
+                    .await
+                    .map_err(|e| ScError::io("decompress task", e))?
+                    .map_err(|e| ScError::io(format!("decompressing {}", src.snapshot_id), e))?;
+            if let Some(want) = &src.raw_digest
+                && !want.eq_ignore_ascii_case(&digest)
+            {
+                return Err(ScError::Io(format!(
+                    "snapshot {} decompressed to digest {digest}, expected {want}",
+                    src.snapshot_id
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&download).await;
+        result
+    }
+}
+
+fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>, ScError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ScError::io(dir.display(), e))?;
+    Ok(rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(suffix)
+                .map(|id| (id.to_string(), e.path()))
+        })
+        .collect())
+}
+
+async fn remove(path: &Path) -> Result<(), ScError> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ScError::io(path.display(), e)),
+        _ => Ok(()),
+    }
+}
+
+async fn publish_file(part: &Path, done: &Path) -> Result<(), ScError> {
+    tokio::fs::rename(part, done)
+        .await
+        .map_err(|e| ScError::io(done.display(), e))?;
+    if let Some(dir) = done.parent() {
+        sparse::sync_dir(dir).map_err(|e| ScError::io(dir.display(), e))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for FileBackend {
+    async fn recover(&self) -> Result<(), ScError> {
+        for dir in [&self.volumes, &self.snapshots] {
+            for suffix in [".part", ".download", ".tmp"] {
+                for (_, path) in list_with_suffix(dir, suffix)? {
+                    tracing::info!(file = %path.display(), "removing what an interrupted step left");
+                    remove(&path).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn volumes(&self) -> Result<BTreeMap<String, u64>, ScError> {
+        Ok(list_with_suffix(&self.volumes, ".raw")?
+            .into_iter()
+            .filter_map(|(id, p)| std::fs::metadata(p).ok().map(|m| (id, m.len())))
+            .collect())
+    }
+
+    async fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        source: Option<&SnapshotSource>,
+    ) -> Result<(), ScError> {
+        let done = self.volume_path(id);
+        if done.is_file() {
+            return Ok(());
+        }
+        let part = self.volumes.join(format!("{id}.raw.part"));
+        remove(&part).await?;
+        let made = match source {
+            None => std::fs::File::create(&part)
+                .and_then(|f| f.set_len(size).and_then(|_| f.sync_all()))
+                .map_err(|e| ScError::io(part.display(), e)),
+            Some(src) => self.fill_from(&part, size, src).await,
+        };
+        if let Err(e) = made {
+            let _ = remove(&part).await;
+            return Err(e);
+        }
+        publish_file(&part, &done).await?;
+        tracing::info!(volume = %id, size, from = ?source.map(|s| &s.snapshot_id), "volume created");
+        Ok(())
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), ScError> {
+        self.daemons.stop(id).await?;
+        remove(&self.volume_path(id)).await?;
+        remove(&self.volumes.join(format!("{id}.raw.part"))).await?;
+        tracing::info!(volume = %id, "volume deleted");
+        Ok(())
+    }
+
+    async fn set_exports(&self, id: &str, grants: &[Grant]) -> Result<Vec<NbdExport>, ScError> {
+        if grants.is_empty() {
+            self.daemons.stop(id).await?;
+            return Ok(Vec::new());
+        }
+        let file = self.volume_path(id);
+        if !file.is_file() {
+            return Err(ScError::Invalid(format!("volume {id} does not exist")));
+        }
+        let running = self.daemons.ensure(id, &file).await?;
+        self.daemons.set_exports(id, grants).await?;
+        Ok(grants
+            .iter()
+            .map(|g| NbdExport {
+                host: self.daemons.config().advertise_host.clone(),
+                port: running.port,
+                export: g.export.clone(),
+                tls_identity: g.identity.clone(),
+                psk_hex: g.psk_hex.clone(),
+            })
+            .collect())
+    }
+
+    async fn served(&self) -> Result<Vec<String>, ScError> {
+        Ok(self.daemons.running())
+    }
+
+    async fn snapshots(&self) -> Result<BTreeMap<String, SnapshotRecord>, ScError> {
+        let mut out = BTreeMap::new();
+        for (id, path) in list_with_suffix(&self.snapshots, ".json")? {
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok())
+            {
+                Some(r) if r.snapshot_id == id => {
+                    out.insert(id, r);
+                }
+                _ => {
+                    tracing::warn!(file = %path.display(), "ignoring an unreadable snapshot record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn snapshot_raw(&self, spec: &SnapshotSpec, progress: Progress) -> Result<(), ScError> {
+        let done = self.snapshot_path(&spec.snapshot_id);
+        if done.is_file() {
+            return Ok(());
+        }
+        let vol = &spec.volume_id;
+        let file = self.volume_path(vol);
+        let size = std::fs::metadata(&file)
+            .map_err(|_| ScError::Invalid(format!("volume {vol} does not exist")))?
+            .len();
+        let qcow2 = self
+            .snapshots
+            .join(format!("{}.qcow2.part", spec.snapshot_id));
+        let part = self
+            .snapshots
+            .join(format!("{}.raw.part", spec.snapshot_id));
+        remove(&qcow2).await?;
+        remove(&part).await?;
+        let qcow2_s = qcow2.to_string_lossy().into_owned();
+        let part_s = part.to_string_lossy().into_owned();
+        let result = async {
+            self.qemu_img(&["create", "-q", "-f", "qcow2", &qcow2_s, &size.to_string()])
+                .await?;
+            // The daemon that serves the volume takes the copy, so guest
+            // writes during it are handled by its copy-before-write filter.
+            self.daemons.ensure(vol, &file).await?;
+            let p = progress.clone();
+            let backup = self.daemons.backup(vol, &qcow2, &move |f| p(f * 0.8)).await;
+            // A daemon started just for this one goes away again.
+            if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
+                self.daemons.stop(vol).await?;
+            }
+            backup?;
+            // qcow2 → sparse raw: the backup writes zero clusters for holes,
+            // which a raw target would have allocated.
+            self.qemu_img(&[
+                "convert", "-q", "-f", "qcow2", "-O", "raw", &qcow2_s, &part_s,
+            ])
+            .await?;
+            std::fs::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ScError::io(part.display(), e))?;
+            progress(1.0);
+            publish_file(&part, &done).await
+        }
+        .await;
+        let _ = remove(&qcow2).await;
+        if result.is_err() {
+            let _ = remove(&part).await;
+        }
+        result?;
+        tracing::info!(snapshot = %spec.snapshot_id, volume = %vol, "point-in-time copy taken");
+        Ok(())
+    }
+
+    async fn publish_snapshot(
+        &self,
+        spec: &SnapshotSpec,
+        progress: Progress,
+    ) -> Result<SnapshotRecord, ScError> {
+        let id = &spec.snapshot_id;
+        if let Some(r) = self.snapshots().await?.remove(id) {
+            return Ok(r);
+        }
+        let raw = self.snapshot_path(id);
+        let volume_size = std::fs::metadata(&raw)
+            .map_err(|e| ScError::io(raw.display(), e))?
+            .len();
+        let packed_path = self
+            .snapshots
+            .join(format!("{id}.{}.part", spec.compression.extension()));
+        let result = async {
+            let (codec, kind, from, to, p) = (
+                self.cfg.codec.clone(),
+                spec.compression,
+                raw.clone(),
+                packed_path.clone(),
+                progress.clone(),
+            );
+            let packed = tokio::task::spawn_blocking(move || {
+                codec.compress(&from, &to, kind, &|f| p(f * 0.8))
+            })
+            .await
+            .map_err(|e| ScError::io("compress task", e))?
+            .map_err(|e| ScError::io(format!("compressing {id}"), e))?;
+            walrus::put_file(&self.http, &spec.target.put_url, &packed_path, &packed.md5).await?;
+            let record = SnapshotRecord {
+                snapshot_id: id.clone(),
+                volume_id: spec.volume_id.clone(),
+                volume_size,
+                compression: spec.compression,
+                sha256: packed.sha256,
+                md5: hex::encode(packed.md5),
+                compressed_size: packed.size,
+                raw_digest: packed.raw_digest,
+            };
+            let json = serde_json::to_vec_pretty(&record).map_err(|e| ScError::io("record", e))?;
+            crate::daemon::write_private(&self.record_path(id), &json)?;
+            sparse::sync_dir(&self.snapshots).map_err(|e| ScError::io("snapshots dir", e))?;
+            progress(1.0);
+            Ok(record)
+        }
+        .await;
+        let _ = remove(&packed_path).await;
+        if let Ok(r) = &result {
+            tracing::info!(snapshot = %id, size = r.compressed_size, "snapshot uploaded and verified");
+        }
+        result
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<(), ScError> {
+        remove(&self.record_path(id)).await?;
+        remove(&self.snapshot_path(id)).await?;
+        Ok(())
+    }
+}

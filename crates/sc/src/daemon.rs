@@ -1,0 +1,521 @@
+//! One `qemu-storage-daemon` per volume that is exported or being
+//! snapshotted, controlled over QMP.
+//!
+//! # Why one per volume
+//!
+//! QEMU's NBD server takes one TLS credential object for all its exports,
+//! and authorizes a client for the server, not for an export. A daemon per
+//! volume, whose PSK file lists only the identities of the NCs that volume
+//! is exported to, makes the handshake itself the per-volume access check:
+//! an NC holding another volume's key is refused before it can name an
+//! export. It also confines a daemon crash to one volume, and the daemon
+//! that serves a volume is the one process that can take a point-in-time
+//! copy of it while a guest writes (`blockdev-backup`, whose
+//! copy-before-write filter preserves the old data of every block the guest
+//! overwrites before the copy reached it).
+//!
+//! # Files
+//!
+//! - `<run>/<vol>.pid`: pidfile; with the daemon's command line (checked
+//!   through /proc, which also names the pidfile) it identifies the daemon
+//!   after an SC restart, so exports survive one.
+//! - `<run>/<vol>.port`: the TCP port it serves NBD on.
+//! - `<run>/<vol>.psk/keys.psk`: `identity:hexkey` lines, rewritten
+//!   atomically when the exports change. GnuTLS reads the file at each
+//!   handshake, so a change applies to the next connection without a
+//!   restart.
+//! - `<sockets>/<vol>.qmp`: the QMP socket, in a short runtime directory
+//!   because a Unix socket path may not exceed 107 bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ironbark_qmp::{Qmp, QmpError};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::error::ScError;
+
+/// The block node exports and backups use.
+const NODE: &str = "vol";
+const FILE_NODE: &str = "vol-file";
+const TLS_ID: &str = "tls0";
+const BACKUP_NODE: &str = "snap-target";
+const BACKUP_FILE_NODE: &str = "snap-target-file";
+const BACKUP_JOB: &str = "snap";
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub binary: PathBuf,
+    pub ip_binary: PathBuf,
+    /// Run daemons inside this network namespace (tests, simulated hosts).
+    pub netns: Option<String>,
+    /// Address the NBD servers listen on.
+    pub listen_host: String,
+    /// Address NCs are told to connect to.
+    pub advertise_host: String,
+    /// Ports handed to daemons, `first..=last`.
+    pub ports: (u16, u16),
+    /// Pidfiles, port files, PSK files.
+    pub run_dir: PathBuf,
+    /// QMP sockets (short path).
+    pub socket_dir: PathBuf,
+}
+
+/// One export a daemon should serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub node_id: String,
+    pub export: String,
+    pub identity: String,
+    pub psk_hex: String,
+}
+
+/// A daemon found running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub pid: u32,
+    pub port: u16,
+}
+
+pub struct Daemons {
+    cfg: DaemonConfig,
+}
+
+fn qmp_err(what: &str) -> impl Fn(QmpError) -> ScError + '_ {
+    move |e| ScError::io(what, e)
+}
+
+impl Daemons {
+    pub fn new(cfg: DaemonConfig) -> Result<Daemons, ScError> {
+        for d in [&cfg.run_dir, &cfg.socket_dir] {
+            std::fs::create_dir_all(d).map_err(|e| ScError::io(d.display(), e))?;
+        }
+        Ok(Daemons { cfg })
+    }
+
+    pub fn config(&self) -> &DaemonConfig {
+        &self.cfg
+    }
+
+    fn pidfile(&self, vol: &str) -> PathBuf {
+        self.cfg.run_dir.join(format!("{vol}.pid"))
+    }
+    fn portfile(&self, vol: &str) -> PathBuf {
+        self.cfg.run_dir.join(format!("{vol}.port"))
+    }
+    fn pskdir(&self, vol: &str) -> PathBuf {
+        self.cfg.run_dir.join(format!("{vol}.psk"))
+    }
+    fn socket(&self, vol: &str) -> PathBuf {
+        self.cfg.socket_dir.join(format!("{vol}.qmp"))
+    }
+
+    /// The daemon serving `vol`, if one runs.
+    pub fn find(&self, vol: &str) -> Option<Running> {
+        let pidfile = self.pidfile(vol);
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if !is_our_daemon(pid, &pidfile) {
+            return None;
+        }
+        let port = std::fs::read_to_string(self.portfile(vol))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Running { pid, port })
+    }
+
+    /// Volumes with a running daemon.
+    pub fn running(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.cfg.run_dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".pid").map(str::to_string)
+            })
+            .filter(|vol| self.find(vol).is_some())
+            .collect()
+    }
+
+    /// Starts the daemon for `vol` over `file` unless one runs; returns it.
+    pub async fn ensure(&self, vol: &str, file: &Path) -> Result<Running, ScError> {
+        if let Some(r) = self.find(vol) {
+            return Ok(r);
+        }
+        // Leftovers of a dead daemon.
+        let _ = std::fs::remove_file(self.socket(vol));
+        let _ = std::fs::remove_file(self.pidfile(vol));
+        let pskdir = self.pskdir(vol);
+        std::fs::create_dir_all(&pskdir).map_err(|e| ScError::io(pskdir.display(), e))?;
+        write_private(&pskdir.join("keys.psk"), b"")?;
+        let taken: Vec<u16> = self
+            .running()
+            .iter()
+            .filter_map(|v| self.find(v).map(|r| r.port))
+            .collect();
+        let (first, last) = self.cfg.ports;
+        // Start at a spot derived from the volume id so concurrent SCs on
+        // one host (tests) rarely race for the same port.
+        let span = u32::from(last - first) + 1;
+        let seed = vol
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let mut last_err = String::from("no free port");
+        for i in 0..span.min(64) {
+            let port = first + ((seed + i) % span) as u16;
+            if taken.contains(&port) {
+                continue;
+            }
+            match self.spawn(vol, file, port).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.contains("Address already in use") => {
+                    last_err = e;
+                    continue;
+                }
+                Err(e) => return Err(ScError::Io(e)),
+            }
+        }
+        Err(ScError::Io(format!(
+            "starting qemu-storage-daemon for {vol}: {last_err}"
+        )))
+    }
+
+    async fn spawn(&self, vol: &str, file: &Path, port: u16) -> Result<Running, String> {
+        let pidfile = self.pidfile(vol);
+        let socket = self.socket(vol);
+        let path = |p: &Path| -> Result<String, String> {
+            let s = p
+                .to_str()
+                .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+            if s.contains(',') {
+                return Err(format!(
+                    "{s} contains a comma, which QEMU options cannot carry"
+                ));
+            }
+            Ok(s.to_string())
+        };
+        let mut c = match &self.cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new(&self.cfg.ip_binary);
+                c.args(["netns", "exec", ns]).arg(&self.cfg.binary);
+                c
+            }
+            None => Command::new(&self.cfg.binary),
+        };
+        c.args(["--daemonize", "--pidfile", &path(&pidfile)?])
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=qmp0,path={},server=on,wait=off",
+                path(&socket)?
+            ))
+            .args(["--monitor", "chardev=qmp0"])
+            .arg("--object")
+            .arg(format!(
+                "tls-creds-psk,id={TLS_ID},endpoint=server,dir={}",
+                path(&self.pskdir(vol))?
+            ))
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name={FILE_NODE},filename={},discard=unmap",
+                path(file)?
+            ))
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=raw,node-name={NODE},file={FILE_NODE},discard=unmap"
+            ))
+            .arg("--nbd-server")
+            .arg(format!(
+                "addr.type=inet,addr.host={},addr.port={port},tls-creds={TLS_ID}",
+                self.cfg.listen_host
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+            .await
+            .map_err(|_| "qemu-storage-daemon did not daemonize within 30 s".to_string())?
+            .map_err(|e| format!("running qemu-storage-daemon: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "qemu-storage-daemon failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        write_private(&self.portfile(vol), port.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or("qemu-storage-daemon wrote no pidfile")?;
+        // With --daemonize it returns once QMP listens; check anyway.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ironbark_qmp::command(&socket, "query-version", None, Duration::from_secs(2))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("qemu-storage-daemon QMP: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        tracing::info!(volume = %vol, pid, port, "qemu-storage-daemon started");
+        Ok(Running { pid, port })
+    }
+
+    /// Stops `vol`'s daemon (closing every connection) and removes its
+    /// files; `Ok` if none ran.
+    pub async fn stop(&self, vol: &str) -> Result<(), ScError> {
+        if let Some(r) = self.find(vol) {
+            let _ = ironbark_qmp::command(&self.socket(vol), "quit", None, Duration::from_secs(5))
+                .await;
+            if !wait_gone(r.pid, &self.pidfile(vol), Duration::from_secs(10)).await {
+                tracing::warn!(volume = %vol, pid = r.pid, "daemon did not quit; killing it");
+                kill(r.pid);
+                if !wait_gone(r.pid, &self.pidfile(vol), Duration::from_secs(10)).await {
+                    return Err(ScError::Io(format!(
+                        "qemu-storage-daemon {} of {vol} survived SIGKILL",
+                        r.pid
+                    )));
+                }
+            }
+            tracing::info!(volume = %vol, "qemu-storage-daemon stopped");
+        }
+        for f in [self.socket(vol), self.pidfile(vol), self.portfile(vol)] {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = std::fs::remove_dir_all(self.pskdir(vol));
+        Ok(())
+    }
+
+    /// Makes the daemon's exports exactly `grants` (the daemon must run).
+    pub async fn set_exports(&self, vol: &str, grants: &[Grant]) -> Result<(), ScError> {
+        // Keys first: an added export must find its identity, and a removed
+        // identity must not open new connections while the export closes.
+        let mut keys = String::new();
+        for g in grants {
+            keys.push_str(&format!("{}:{}\n", g.identity, g.psk_hex));
+        }
+        write_private(&self.pskdir(vol).join("keys.psk"), keys.as_bytes())?;
+        let mut qmp = Qmp::connect(&self.socket(vol))
+            .await
+            .map_err(qmp_err("daemon QMP"))?;
+        let have: Vec<String> = qmp
+            .execute("query-block-exports", None)
+            .await
+            .map_err(qmp_err("query-block-exports"))?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &have {
+            if !grants.iter().any(|g| &g.export == id) {
+                // `hard`: cut the connections of the NC losing the volume.
+                qmp.execute("block-export-del", Some(json!({"id": id, "mode": "hard"})))
+                    .await
+                    .map_err(qmp_err("block-export-del"))?;
+                tracing::info!(volume = %vol, export = %id, "export closed");
+            }
+        }
+        for g in grants {
+            if have.contains(&g.export) {
+                continue;
+            }
+            qmp.execute(
+                "block-export-add",
+                Some(json!({
+                    "type": "nbd",
+                    "id": g.export,
+                    "node-name": NODE,
+                    "name": g.export,
+                    "writable": true,
+                })),
+            )
+            .await
+            .map_err(qmp_err("block-export-add"))?;
+            tracing::info!(volume = %vol, export = %g.export, node = %g.node_id, "export opened");
+        }
+        Ok(())
+    }
+
+    /// The daemon's open export ids.
+    pub async fn exports(&self, vol: &str) -> Result<Vec<String>, ScError> {
+        let v = ironbark_qmp::command(
+            &self.socket(vol),
+            "query-block-exports",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(qmp_err("query-block-exports"))?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// A point-in-time copy of the volume into `target` (a fresh qcow2 of
+    /// the volume's size), taken while the guest may write; `progress`
+    /// gets the fraction done. Leftovers of an interrupted backup are
+    /// removed first.
+    pub async fn backup(
+        &self,
+        vol: &str,
+        target: &Path,
+        progress: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<(), ScError> {
+        let mut qmp = Qmp::connect(&self.socket(vol))
+            .await
+            .map_err(qmp_err("daemon QMP"))?;
+        clean_backup(&mut qmp).await;
+        let target = target
+            .to_str()
+            .ok_or_else(|| ScError::Io("snapshot path is not UTF-8".into()))?;
+        qmp.execute(
+            "blockdev-add",
+            Some(json!({
+                "driver": "qcow2",
+                "node-name": BACKUP_NODE,
+                "file": {"driver": "file", "node-name": BACKUP_FILE_NODE, "filename": target},
+            })),
+        )
+        .await
+        .map_err(qmp_err("blockdev-add (snapshot target)"))?;
+        // sync=full copies every block as of this instant; zero ranges of
+        // the source become zero clusters of the qcow2 target, not data.
+        qmp.execute(
+            "blockdev-backup",
+            Some(json!({
+                "job-id": BACKUP_JOB,
+                "device": NODE,
+                "target": BACKUP_NODE,
+                "sync": "full",
+                "auto-dismiss": false,
+            })),
+        )
+        .await
+        .map_err(qmp_err("blockdev-backup"))?;
+        let outcome = loop {
+            let jobs = qmp
+                .execute("query-jobs", None)
+                .await
+                .map_err(qmp_err("query-jobs"))?;
+            let job = jobs
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["id"] == BACKUP_JOB))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let done = job["current-progress"].as_f64().unwrap_or(0.0);
+            let total = job["total-progress"].as_f64().unwrap_or(1.0).max(1.0);
+            progress(done / total);
+            match job["status"].as_str() {
+                Some("concluded") => break job["error"].as_str().map(str::to_string),
+                Some(_) => {}
+                None => break Some("the backup job vanished".to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        clean_backup(&mut qmp).await;
+        match outcome {
+            None => Ok(()),
+            Some(e) => Err(ScError::Io(format!("backup of {vol}: {e}"))),
+        }
+    }
+}
+
+/// Dismisses a finished (or cancels a running) backup job and removes its
+/// target nodes; errors mean there was nothing to clean.
+async fn clean_backup(qmp: &mut Qmp) {
+    if qmp
+        .execute("job-cancel", Some(json!({"id": BACKUP_JOB})))
+        .await
+        .is_ok()
+    {
+        let _ = qmp
+            .wait_event(
+                "JOB_STATUS_CHANGE",
+                |d| d["id"] == BACKUP_JOB && d["status"] == "concluded",
+                Duration::from_secs(30),
+            )
+            .await;
+    }
+    let _ = qmp
+        .execute("job-dismiss", Some(json!({"id": BACKUP_JOB})))
+        .await;
+    for node in [BACKUP_NODE, BACKUP_FILE_NODE] {
+        let _ = qmp
+            .execute("blockdev-del", Some(json!({"node-name": node})))
+            .await;
+    }
+}
+
+/// Writes a file readable by root only, atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ScError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| ScError::io(tmp.display(), e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ScError::io(tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ScError::io(path.display(), e))
+}
+
+fn is_our_daemon(pid: u32, pidfile: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let Some(want) = pidfile.to_str() else {
+        return false;
+    };
+    let is_qsd = args
+        .first()
+        .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-storage-daemon"));
+    is_qsd
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--pidfile" && w[1] == want.as_bytes())
+}
+
+async fn wait_gone(pid: u32, pidfile: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_our_daemon(pid, pidfile) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+fn kill(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
