@@ -63,6 +63,14 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ),
     ("NC_ID", "`ironbark nc`: this node's id (default nc-<port>)"),
     (
+        "SC_URL",
+        "`ironbark clc`: the SC's control API (default http://127.0.0.1:<api port + 3>)",
+    ),
+    (
+        "SC_NBD_HOST",
+        "the address the SC's NBD exports listen on and NCs connect to (default 127.0.0.1)",
+    ),
+    (
         "CC_ZONE",
         "`ironbark cc`: the availability zone it runs (default: the first of ZONES)",
     ),

@@ -48,6 +48,8 @@ enum Command {
     Cc(RoleArgs),
     /// Run a node controller: the QEMU instances the CC asks for.
     Nc(RoleArgs),
+    /// Run a storage controller: the zone's EBS volumes and snapshots.
+    Sc(RoleArgs),
     /// Guest images for testing the cloud.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -230,6 +232,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Clc(a) => serve(a, false).await,
         Command::Cc(a) => serve_cc(a).await,
         Command::Nc(a) => serve_nc(a).await,
+        Command::Sc(a) => serve_sc(a).await,
         Command::Image(ImageCmd::BuildTest { out, cache }) => {
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
             std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
@@ -338,6 +341,31 @@ fn parse_nodes(v: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// SC_NBD_HOST: the address the SC's NBD exports listen on and NCs dial
+/// (default 127.0.0.1, right when the NCs share the SC's host).
+fn nbd_host(file: &config::ConfigFile) -> Option<String> {
+    file.get("SC_NBD_HOST").map(str::to_string)
+}
+
+/// `ironbark sc`: one storage controller.
+async fn serve_sc(a: RoleArgs) -> Result<(), String> {
+    let file = load_config(a.config.as_deref())?;
+    let token = role_token(&file, &a.data_dir)?;
+    let listen = a
+        .listen
+        .unwrap_or_else(|| SocketAddr::new([0, 0, 0, 0].into(), ironbark_sc_api::DEFAULT_PORT));
+    let mut sc = ironbark_sc::ScSettings::new(a.data_dir.join("sc"), &token, listen);
+    if let Some(h) = nbd_host(&file) {
+        sc.nbd_listen_host = h.clone();
+        sc.nbd_advertise_host = h;
+    }
+    ironbark_sc::start(&sc)
+        .await
+        .map_err(|e| format!("starting the SC: {e}"))?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
 /// `ironbark cc`: one cluster controller.
 async fn serve_cc(a: RoleArgs) -> Result<(), String> {
     let file = load_config(a.config.as_deref())?;
@@ -421,6 +449,10 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
             format!("http://{addr}")
         }
     };
+    let sc_url = match file.get("SC_URL") {
+        Some(u) if !all_roles => u.trim_end_matches('/').to_string(),
+        _ => loopback(ports.sc),
+    };
     let cc_url = match file.get("CC_URL") {
         Some(u) if !all_roles => u.trim_end_matches('/').to_string(),
         _ => loopback(ports.cc),
@@ -434,7 +466,10 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
         .with_objects(objects.clone())
         .with_cluster(Arc::new(roles::HttpCluster(
             ironbark_cc::ClusterClient::new(&cc_url, &token).map_err(|e| e.to_string())?,
-        )));
+        )))
+        .with_storage(Arc::new(roles::HttpStorage(ironbark_sc::ScClient::new(
+            &sc_url, &token,
+        ))));
     let endpoints = admin_files::Endpoints {
         ec2: format!("{base}/"),
         s3: format!("{walrus_url}/"),
@@ -481,8 +516,18 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
     tokio::spawn(walrus::serve(s3_service.clone(), walrus_listener));
 
-    // The zone's CC and this host's NC, over loopback HTTP as across hosts.
+    // The zone's CC, SC and this host's NC, over loopback HTTP as across
+    // hosts.
     if all_roles {
+        let mut sc = ironbark_sc::ScSettings::new(a.data_dir.join("sc"), &token, ports.sc);
+        sc.nbd_ports = ports.nbd;
+        if let Some(h) = nbd_host(&file) {
+            sc.nbd_listen_host = h.clone();
+            sc.nbd_advertise_host = h;
+        }
+        ironbark_sc::start(&sc)
+            .await
+            .map_err(|e| format!("starting the SC: {e}"))?;
         roles::start_nc(
             &a.data_dir,
             ports.nc,

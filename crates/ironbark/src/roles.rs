@@ -70,22 +70,48 @@ impl Cluster for HttpCluster {
     }
 }
 
+/// The CLC's SC, over HTTP.
+pub struct HttpStorage(pub ironbark_sc::ScClient);
+
+fn sc_error(e: ironbark_sc::ScError) -> Error {
+    Error::new(ErrorKind::Internal, format!("storage controller: {e}"))
+}
+
+#[async_trait::async_trait]
+impl ironbark_clc::Storage for HttpStorage {
+    async fn apply(
+        &self,
+        desired: ironbark_sc_api::DesiredStorage,
+    ) -> Result<ironbark_sc_api::StorageReport> {
+        self.0.apply(&desired).await.map_err(sc_error)
+    }
+    async fn report(&self) -> Result<ironbark_sc_api::StorageReport> {
+        self.0.report().await.map_err(sc_error)
+    }
+}
+
 /// Where each role listens, derived from the API address so several clouds
-/// can run side by side: CC on port+1, NC on port+2, metadata on port+4.
+/// can run side by side: CC on port+1, NC on port+2, SC on port+3,
+/// metadata on port+4, and the SC's NBD exports from port+100 (100 ports).
 pub struct Ports {
     pub cc: SocketAddr,
     pub nc: SocketAddr,
+    pub sc: SocketAddr,
     pub metadata: SocketAddr,
+    pub nbd: (u16, u16),
 }
 
 impl Ports {
     pub fn around(api: SocketAddr) -> Self {
         let at = |off: u16| SocketAddr::new(api.ip(), api.port().wrapping_add(off));
         let meta = SocketAddr::new([0, 0, 0, 0].into(), api.port().wrapping_add(4));
+        let nbd = api.port().wrapping_add(100);
         Ports {
             cc: at(1),
             nc: at(2),
+            sc: at(3),
             metadata: meta,
+            nbd: (nbd, nbd.wrapping_add(99)),
         }
     }
 }

@@ -76,6 +76,19 @@ async fn volumes_and_snapshots(s: &dyn Store) {
     };
     s.put_volume(&v).await.unwrap();
     assert_eq!(s.list_volumes(Some(&a.id)).await.unwrap(), vec![v.clone()]);
+    // Volumes take tags, which read back with their type and go with them.
+    s.put_tags(
+        &a.id,
+        &[(v.id.to_string(), ResourceType::Volume)],
+        &[("Name".into(), "data".into())],
+    )
+    .await
+    .unwrap();
+    let tags = s.list_tags(Some(&a.id)).await.unwrap();
+    assert!(
+        tags.iter()
+            .any(|t| t.resource_id == v.id.as_str() && t.resource_type == ResourceType::Volume)
+    );
     v.state = VolumeState::Available;
     v.attachment = Some(VolumeAttachment {
         instance_id: InstanceId::generate(),
@@ -123,6 +136,13 @@ async fn volumes_and_snapshots(s: &dyn Store) {
     assert!(!s.delete_snapshot(&sn.id).await.unwrap());
     assert!(s.delete_volume(&v.id).await.unwrap());
     assert!(s.list_volumes(None).await.unwrap().is_empty());
+    assert!(
+        !s.list_tags(Some(&a.id))
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.resource_id == v.id.as_str())
+    );
 }
 
 async fn addresses(s: &dyn Store) {

@@ -430,6 +430,8 @@ fn resource_type_parse(s: &str) -> Result<ResourceType> {
         "security-group" => Ok(ResourceType::SecurityGroup),
         "key-pair" => Ok(ResourceType::KeyPair),
         "image" => Ok(ResourceType::Image),
+        "volume" => Ok(ResourceType::Volume),
+        "snapshot" => Ok(ResourceType::Snapshot),
         other => Err(Error::internal(format!(
             "unknown resource type {other} in store"
         ))),

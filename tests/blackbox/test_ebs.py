@@ -1,0 +1,117 @@
+"""EBS through the real AWS CLI and boto3 against `ironbark up` (which
+runs the SC): volumes from creating to available to deleted, snapshots
+from pending to completed, sharing a snapshot with another account, and
+every refusal with EC2's error code and no change. Attaching to real VMs
+is in test_ebs_vms.py."""
+
+import time
+
+import pytest
+
+from conftest import creds_of, raises_code
+
+
+def wait_until(what, fn, timeout=120, every=0.5):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def volume(ec2, vid):
+    vols = ec2.describe_volumes(VolumeIds=[vid])["Volumes"]
+    return vols[0]
+
+
+def test_volume_life_cycle_and_refusals(cloud):
+    alice = cloud.client(creds_of(cloud.new_account("ebsa")))
+    bob_creds = cloud.new_account("ebsb")
+    bob = cloud.client(creds_of(bob_creds))
+    zone = alice.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+
+    # Refusals change nothing.
+    with raises_code("InvalidParameterValue"):
+        alice.create_volume(Size=1, AvailabilityZone="nowhere")
+    with raises_code("InvalidParameterValue"):
+        alice.create_volume(Size=0, AvailabilityZone=zone)
+    with raises_code("InvalidParameterValue"):
+        alice.create_volume(Size=5000, AvailabilityZone=zone)
+    with raises_code("MissingParameter"):
+        alice.create_volume(AvailabilityZone=zone)
+    with raises_code("InvalidSnapshot.NotFound"):
+        alice.create_volume(SnapshotId="snap-12345678", AvailabilityZone=zone)
+    assert alice.describe_volumes()["Volumes"] == []
+
+    v = alice.create_volume(Size=1, AvailabilityZone=zone,
+                            TagSpecifications=[{"ResourceType": "volume",
+                                                "Tags": [{"Key": "Name", "Value": "data"}]}])
+    vid = v["VolumeId"]
+    assert vid.startswith("vol-") and v["Size"] == 1 and v["AvailabilityZone"] == zone
+    assert v["State"] in ("creating", "available")
+    wait_until("available", lambda: volume(alice, vid)["State"] == "available")
+    got = volume(alice, vid)
+    assert got["Attachments"] == [] and {"Key": "Name", "Value": "data"} in got["Tags"]
+    by_filter = alice.describe_volumes(Filters=[{"Name": "status", "Values": ["available"]},
+                                                {"Name": "tag:Name", "Values": ["data"]}])["Volumes"]
+    assert [x["VolumeId"] for x in by_filter] == [vid]
+
+    # Another account neither sees nor touches it.
+    assert bob.describe_volumes()["Volumes"] == []
+    with raises_code("InvalidVolume.NotFound"):
+        bob.describe_volumes(VolumeIds=[vid])
+    with raises_code("InvalidVolume.NotFound"):
+        bob.delete_volume(VolumeId=vid)
+    with raises_code("InvalidVolume.NotFound"):
+        bob.create_snapshot(VolumeId=vid)
+    with raises_code("InvalidVolumeID.Malformed"):
+        alice.delete_volume(VolumeId="vol-nothex")
+    with raises_code("InvalidInstanceID.NotFound"):
+        alice.attach_volume(VolumeId=vid, InstanceId="i-12345678", Device="/dev/sdb")
+    with raises_code("IncorrectState"):
+        alice.detach_volume(VolumeId=vid)
+
+    # Snapshot: pending, then completed; visible to its owner only.
+    s = alice.create_snapshot(VolumeId=vid, Description="first")
+    sid = s["SnapshotId"]
+    assert sid.startswith("snap-") and s["State"] in ("pending", "completed")
+    assert s["VolumeSize"] == 1 and s["Description"] == "first"
+    wait_until("completed", lambda: alice.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"]
+               == "completed")
+    snap = alice.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
+    assert snap["Progress"] == "100%" and snap["VolumeId"] == vid
+    assert [x["SnapshotId"] for x in alice.describe_snapshots(OwnerIds=["self"])["Snapshots"]] == [sid]
+    assert bob.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+    with raises_code("InvalidSnapshot.NotFound"):
+        bob.create_volume(SnapshotId=sid, AvailabilityZone=zone)
+
+    # Shared with bob: he restores it into a volume of his own.
+    bob_id = bob_creds["account_id"]
+    alice.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission",
+                                    OperationType="add", UserIds=[bob_id])
+    attr = alice.describe_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission")
+    assert attr["CreateVolumePermissions"] == [{"UserId": bob_id}]
+    assert [x["SnapshotId"] for x in bob.describe_snapshots(RestorableByUserIds=[bob_id])["Snapshots"]] == [sid]
+    with raises_code("InvalidParameterValue"):
+        bob.create_volume(SnapshotId=sid, Size=0, AvailabilityZone=zone)
+    restored = bob.create_volume(SnapshotId=sid, AvailabilityZone=zone)
+    assert restored["Size"] == 1 and restored["SnapshotId"] == sid
+    wait_until("restored available", lambda: volume(bob, restored["VolumeId"])["State"] == "available")
+    alice.reset_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission")
+    assert bob.describe_snapshots(RestorableByUserIds=[bob_id])["Snapshots"] == []
+
+    # The CLI, as euca2ools users script it.
+    out = cloud.aws("ec2", "describe-volumes", "--volume-ids", restored["VolumeId"], creds=bob_creds)
+    assert out["Volumes"][0]["State"] == "available"
+
+    # Delete: snapshot at once, volumes once the SC let go.
+    alice.delete_snapshot(SnapshotId=sid)
+    with raises_code("InvalidSnapshot.NotFound"):
+        alice.delete_snapshot(SnapshotId=sid)
+    for ec2, v_id in [(alice, vid), (bob, restored["VolumeId"])]:
+        ec2.delete_volume(VolumeId=v_id)
+        wait_until("deleted", lambda ec2=ec2: ec2.describe_volumes()["Volumes"] == [])
+
