@@ -1,0 +1,145 @@
+"""EBS volumes on real VMs, end to end through the AWS API: a volume is
+attached to a running guest (hot-plugged over QMP as a virtio disk whose
+serial is the volume id, served by the SC over NBD with TLS-PSK), written
+and checksummed inside the guest, detached, attached to a second guest
+where the checksum matches; a snapshot of it restored into a new volume
+holds the same data; terminating an instance leaves its volume available
+with its data intact.
+
+Needs root, QEMU, qemu-storage-daemon, dnsmasq and nft (the test command
+installs them).
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, states, wait_for
+
+pytestmark = NEEDS_VMS
+
+MIB = 4  # how much data the guests write and checksum
+
+
+@pytest.fixture(scope="module")
+def test_image(tmp_path_factory):
+    return build_test_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture
+def ebscloud():
+    root = Path(tempfile.mkdtemp(prefix="ibe-", dir="/tmp"))
+    root.chmod(0o755)
+    c = NetCloud(root)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_path):
+    c = ebscloud
+    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
+                  "--ramdisk", str(test_image / "initrd.img"), "--name", "ebs").split()[-1]
+    ec2 = c.ec2()
+    key = ec2.create_key_pair(KeyName="ebs")
+    pem = tmp_path / "ebs.pem"
+    pem.write_text(key["KeyMaterial"])
+    pem.chmod(0o600)
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+
+    ids = [i["InstanceId"] for i in ec2.run_instances(
+        ImageId=emi, MinCount=2, MaxCount=2, KeyName="ebs")["Instances"]]
+    wait_for("running", lambda: all(s["State"]["Name"] == "running" for s in states(ec2, ids).values()),
+             timeout=120)
+    for iid in ids:
+        wait_for(f"{iid} ready", lambda iid=iid: f"IRONBARK-READY instance-id={iid}" in console(ec2, iid))
+    ips = {iid: s["PrivateIpAddress"] for iid, s in states(ec2, ids).items()}
+    a, b = ids
+
+    ssh = ["ssh", "-i", str(pem), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+           "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
+
+    def guest(iid, cmd):
+        r = c.ns_run(*ssh, f"root@{ips[iid]}", cmd, check=False, timeout=60)
+        assert r.returncode == 0, f"{cmd} on {iid}: {r.stderr}"
+        return r.stdout.strip()
+
+    def disk_of(iid, vid):
+        """The guest's block device whose virtio serial is the volume id
+        (virtio-blk keeps its first 20 characters)."""
+        out = guest(iid, "for d in /sys/block/vd*; do echo ${d##*/} $(cat $d/serial 2>/dev/null); done")
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == vid[:20]:
+                return f"/dev/{parts[0]}"
+        return None
+
+    def attached(vid, iid):
+        v = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+        return (v["State"] == "in-use" and v["Attachments"]
+                and v["Attachments"][0]["State"] == "attached" and v["Attachments"][0]["InstanceId"] == iid)
+
+    def available(vid):
+        v = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+        return v["State"] == "available" and not v["Attachments"]
+
+    def md5_of(iid, dev):
+        return guest(iid, f"dd if={dev} bs=1M count={MIB} 2>/dev/null | md5sum").split()[0]
+
+    vid = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    wait_for("volume available", lambda: available(vid), timeout=60)
+
+    # Attach to a: the guest sees a disk with the volume id as its serial.
+    att = ec2.attach_volume(VolumeId=vid, InstanceId=a, Device="/dev/sdb")
+    assert att["State"] in ("attaching", "attached") and att["Device"] == "/dev/sdb"
+    wait_for("attached to a", lambda: attached(vid, a), timeout=90)
+    dev = wait_for("disk in a", lambda: disk_of(a, vid), timeout=60)
+    guest(a, f"dd if=/dev/urandom of={dev} bs=1M count={MIB} 2>/dev/null && sync")
+    written = md5_of(a, dev)
+    with pytest.raises(Exception) as e:
+        ec2.delete_volume(VolumeId=vid)
+    assert "VolumeInUse" in str(e.value)
+
+    # Detach: gone from a's guest, then available.
+    ec2.detach_volume(VolumeId=vid)
+    wait_for("detached", lambda: available(vid), timeout=90)
+    assert disk_of(a, vid) is None, "the guest no longer has the disk"
+
+    # Attach to b: same bytes.
+    ec2.attach_volume(VolumeId=vid, InstanceId=b, Device="/dev/vdc")
+    wait_for("attached to b", lambda: attached(vid, b), timeout=90)
+    dev_b = wait_for("disk in b", lambda: disk_of(b, vid), timeout=60)
+    assert md5_of(b, dev_b) == written
+
+    # A snapshot taken while attached, restored into a new volume, holds
+    # the same data.
+    sid = ec2.create_snapshot(VolumeId=vid, Description="while attached")["SnapshotId"]
+    wait_for("snapshot completed", lambda: ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"]
+             == "completed", timeout=120)
+    rid = ec2.create_volume(SnapshotId=sid, AvailabilityZone=zone)["VolumeId"]
+    wait_for("restored available", lambda: available(rid), timeout=120)
+    ec2.attach_volume(VolumeId=rid, InstanceId=a, Device="/dev/sdc")
+    wait_for("restored attached", lambda: attached(rid, a), timeout=90)
+    dev_r = wait_for("restored disk in a", lambda: disk_of(a, rid), timeout=60)
+    assert md5_of(a, dev_r) == written
+
+    # Terminating b leaves its volume available, data intact.
+    ec2.terminate_instances(InstanceIds=[b])
+    wait_for("volume freed by the terminate", lambda: available(vid), timeout=90)
+    ec2.attach_volume(VolumeId=vid, InstanceId=a, Device="/dev/sdd")
+    wait_for("attached to a again", lambda: attached(vid, a), timeout=90)
+    dev_a2 = wait_for("disk in a again", lambda: disk_of(a, vid), timeout=60)
+    assert md5_of(a, dev_a2) == written
+
+    # Clean up through the API: detach, delete; nothing of them stays.
+    for v in (vid, rid):
+        ec2.detach_volume(VolumeId=v)
+    for v in (vid, rid):
+        wait_for(f"{v} detached", lambda v=v: available(v), timeout=90)
+        ec2.delete_volume(VolumeId=v)
+    wait_for("volumes deleted", lambda: ec2.describe_volumes()["Volumes"] == [], timeout=60)
+    assert not list((c.data / "sc" / "volumes").glob("vol-*")), "the SC dropped the files"
