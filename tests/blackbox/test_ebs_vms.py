@@ -3,7 +3,7 @@ attached to a running guest (hot-plugged over QMP as a virtio disk whose
 serial is the volume id, served by the SC over NBD with TLS-PSK), written
 and checksummed inside the guest, detached, attached to a second guest
 where the checksum matches; a snapshot of it restored into a new volume
-holds the same data; terminating an instance leaves its volume available
+holds the same data, from the SC's raw copy and from Walrus alike; terminating an instance leaves its volume available
 with its data intact.
 
 Needs root, QEMU, qemu-storage-daemon, dnsmasq and nft (the test command
@@ -127,6 +127,18 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
     dev_r = wait_for("restored disk in a", lambda: disk_of(a, rid), timeout=60)
     assert md5_of(a, dev_r) == written
 
+    # With the SC's raw copy gone, a restore comes from the compressed copy
+    # in Walrus (its checksums verified): the same bytes again.
+    raw = c.data / "sc" / "snapshots" / f"{sid}.raw"
+    assert raw.exists(), "the SC keeps the snapshot's raw copy"
+    raw.unlink()
+    wid = ec2.create_volume(SnapshotId=sid, AvailabilityZone=zone)["VolumeId"]
+    wait_for("restored from Walrus", lambda: available(wid), timeout=120)
+    ec2.attach_volume(VolumeId=wid, InstanceId=a, Device="/dev/sde")
+    wait_for("Walrus copy attached", lambda: attached(wid, a), timeout=90)
+    dev_w = wait_for("Walrus copy in a", lambda: disk_of(a, wid), timeout=60)
+    assert md5_of(a, dev_w) == written
+
     # Terminating b leaves its volume available, data intact.
     ec2.terminate_instances(InstanceIds=[b])
     wait_for("volume freed by the terminate", lambda: available(vid), timeout=90)
@@ -136,9 +148,9 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
     assert md5_of(a, dev_a2) == written
 
     # Clean up through the API: detach, delete; nothing of them stays.
-    for v in (vid, rid):
+    for v in (vid, rid, wid):
         ec2.detach_volume(VolumeId=v)
-    for v in (vid, rid):
+    for v in (vid, rid, wid):
         wait_for(f"{v} detached", lambda v=v: available(v), timeout=90)
         ec2.delete_volume(VolumeId=v)
     wait_for("volumes deleted", lambda: ec2.describe_volumes()["Volumes"] == [], timeout=60)
