@@ -208,7 +208,8 @@ pub fn nft_elements_script(from: Option<&Elements>, nft: &NftPlan) -> String {
         Some(old) => filter::delta_script(NFT_TABLE, old, &nft.elements).unwrap_or_default(),
         None => {
             let mut s = String::new();
-            for set in filter::SETS {
+            // Every set the table declares is in the plan's elements.
+            for set in nft.elements.keys() {
                 s.push_str(&format!("flush set ip {NFT_TABLE} {set}\n"));
             }
             s + &filter::add_lines(NFT_TABLE, &nft.elements)
@@ -448,14 +449,13 @@ impl HostNet for LinuxHostNet {
         Ok(())
     }
 
-    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError> {
-        let loaded = self.nft_state().await?;
+    async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
         let known = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .filter(|(state, _)| Some(state) == loaded.as_ref())
+            .filter(|(state, _)| state == loaded)
             .map(|(_, e)| e);
         self.nft(&nft_elements_script(known.as_ref(), nft)).await?;
         self.remember(nft);
@@ -557,10 +557,7 @@ mod tests {
         );
         // Unknown elements: every set flushed and reloaded, one transaction.
         let all = nft_elements_script(None, &nft);
-        assert!(
-            all.starts_with("flush set ip ironbark dst_group\n"),
-            "{all}"
-        );
+        assert!(all.starts_with("flush set ip ironbark subnets\n"), "{all}");
         assert!(all.contains("add element ip ironbark subnets { 10.0.0.0/28 }\n"));
         // Known: only the difference.
         let mut old = nft.elements.clone();

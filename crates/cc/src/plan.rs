@@ -250,6 +250,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
     let mut warnings = Vec::new();
     let mut segments: BTreeMap<String, SegmentPlan> = BTreeMap::new();
     let mut by_group: BTreeMap<String, String> = BTreeMap::new();
+    let mut by_start: BTreeMap<u32, String> = BTreeMap::new();
 
     // Sorted first, so which of two conflicting entries wins does not
     // depend on the order the CLC listed them in.
@@ -258,7 +259,18 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
     for seg in sorted_segments {
         match check_segment(seg, cfg) {
             Ok((subnet, gateway)) => {
-                if let Some(other) = segments.values().find(|s| s.subnet.overlaps(&subnet)) {
+                // Blocks either nest or are apart: an overlap is with the
+                // nearest block starting at or before this one's start, or
+                // with one starting inside it.
+                let start = u32::from(subnet.network);
+                let end = u32::from(subnet.broadcast());
+                let before = by_start.range(..=start).next_back();
+                let inside = by_start.range(start..=end).next();
+                if let Some((_, bridge)) = before
+                    .filter(|(_, b)| segments[*b].subnet.overlaps(&subnet))
+                    .or(inside)
+                {
+                    let other = &segments[bridge];
                     warnings.push(format!(
                         "segment {} left out: subnet {subnet} overlaps {} of {}",
                         seg.group_id, other.subnet, other.group_id
@@ -273,6 +285,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
                     continue;
                 }
                 by_group.insert(seg.group_id.clone(), seg.bridge.clone());
+                by_start.insert(start, seg.bridge.clone());
                 segments.insert(
                     seg.bridge.clone(),
                     SegmentPlan {
@@ -696,8 +709,9 @@ fn dnsmasq_hosts(entries: &[DhcpHost]) -> String {
 ///   another segment's instance (and nothing outside can ask at all).
 /// - `forward` (after DNAT, before SNAT, so it sees the instance's private
 ///   destination and the sender's own source): replies pass; a packet to an
-///   instance gets its group's tag as mark from `dst_group` and must match
-///   one of the group's allow sets, one lookup each, or is dropped. Every
+///   instance jumps (`dst_group`) to its group's chain `g<tag>`, where it
+///   must match one of the group's allow sets, one lookup each, or is
+///   dropped. Every
 ///   original-direction packet is checked, so a revoked rule also stops
 ///   established connections. Anything else routed into a segment (an
 ///   address no instance has) is dropped, which keeps segments isolated.
@@ -723,14 +737,32 @@ fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig, elements: Elements) -> Nf
             s.subnet
         );
     }
-    let sets = "\tmap dst_group {\n\t\ttype ipv4_addr : mark\n\t}\n\n\
-         \tset allow_all {\n\t\ttype mark . ipv4_addr\n\t\tflags interval\n\t}\n\n\
-         \tset allow_ports {\n\t\ttype mark . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t}\n\n\
-         \tset allow_icmp {\n\t\ttype mark . ipv4_addr . icmp_type . icmp_code\n\t\tflags interval\n\t}\n\n\
+    let mut sets = String::from(
+        "\tmap dst_group {\n\t\ttype ipv4_addr : verdict\n\t}\n\n\
          \tmap pub2priv {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
          \tmap priv2pub {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
          \tset subnets {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\n\
-         \tset state {\n\t\ttype mark\n\t}\n\n";
+         \tset state {\n\t\ttype mark\n\t}\n\n",
+    );
+    let mut group_chains = String::new();
+    for s in segments {
+        let [all, ports, icmp] = filter::group_sets(s.tag);
+        let _ = write!(
+            sets,
+            "\tset {all} {{\n\t\ttype ipv4_addr . inet_proto\n\t\tflags interval\n\t}}\n\n\
+             \tset {ports} {{\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t}}\n\n\
+             \tset {icmp} {{\n\t\ttype ipv4_addr . icmp_type . icmp_code\n\t\tflags interval\n\t}}\n\n"
+        );
+        let _ = write!(
+            group_chains,
+            "\n\tchain {} {{\n\
+             \t\tip saddr . meta l4proto @{all} accept\n\
+             \t\tip saddr . meta l4proto . th dport @{ports} accept\n\
+             \t\tip saddr . icmp type . icmp code @{icmp} accept\n\
+             \t\tdrop\n\t}}\n",
+            filter::group_chain(s.tag)
+        );
+    }
     let chains = format!(
         "{sets}\
          \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\
@@ -744,13 +776,8 @@ fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig, elements: Elements) -> Nf
          \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n\n\
          \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
          \t\tct direction reply accept\n\
-         \t\tmeta mark set ip daddr map @dst_group jump to_instance\n\
-         \t\toifname \"{prefix}*\" drop\n\t}}\n\n\
-         \tchain to_instance {{\n\
-         \t\tmeta mark . ip saddr @allow_all accept\n\
-         \t\tmeta mark . ip saddr . meta l4proto . th dport @allow_ports accept\n\
-         \t\tmeta mark . ip saddr . icmp type . icmp code @allow_icmp accept\n\
-         \t\tdrop\n\t}}\n"
+         \t\tip daddr vmap @dst_group\n\
+         \t\toifname \"{prefix}*\" drop\n\t}}\n{group_chains}"
     );
     let fingerprint = hex::encode(&Sha256::digest(chains.as_bytes())[..8]);
     let table = format!(
@@ -879,14 +906,14 @@ mod tests {
         // Spot checks of what the golden file must say.
         let e = |set: &str| nft.elements[set].iter().cloned().collect::<Vec<_>>();
         // DNS from the db instance's public address admits its private one.
-        assert!(e("allow_ports").contains(&"10 . 10.200.0.18 . udp . 53".to_string()));
+        assert!(e("g10_ports").contains(&"10.200.0.18 . udp . 53".to_string()));
         // Overlapping port ranges were cut apart: 22 from anywhere, the
         // rest of 20-30 from 10/8.
-        assert!(e("allow_ports").contains(&"11 . 0.0.0.0/0 . tcp . 22".to_string()));
-        assert!(e("allow_ports").contains(&"11 . 10.0.0.0/8 . tcp . 20-21".to_string()));
+        assert!(e("g11_ports").contains(&"0.0.0.0/0 . tcp . 22".to_string()));
+        assert!(e("g11_ports").contains(&"10.0.0.0/8 . tcp . 20-21".to_string()));
         // A source group is its members' private and public addresses.
-        assert!(e("allow_icmp").contains(&"10 . 10.200.0.18 . 8 . 0-255".to_string()));
-        assert!(e("allow_icmp").contains(&"10 . 203.0.113.20 . 8 . 0-255".to_string()));
+        assert!(e("g10_icmp").contains(&"10.200.0.18 . 8 . 0-255".to_string()));
+        assert!(e("g10_icmp").contains(&"203.0.113.20 . 8 . 0-255".to_string()));
         assert_eq!(
             e("pub2priv"),
             [
