@@ -54,8 +54,15 @@ pub struct CcConfig {
     /// Run every network command inside this network namespace (`ip netns
     /// exec`); tests use it so they never touch the host's own network.
     pub netns: Option<String>,
-    /// Generated files: `dhcp/<bridge>/{dnsmasq.conf,hosts,leases,pid,log}`.
+    /// Generated files: `dhcp/<bridge>/{dnsmasq.conf,leases,pid,log}`.
     pub state_dir: PathBuf,
+    /// The DHCP host lists, `<bridge>.hosts`. dnsmasq rereads a list on
+    /// SIGHUP after it has dropped root, so the list must be where its
+    /// unprivileged user can read it, whatever the state directory's mode
+    /// (a 0700 data directory is normal). The default is under `/run`,
+    /// named after the state directory so several CCs on a host do not
+    /// share one.
+    pub dhcp_hosts_dir: PathBuf,
     /// The dnsmasq program.
     pub dnsmasq: PathBuf,
     /// `VNET_PUBINTERFACE`: where instances' public addresses live (as
@@ -81,6 +88,7 @@ impl CcConfig {
         state_dir: impl Into<PathBuf>,
     ) -> Self {
         let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        let state_dir: PathBuf = state_dir.into();
         CcConfig {
             zone: zone.into(),
             token: token.into(),
@@ -96,7 +104,8 @@ impl CcConfig {
             dns_servers: Vec::new(),
             lease_time: "12h".to_string(),
             netns: None,
-            state_dir: state_dir.into(),
+            dhcp_hosts_dir: default_hosts_dir(&state_dir),
+            state_dir,
             dnsmasq: PathBuf::from("dnsmasq"),
             public_interface: None,
             public_ips: Vec::new(),
@@ -119,6 +128,13 @@ impl CcConfig {
     pub fn metadata_port(&self) -> u16 {
         self.metadata_listen.port()
     }
+}
+
+/// `/run/ironbark/dhcp-<digest of the state directory>`.
+fn default_hosts_dir(state_dir: &std::path::Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/ironbark").join(format!("dhcp-{}", hex::encode(&digest[..6])))
 }
 
 /// Parses `VNET_PUBLICIPS` as eucalyptus.conf writes it: addresses,

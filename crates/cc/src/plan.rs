@@ -46,7 +46,6 @@ pub const NFT_COMMENT_PREFIX: &str = "ironbark:";
 /// File names inside a segment's DHCP directory (`<state>/dhcp/<bridge>/`).
 pub mod files {
     pub const CONFIG: &str = "dnsmasq.conf";
-    pub const HOSTS: &str = "hosts";
     pub const LEASES: &str = "leases";
     pub const PID: &str = "pid";
     pub const LOG: &str = "log";
@@ -203,6 +202,8 @@ pub struct DhcpPlan {
     /// The `--dhcp-hostsfile` (`mac,ip,hostname` lines); a change only
     /// needs a SIGHUP, which makes dnsmasq reread it.
     pub hosts: String,
+    /// Where the host list lives (see [`CcConfig::dhcp_hosts_dir`]).
+    pub hosts_path: PathBuf,
     pub entries: Vec<DhcpHost>,
 }
 
@@ -298,6 +299,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
                             dir: dhcp_dir(&cfg.state_dir, &seg.bridge),
                             config: String::new(),
                             hosts: String::new(),
+                            hosts_path: cfg.dhcp_hosts_dir.join(format!("{}.hosts", seg.bridge)),
                             entries: Vec::new(),
                         },
                     },
@@ -670,7 +672,7 @@ fn dnsmasq_config(seg: &SegmentPlan, opts: &DhcpOptions) -> String {
         let dns: Vec<String> = opts.dns.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(c, "dhcp-option=option:dns-server,{}", dns.join(","));
     }
-    let _ = writeln!(c, "dhcp-hostsfile={}", path(files::HOSTS));
+    let _ = writeln!(c, "dhcp-hostsfile={}", seg.dhcp.hosts_path.display());
     let _ = writeln!(c, "dhcp-leasefile={}", path(files::LEASES));
     let _ = writeln!(c, "pid-file={}", path(files::PID));
     let _ = writeln!(c, "log-facility={}", path(files::LOG));
@@ -836,7 +838,7 @@ mod tests {
              dhcp-range=10.200.0.0,static,255.255.255.240,12h\n\
              dhcp-option=option:router,10.200.0.1\n\
              dhcp-option=option:dns-server,192.0.2.53\n\
-             dhcp-hostsfile=/var/lib/ironbark/cc/dhcp/ibr0/hosts\n\
+             dhcp-hostsfile=/run/ironbark/dhcp-17cd61767eea/ibr0.hosts\n\
              dhcp-leasefile=/var/lib/ironbark/cc/dhcp/ibr0/leases\n\
              pid-file=/var/lib/ironbark/cc/dhcp/ibr0/pid\n\
              log-facility=/var/lib/ironbark/cc/dhcp/ibr0/log\n"

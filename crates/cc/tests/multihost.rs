@@ -128,7 +128,8 @@ async fn segments_rules_and_elastic_ips_across_hosts() {
     std::fs::create_dir_all(&state).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A private state directory: dnsmasq's host lists live elsewhere.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     for ns in &guard.namespaces[..5] {
         sh(&["ip", "netns", "add", ns]);
