@@ -44,6 +44,18 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "addresses per security group's segment (a power of two)",
     ),
     ("VNET_DNS", "DNS server handed to instances by DHCP"),
+    (
+        "VNET_PUBLICIPS",
+        "public addresses for instances: addresses, a-b ranges and CIDR blocks",
+    ),
+    (
+        "VNET_PUBINTERFACE",
+        "CC interface that holds instances' public addresses (as /32s)",
+    ),
+    (
+        "VNET_PRIVINTERFACE",
+        "interface segment tunnels (VXLAN) between the CC and NC hosts run over",
+    ),
     ("NC_ACCEL", "kvm, tcg or auto (a real probe boot picks)"),
     (
         "WALRUS_DOMAINS",

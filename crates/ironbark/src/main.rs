@@ -328,6 +328,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
             node_id: node_id.clone(),
             accel,
             cc_url: Some(cc_url.clone()),
+            underlay_interface: file.get("VNET_PRIVINTERFACE").map(String::from),
         },
     )
     .await?;
@@ -341,6 +342,14 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     cc_cfg.nodes = vec![(node_id, nc_url)];
     cc_cfg.clc_callback_url = Some(format!("{base}/internal/v1/zone-report"));
     cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
+    cc_cfg.public_interface = file.get("VNET_PUBINTERFACE").map(String::from);
+    if let Some(p) = file.get("VNET_PUBLICIPS") {
+        cc_cfg.public_ips = ironbark_cc::config::parse_public_ips(p)?;
+    }
+    if let Some(dev) = file.get("VNET_PRIVINTERFACE") {
+        cc_cfg.private_interface = Some(dev.to_string());
+        cc_cfg.private_ip = Some(roles::interface_ipv4(dev)?);
+    }
     roles::start_cc(cc_cfg).await?;
     roles::spawn_clc_loop(cloud.clone());
 
