@@ -46,6 +46,7 @@ pub fn router(cc: Arc<ClusterController>) -> Router {
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
         .route("/v1/events", post(event))
+        .route("/v1/network/rebuild", post(rebuild_network))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(cc.clone(), require_token))
         .with_state(cc)
@@ -136,6 +137,12 @@ async fn put_zone(
     Json(zone): Json<ZoneDesired>,
 ) -> Result<Json<ZoneReport>, CcError> {
     cc.apply(zone).await.map(Json)
+}
+
+async fn rebuild_network(
+    State(cc): State<Arc<ClusterController>>,
+) -> Result<Json<Vec<String>>, CcError> {
+    cc.rebuild_network().await.map(Json)
 }
 
 async fn get_zone(State(cc): State<Arc<ClusterController>>) -> Json<ZoneReport> {

@@ -102,6 +102,12 @@ impl ClusterClient {
         self.json(Method::PUT, "/v1/zone".into(), Some(body)).await
     }
 
+    /// `POST /v1/network/rebuild`: the CC's clean restart; the changes made.
+    pub async fn rebuild_network(&self) -> Result<Vec<String>, ClientError> {
+        self.json(Method::POST, "/v1/network/rebuild".into(), None)
+            .await
+    }
+
     /// `GET /v1/zone`.
     pub async fn report(&self) -> Result<ZoneReport, ClientError> {
         self.json(Method::GET, "/v1/zone".into(), None).await

@@ -498,6 +498,45 @@ impl ClusterController {
         }
     }
 
+    /// The CC's clean restart (an administrator's repair): removes
+    /// everything it owns on the host (the table, every DHCP server with
+    /// its leases, every segment bridge and tunnel, every public address
+    /// of the pool), then rebuilds all of it from the CLC's last desired
+    /// state and re-sends every NC its set (NCs on other hosts rebuild
+    /// their segments from it). Refused before the CLC has sent a zone, so
+    /// it never leaves instances without a network. Returns the changes.
+    pub async fn rebuild_network(&self) -> Result<Vec<String>, CcError> {
+        let _order = self.apply_lock.lock().await;
+        let Some(zone) = self.lock().effective_zone() else {
+            return Err(CcError::Network(
+                "no desired state from the CLC yet: nothing to rebuild from".into(),
+            ));
+        };
+        let nothing = ZoneDesired {
+            generation: zone.generation,
+            segments: vec![],
+            instances: vec![],
+        };
+        let net = |e: hostnet::NetError| CcError::Network(e.to_string());
+        let mut changes = hostnet::reconcile(self.net.as_ref(), &plan::plan(&nothing, &self.cfg))
+            .await
+            .map_err(net)?;
+        let plan = plan::plan(&zone, &self.cfg);
+        self.lock().networks = plan.nodes.clone();
+        changes.extend(
+            hostnet::reconcile(self.net.as_ref(), &plan)
+                .await
+                .map_err(net)?,
+        );
+        tracing::info!(
+            changes = changes.len(),
+            "network rebuilt from the desired state"
+        );
+        let all: Vec<&Node> = self.nodes.iter().collect();
+        self.push_desired(&all).await;
+        Ok(changes)
+    }
+
     /// One round of the safety net (see the module docs). Runs every poll
     /// interval once [`Self::spawn_poller`] is called; tests call it directly.
     pub async fn poll_once(&self) {

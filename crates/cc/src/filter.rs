@@ -3,7 +3,7 @@
 //!
 //! Why sets and not rules: the per-packet cost must not grow with the
 //! number of rules, and a rule change must be an atomic, fast update. So
-//! the table's chains are fixed (see [`crate::plan`]) and everything the
+//! the table's chains are fixed (see [`mod@crate::plan`]) and everything the
 //! security groups say lives in a handful of sets and maps:
 //!
 //! - `dst_group` (`ipv4_addr : verdict`): an instance's private address to

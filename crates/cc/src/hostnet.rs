@@ -14,7 +14,8 @@
 //! [`crate::linux::LinuxHostNet`] implements the trait with `ip`, `nft` and
 //! `dnsmasq`; [`crate::fakenet::FakeHostNet`] keeps the same state in
 //! memory and records every change, for tests of everything above it.
-//! Multi-host segments will add VXLAN devices to the vocabulary.
+//! Segment tunnels to NCs on other hosts go through the same host's
+//! [`ironbark_nc::segnet::SegNet`] ([`HostNet::segnet`]).
 //!
 //! The table is loaded whole only when its chains change (new or removed
 //! segments, a new metadata port); instances, addresses and rules only

@@ -19,8 +19,10 @@
 //! [`NetPlan::warnings`], so one mistake does not cut every other instance
 //! off the network.
 //!
-//! Multi-host: a segment will also get a VXLAN device (VNI = `tag`) on its
-//! bridge; [`SegmentPlan::tag`] is carried for that.
+//! Multi-host: [`NetPlan::tunnels`] lists, per segment, the NCs on other
+//! hosts (by the address in their URL) that run its instances, which the
+//! CC's VXLAN tunnel (VNI = `tag`) floods to, and [`NetPlan::nodes`] what
+//! each of those NCs must join itself. NCs on the CC's host need nothing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};

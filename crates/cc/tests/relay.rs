@@ -345,3 +345,43 @@ async fn events_update_the_node_and_unknown_nodes_are_refused() {
         Err(CcError::UnknownNode(_))
     ));
 }
+
+#[tokio::test]
+async fn a_clean_restart_removes_everything_and_rebuilds_it_from_the_desired_state() {
+    let c = cluster();
+    assert!(c.cc.rebuild_network().await.is_err(), "no zone yet");
+    c.cc.apply(zone()).await.unwrap();
+    c.take_calls();
+    c.net.take_ops();
+    // Something stale and something drifted.
+    c.net.insert_bridge("ibr9", &[]);
+    c.net.crash_dhcp("ibr1");
+    let changes = c.cc.rebuild_network().await.unwrap();
+    let ops = c.net.take_ops();
+    let pos = |op: &NetOp| {
+        ops.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("{op:?} in {ops:?}"))
+    };
+    // Torn down...
+    assert!(pos(&NetOp::DeleteNft) < pos(&NetOp::DeleteBridge("ibr0".into())));
+    pos(&NetOp::StopDhcp("ibr0".into()));
+    pos(&NetOp::DeleteBridge("ibr9".into()));
+    // ...then rebuilt.
+    assert!(pos(&NetOp::DeleteBridge("ibr0".into())) < pos(&NetOp::AddBridge("ibr0".into())));
+    pos(&NetOp::StartDhcp("ibr1".into()));
+    assert!(
+        matches!(
+            ops.last(),
+            Some(NetOp::StartDhcp(_)) | Some(NetOp::AddAddress(..))
+        ),
+        "{ops:?}"
+    );
+    assert!(!changes.is_empty());
+    assert_eq!(c.net.bridge_names(), ["ibr0", "ibr1"]);
+    assert!(c.net.nft_table().is_some());
+    // Every node got its set again.
+    for n in &c.nodes {
+        assert!(!n.take_calls().is_empty());
+    }
+}
