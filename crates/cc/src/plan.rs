@@ -427,6 +427,19 @@ fn node_networks(
         .iter()
         .filter_map(|(id, url)| Some((id.as_str(), cfg.remote_node_ip(url)?)))
         .collect();
+    for (id, url) in &cfg.nodes {
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, r)| r)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default();
+        if host.parse::<Ipv4Addr>().is_err() && host != "localhost" {
+            warnings.push(format!(
+                "node {id}: {host:?} is not an IPv4 address; treated as the CC's own host (no tunnel)"
+            ));
+        }
+    }
     let planned: HashSet<Ipv4Addr> = members.iter().map(|m| m.private).collect();
     // group -> remote node ids running its (planned) instances
     let mut spans: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
@@ -966,6 +979,7 @@ mod tests {
             ("nc2".into(), "http://10.99.0.3:8775/".into()),
             ("local".into(), "http://127.0.0.1:8775".into()),
             ("self".into(), "http://10.99.0.1:8775".into()),
+            ("named".into(), "http://nc9.example:8775".into()),
         ];
         let mut z = zone();
         z.instances.push(instance(
@@ -985,7 +999,8 @@ mod tests {
             "local",
         ));
         let p = plan(&z, &c);
-        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("nc9.example"), "{:?}", p.warnings);
         let link = |bridge: &str, vni, peers: &[&str]| SegmentLink {
             bridge: bridge.into(),
             vni,
