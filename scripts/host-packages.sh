@@ -14,6 +14,7 @@ IRONBARK_PACKAGES=(
   busybox                         # udhcpc and ping: the CC's netns tests
   conntrack                       # the CC deletes NAT flows of a moved public address
   socat                           # tcp clients and servers in the CC's netns tests
+  iptables                        # the linear ruleset benches/network.sh compares against
   dpkg apt                        # the test image is built from Debian packages
 )
 

@@ -4,7 +4,6 @@
 //! |---|---|---|
 //! | `PUT /v1/zone` | [`ZoneDesired`] | [`ZoneReport`] |
 //! | `GET /v1/zone` | | [`ZoneReport`] |
-//! | `POST /v1/clean-restart` | | [`ZoneReport`], after every owned bridge, DHCP server, table and address was removed and rebuilt |
 //! | `POST /v1/instances/{id}/terminate` | | [`TerminateOutcome`] |
 //! | `POST /v1/instances/{id}/reboot` | | 204 |
 //! | `GET /v1/instances/{id}/console` | | `text/plain` |
@@ -43,11 +42,11 @@ const MAX_BODY: usize = 64 << 20;
 pub fn router(cc: Arc<ClusterController>) -> Router {
     Router::new()
         .route("/v1/zone", put(put_zone).get(get_zone))
-        .route("/v1/clean-restart", post(clean_restart))
         .route("/v1/instances/{id}/terminate", post(terminate))
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
         .route("/v1/events", post(event))
+        .route("/v1/network/rebuild", post(rebuild_network))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(cc.clone(), require_token))
         .with_state(cc)
@@ -133,17 +132,17 @@ impl IntoResponse for CcError {
     }
 }
 
-async fn clean_restart(
-    State(cc): State<Arc<ClusterController>>,
-) -> Result<Json<ZoneReport>, CcError> {
-    cc.clean_restart().await.map(Json)
-}
-
 async fn put_zone(
     State(cc): State<Arc<ClusterController>>,
     Json(zone): Json<ZoneDesired>,
 ) -> Result<Json<ZoneReport>, CcError> {
     cc.apply(zone).await.map(Json)
+}
+
+async fn rebuild_network(
+    State(cc): State<Arc<ClusterController>>,
+) -> Result<Json<Vec<String>>, CcError> {
+    cc.rebuild_network().await.map(Json)
 }
 
 async fn get_zone(State(cc): State<Arc<ClusterController>>) -> Json<ZoneReport> {

@@ -102,9 +102,9 @@ impl ClusterClient {
         self.json(Method::PUT, "/v1/zone".into(), Some(body)).await
     }
 
-    /// `POST /v1/clean-restart`.
-    pub async fn clean_restart(&self) -> Result<ZoneReport, ClientError> {
-        self.json(Method::POST, "/v1/clean-restart".into(), None)
+    /// `POST /v1/network/rebuild`: the CC's clean restart; the changes made.
+    pub async fn rebuild_network(&self) -> Result<Vec<String>, ClientError> {
+        self.json(Method::POST, "/v1/network/rebuild".into(), None)
             .await
     }
 

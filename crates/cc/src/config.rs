@@ -54,8 +54,15 @@ pub struct CcConfig {
     /// Run every network command inside this network namespace (`ip netns
     /// exec`); tests use it so they never touch the host's own network.
     pub netns: Option<String>,
-    /// Generated files: `dhcp/<bridge>/{dnsmasq.conf,hosts,leases,pid,log}`.
+    /// Generated files: `dhcp/<bridge>/{dnsmasq.conf,leases,pid,log}`.
     pub state_dir: PathBuf,
+    /// The DHCP host lists, `<bridge>.hosts`. dnsmasq rereads a list on
+    /// SIGHUP after it has dropped root, so the list must be where its
+    /// unprivileged user can read it, whatever the state directory's mode
+    /// (a 0700 data directory is normal). The default is under `/run`,
+    /// named after the state directory so several CCs on a host do not
+    /// share one.
+    pub dhcp_hosts_dir: PathBuf,
     /// The dnsmasq program.
     pub dnsmasq: PathBuf,
     /// `VNET_PUBINTERFACE`: where instances' public addresses live (as
@@ -81,6 +88,7 @@ impl CcConfig {
         state_dir: impl Into<PathBuf>,
     ) -> Self {
         let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        let state_dir: PathBuf = state_dir.into();
         CcConfig {
             zone: zone.into(),
             token: token.into(),
@@ -96,7 +104,8 @@ impl CcConfig {
             dns_servers: Vec::new(),
             lease_time: "12h".to_string(),
             netns: None,
-            state_dir: state_dir.into(),
+            dhcp_hosts_dir: default_hosts_dir(&state_dir),
+            state_dir,
             dnsmasq: PathBuf::from("dnsmasq"),
             public_interface: None,
             public_ips: Vec::new(),
@@ -121,49 +130,9 @@ impl CcConfig {
     }
 }
 
-/// Parses `VNET_PUBLICIPS` as eucalyptus.conf writes it: addresses,
-/// `a.b.c.d-e.f.g.h` ranges and CIDR blocks, separated by spaces or commas.
-pub fn parse_public_ips(text: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, String> {
-    let mut out = Vec::new();
-    for item in text.split([' ', ',', '\t', '\n']).filter(|s| !s.is_empty()) {
-        let bad = || format!("VNET_PUBLICIPS: {item:?} is not an address, range or CIDR block");
-        let range = if let Some((a, b)) = item.split_once('-') {
-            let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
-            let b: Ipv4Addr = b.parse().map_err(|_| bad())?;
-            if a > b {
-                return Err(bad());
-            }
-            (a, b)
-        } else if item.contains('/') {
-            let n: crate::plan::Ipv4Net = item.parse().map_err(|_| bad())?;
-            (n.network, n.broadcast())
-        } else {
-            let a: Ipv4Addr = item.parse().map_err(|_| bad())?;
-            (a, a)
-        };
-        out.push(range);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn public_ips_in_eucalyptus_syntax() {
-        let r = parse_public_ips("203.0.113.10-203.0.113.12, 198.51.100.7 192.0.2.0/30").unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        assert_eq!(
-            r,
-            [
-                (ip("203.0.113.10"), ip("203.0.113.12")),
-                (ip("198.51.100.7"), ip("198.51.100.7")),
-                (ip("192.0.2.0"), ip("192.0.2.3")),
-            ]
-        );
-        assert!(parse_public_ips("203.0.113.12-203.0.113.10").is_err());
-        assert!(parse_public_ips("nope").is_err());
-        assert_eq!(parse_public_ips("").unwrap(), []);
-    }
+/// `/run/ironbark/dhcp-<digest of the state directory>`.
+fn default_hosts_dir(state_dir: &std::path::Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/ironbark").join(format!("dhcp-{}", hex::encode(&digest[..6])))
 }

@@ -257,37 +257,6 @@ impl ClusterController {
         Ok(self.report())
     }
 
-    /// The original's clean restart: removes every bridge, DHCP server
-    /// (with its leases), nftables table and public address the CC owns,
-    /// then builds them all again from the last desired state. For after
-    /// the operator changed the network layout, or a host that drifted in
-    /// ways an incremental reconcile does not see.
-    pub async fn clean_restart(&self) -> Result<ZoneReport, CcError> {
-        let _order = self.apply_lock.lock().await;
-        let empty = ZoneDesired {
-            generation: 0,
-            segments: vec![],
-            instances: vec![],
-            node_poll_secs: None,
-        };
-        let wipe = plan::plan(&empty, &self.cfg);
-        match hostnet::reconcile(self.net.as_ref(), &wipe).await {
-            Ok(changes) => {
-                for c in changes {
-                    tracing::info!("clean restart: {c}");
-                }
-            }
-            Err(e) => return Err(CcError::Network(e.to_string())),
-        }
-        let zone = self.lock().effective_zone();
-        if let Some(zone) = zone {
-            self.reconcile_network(&zone)
-                .await
-                .map_err(CcError::Network)?;
-        }
-        Ok(self.report())
-    }
-
     async fn reconcile_network(&self, zone: &ZoneDesired) -> Result<(), String> {
         let plan = plan::plan(zone, &self.cfg);
         for w in &plan.warnings {
@@ -602,6 +571,46 @@ impl ClusterController {
         if let Some(tx) = &self.events {
             tx.send_replace(Some(self.report()));
         }
+    }
+
+    /// The CC's clean restart (an administrator's repair): removes
+    /// everything it owns on the host (the table, every DHCP server with
+    /// its leases, every segment bridge and tunnel, every public address
+    /// of the pool), then rebuilds all of it from the CLC's last desired
+    /// state and re-sends every NC its set (NCs on other hosts rebuild
+    /// their segments from it). Refused before the CLC has sent a zone, so
+    /// it never leaves instances without a network. Returns the changes.
+    pub async fn rebuild_network(&self) -> Result<Vec<String>, CcError> {
+        let _order = self.apply_lock.lock().await;
+        let Some(zone) = self.lock().effective_zone() else {
+            return Err(CcError::Network(
+                "no desired state from the CLC yet: nothing to rebuild from".into(),
+            ));
+        };
+        let nothing = ZoneDesired {
+            generation: zone.generation,
+            node_poll_secs: None,
+            segments: vec![],
+            instances: vec![],
+        };
+        let net = |e: hostnet::NetError| CcError::Network(e.to_string());
+        let mut changes = hostnet::reconcile(self.net.as_ref(), &plan::plan(&nothing, &self.cfg))
+            .await
+            .map_err(net)?;
+        let plan = plan::plan(&zone, &self.cfg);
+        self.lock().networks = plan.nodes.clone();
+        changes.extend(
+            hostnet::reconcile(self.net.as_ref(), &plan)
+                .await
+                .map_err(net)?,
+        );
+        tracing::info!(
+            changes = changes.len(),
+            "network rebuilt from the desired state"
+        );
+        let all: Vec<&Node> = self.nodes.iter().collect();
+        self.push_desired(&all).await;
+        Ok(changes)
     }
 
     /// One round of the safety net (see the module docs). Runs every poll

@@ -289,7 +289,7 @@ impl HostNet for FakeHostNet {
         Ok(self.lock().nft.as_ref().map(|n| n.state()))
     }
 
-    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError> {
+    async fn update_nft_elements(&self, _loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
         let mut st = self.lock();
         self.record(&mut st, NetOp::UpdateNft(nft.elements_fingerprint.clone()))?;
         let loaded = st.nft.as_mut().ok_or_else(|| Self::missing("table"))?;

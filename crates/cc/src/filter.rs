@@ -3,15 +3,21 @@
 //!
 //! Why sets and not rules: the per-packet cost must not grow with the
 //! number of rules, and a rule change must be an atomic, fast update. So
-//! the table's chains are fixed (see [`crate::plan`]) and everything the
+//! the table's chains are fixed (see [`mod@crate::plan`]) and everything the
 //! security groups say lives in a handful of sets and maps:
 //!
-//! - `dst_group` (`ipv4_addr : mark`): an instance's private address to its
-//!   group's tag. One hash lookup classifies the packet's destination.
-//! - `allow_all` (`mark . ipv4_addr`), `allow_ports` (`mark . ipv4_addr .
-//!   inet_proto . inet_service`) and `allow_icmp` (`mark . ipv4_addr .
-//!   icmp_type . icmp_code`): one lookup each in the kernel's interval
-//!   concatenation sets, whatever the number of rules.
+//! - `dst_group` (`ipv4_addr : verdict`): an instance's private address to
+//!   a jump to its group's chain `g<tag>`. One hash lookup classifies the
+//!   packet's destination.
+//! - per group, `g<tag>_all` (`ipv4_addr . inet_proto`, any protocol: a
+//!   concatenation, because nft reads every element of a plain interval
+//!   set back before each change, and there are thousands), `g<tag>_ports` (`ipv4_addr .
+//!   inet_proto . inet_service`) and `g<tag>_icmp` (`ipv4_addr . icmp_type
+//!   . icmp_code`): one lookup each in interval (concatenation) sets. They
+//!   are per group because the kernel's concatenation lookup walks bitmaps
+//!   as long as the set has elements: with one set for the whole zone the
+//!   cost would grow with every group's rules; per group it depends only on
+//!   the destination group's own.
 //! - `pub2priv` / `priv2pub` (`ipv4_addr : ipv4_addr`): DNAT and SNAT.
 //! - `subnets` (intervals): the segments, for the hairpin masquerade of
 //!   instances that have no public address.
@@ -56,16 +62,18 @@ pub struct GroupRules<'a> {
     pub rules: &'a [IngressRule],
 }
 
-/// The names of the table's sets and maps, in the order they are declared.
-pub const SETS: &[&str] = &[
-    "dst_group",
-    "allow_all",
-    "allow_ports",
-    "allow_icmp",
-    "pub2priv",
-    "priv2pub",
-    "subnets",
-];
+/// The names of the table's zone-wide sets and maps.
+pub const SETS: &[&str] = &["dst_group", "pub2priv", "priv2pub", "subnets"];
+
+/// The chain of the group with `tag`, and its sets: everything, ports,
+/// ICMP.
+pub fn group_chain(tag: u32) -> String {
+    format!("g{tag}")
+}
+
+pub fn group_sets(tag: u32) -> [String; 3] {
+    ["all", "ports", "icmp"].map(|k| format!("g{tag}_{k}"))
+}
 
 /// Every element of every set, as `nft` text, sorted.
 pub type Elements = BTreeMap<String, BTreeSet<String>>;
@@ -84,13 +92,28 @@ pub fn elements(
         .map(|s| (s.to_string(), BTreeSet::new()))
         .collect();
     let tag_of: BTreeMap<&str, u32> = groups.iter().map(|g| (g.group_id, g.tag)).collect();
+    // Indexes, so expanding a rule costs its own sources, not all members.
+    let mut by_group: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
+    for m in members {
+        let v = by_group.entry(m.group_id.as_str()).or_default();
+        v.push(host(m.private));
+        v.extend(m.public.map(host));
+    }
+    let mut by_public: Vec<(u32, Ipv4Addr)> = members
+        .iter()
+        .filter_map(|m| Some((u32::from(m.public?), m.private)))
+        .collect();
+    by_public.sort_unstable();
+    let group_sources = |g: &str| by_group.get(g).cloned().unwrap_or_default();
     for m in members {
         let Some(tag) = tag_of.get(m.group_id.as_str()) else {
             continue;
         };
-        out.get_mut("dst_group")
-            .expect("declared")
-            .insert(format!("{} : {tag}", m.private));
+        out.get_mut("dst_group").expect("declared").insert(format!(
+            "{} : jump {}",
+            m.private,
+            group_chain(*tag)
+        ));
         if let Some(p) = m.public {
             out.get_mut("pub2priv")
                 .expect("declared")
@@ -112,17 +135,17 @@ pub fn elements(
         let mut icmp: Vec<KeyedBox> = Vec::new();
         // Members of the group reach each other on every protocol, also
         // through their public addresses (a hairpin through the CC).
-        all.extend(sources_of_group(g.group_id, members));
+        all.extend(group_sources(g.group_id));
         for r in g.rules {
             let sources = match &r.source {
                 RuleSourceSpec::Cidr(c) => match c.parse::<Ipv4Net>() {
-                    Ok(net) => sources_of_cidr(&net, members),
+                    Ok(net) => sources_of_cidr(&net, &by_public),
                     Err(e) => {
                         warnings.push(format!("rule of {} left out: {e}", g.group_id));
                         continue;
                     }
                 },
-                RuleSourceSpec::Group(src) => sources_of_group(src, members),
+                RuleSourceSpec::Group(src) => group_sources(src),
             };
             match r.protocol {
                 RuleProtocol::All => all.extend(sources),
@@ -158,24 +181,24 @@ pub fn elements(
                 }
             }
         }
-        let tag = g.tag;
-        let set = out.get_mut("allow_all").expect("declared");
+        let [all_set, ports_set, icmp_set] = group_sets(g.tag);
+        let set = out.entry(all_set).or_default();
         for (_, src) in disjoint(all.into_iter().map(|s| (vec![], s)).collect()) {
-            set.insert(format!("{tag} . {}", addr_range(src)));
+            set.insert(format!("{} . 0-255", addr_range(src)));
         }
-        let set = out.get_mut("allow_ports").expect("declared");
+        let set = out.entry(ports_set).or_default();
         for (k, src) in disjoint(ports) {
             let proto = if k[0].0 == 6 { "tcp" } else { "udp" };
             set.insert(format!(
-                "{tag} . {} . {proto} . {}",
+                "{} . {proto} . {}",
                 addr_range(src),
                 num_range(k[1])
             ));
         }
-        let set = out.get_mut("allow_icmp").expect("declared");
+        let set = out.entry(icmp_set).or_default();
         for (k, src) in disjoint(icmp) {
             set.insert(format!(
-                "{tag} . {} . {} . {}",
+                "{} . {} . {}",
                 addr_range(src),
                 num_range(k[0]),
                 num_range(k[1])
@@ -189,22 +212,17 @@ fn host(ip: Ipv4Addr) -> Range {
     (u32::from(ip), u32::from(ip))
 }
 
-fn sources_of_group(group: &str, members: &[Member]) -> Vec<Range> {
-    members
-        .iter()
-        .filter(|m| m.group_id == group)
-        .flat_map(|m| std::iter::once(host(m.private)).chain(m.public.map(host)))
-        .collect()
-}
-
-fn sources_of_cidr(net: &Ipv4Net, members: &[Member]) -> Vec<Range> {
-    let start = u32::from(net.network);
-    let mut v = vec![(start, u32::from(net.broadcast()))];
+/// The block itself, and the private address of every member whose
+/// public address is inside (`by_public`: sorted public, private pairs).
+fn sources_of_cidr(net: &Ipv4Net, by_public: &[(u32, Ipv4Addr)]) -> Vec<Range> {
+    let (start, end) = (u32::from(net.network), u32::from(net.broadcast()));
+    let mut v = vec![(start, end)];
+    let first = by_public.partition_point(|(p, _)| *p < start);
     v.extend(
-        members
+        by_public[first..]
             .iter()
-            .filter(|m| m.public.is_some_and(|p| net.contains(p)))
-            .map(|m| host(m.private)),
+            .take_while(|(p, _)| *p <= end)
+            .map(|(_, private)| host(*private)),
     );
     v
 }
@@ -333,13 +351,12 @@ pub fn element_key(e: &str) -> &str {
 /// find a single value inside an interval concatenation unless it is
 /// written as a range (`a-a`), although it adds it fine either way.
 fn delete_form(set: &str, key: &str) -> String {
-    if !matches!(set, "allow_all" | "allow_ports" | "allow_icmp") {
+    if !(set.ends_with("_all") || set.ends_with("_ports") || set.ends_with("_icmp")) {
         return key.to_string();
     }
     key.split(" . ")
-        .enumerate()
-        .map(|(i, c)| {
-            if i == 0 || c.contains(['-', '/']) || c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+        .map(|c| {
+            if c.contains(['-', '/']) || c.chars().all(|ch| ch.is_ascii_alphabetic()) {
                 c.to_string()
             } else {
                 format!("{c}-{c}")
@@ -355,9 +372,10 @@ pub fn delta_script(table: &str, from: &Elements, to: &Elements) -> Option<Strin
     let empty = BTreeSet::new();
     let mut del = String::new();
     let mut add = String::new();
-    for set in SETS {
-        let old = from.get(*set).unwrap_or(&empty);
-        let new = to.get(*set).unwrap_or(&empty);
+    let names: BTreeSet<&String> = from.keys().chain(to.keys()).collect();
+    for set in names {
+        let old = from.get(set).unwrap_or(&empty);
+        let new = to.get(set).unwrap_or(&empty);
         let gone: Vec<String> = old
             .difference(new)
             .map(|e| delete_form(set, element_key(e)))
@@ -455,16 +473,16 @@ mod tests {
         assert_eq!(delta_script("t", &a, &a), None);
         let mut c = Elements::new();
         c.insert(
-            "allow_ports".into(),
+            "g10_ports".into(),
             [
-                "10 . 10.0.0.2 . tcp . 22".to_string(),
-                "10 . 10.0.0.0/8 . udp . 5-6".to_string(),
+                "10.0.0.2 . tcp . 22".to_string(),
+                "10.0.0.0/8 . udp . 5-6".to_string(),
             ]
             .into(),
         );
         assert_eq!(
             delta_script("t", &c, &Elements::new()).unwrap(),
-            "delete element ip t allow_ports { 10 . 10.0.0.0/8 . udp . 5-6, 10 . 10.0.0.2-10.0.0.2 . tcp . 22-22 }\n"
+            "delete element ip t g10_ports { 10.0.0.0/8 . udp . 5-6, 10.0.0.2-10.0.0.2 . tcp . 22-22 }\n"
         );
     }
 }

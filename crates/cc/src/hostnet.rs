@@ -14,7 +14,8 @@
 //! [`crate::linux::LinuxHostNet`] implements the trait with `ip`, `nft` and
 //! `dnsmasq`; [`crate::fakenet::FakeHostNet`] keeps the same state in
 //! memory and records every change, for tests of everything above it.
-//! Multi-host segments will add VXLAN devices to the vocabulary.
+//! Segment tunnels to NCs on other hosts go through the same host's
+//! [`ironbark_nc::segnet::SegNet`] ([`HostNet::segnet`]).
 //!
 //! The table is loaded whole only when its chains change (new or removed
 //! segments, a new metadata port); instances, addresses and rules only
@@ -97,8 +98,9 @@ pub trait HostNet: Send + Sync + 'static {
     /// Replaces the whole table, elements included, in one transaction.
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError>;
     /// Brings the loaded table's elements to the plan's in one
-    /// transaction; its chains are already the plan's.
-    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError>;
+    /// transaction; its chains are already the plan's, and `loaded` is
+    /// what [`HostNet::nft_state`] just said.
+    async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError>;
     /// The loaded public-to-private NAT map (empty without a table).
     async fn nat_map(&self) -> Result<BTreeMap<String, String>, NetError>;
     /// Deletes the conntrack entries to or NATed to `ip`.
@@ -127,6 +129,48 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
             Ok(()) => changes.push(what),
             Err(e) => errors.push(e),
         };
+
+    // Filtering and NAT first: a rule change is enforced as soon as its
+    // one transaction commits, before the slower checks of bridges and DHCP
+    // servers (nft names interfaces, so a bridge made after is matched).
+    let loaded = net.nft_state().await?;
+    match (&plan.nft, loaded) {
+        (Some(nft), Some(state)) if state == nft.state() => {}
+        (Some(nft), loaded) => {
+            let before = net.nat_map().await.unwrap_or_default();
+            let r = match loaded {
+                Some(state) if state.split(':').next() == Some(nft.fingerprint.as_str()) => {
+                    let r = net.update_nft_elements(&state, nft).await;
+                    step(
+                        format!("update nft elements to {}", nft.elements_fingerprint),
+                        r,
+                        &mut changes,
+                    );
+                    true
+                }
+                _ => {
+                    let r = net.apply_nft(nft).await;
+                    let ok = r.is_ok();
+                    step(format!("load nft table {}", nft.state()), r, &mut changes);
+                    ok
+                }
+            };
+            if r {
+                let after = planned_nat(nft);
+                for (public, private) in &before {
+                    if after.get(public) != Some(private) {
+                        let r = net.flush_conntrack(public).await;
+                        step(format!("flush conntrack of {public}"), r, &mut changes);
+                    }
+                }
+            }
+        }
+        (None, Some(_)) => {
+            let r = net.delete_nft().await;
+            step("delete nft table".into(), r, &mut changes);
+        }
+        (None, None) => {}
+    }
 
     // Bridges and gateway addresses first: dnsmasq binds to the bridge and
     // its address, and the NCs attach taps to it.
@@ -225,45 +269,6 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
         }
     }
 
-    let loaded = net.nft_state().await?;
-    match (&plan.nft, loaded) {
-        (Some(nft), Some(state)) if state == nft.state() => {}
-        (Some(nft), loaded) => {
-            let before = net.nat_map().await.unwrap_or_default();
-            let r = match loaded {
-                Some(state) if state.split(':').next() == Some(nft.fingerprint.as_str()) => {
-                    let r = net.update_nft_elements(nft).await;
-                    step(
-                        format!("update nft elements to {}", nft.elements_fingerprint),
-                        r,
-                        &mut changes,
-                    );
-                    true
-                }
-                _ => {
-                    let r = net.apply_nft(nft).await;
-                    let ok = r.is_ok();
-                    step(format!("load nft table {}", nft.state()), r, &mut changes);
-                    ok
-                }
-            };
-            if r {
-                let after = planned_nat(nft);
-                for (public, private) in &before {
-                    if after.get(public) != Some(private) {
-                        let r = net.flush_conntrack(public).await;
-                        step(format!("flush conntrack of {public}"), r, &mut changes);
-                    }
-                }
-            }
-        }
-        (None, Some(_)) => {
-            let r = net.delete_nft().await;
-            step("delete nft table".into(), r, &mut changes);
-        }
-        (None, None) => {}
-    }
-
     // Stale public addresses go after the NAT that used them.
     if let Some(iface) = &plan.public.interface {
         for old in public_have
@@ -320,6 +325,7 @@ mod tests {
         assert_eq!(
             net.take_ops(),
             [
+                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
                 NetOp::AddBridge("ibr0".into()),
                 NetOp::AddAddress("ibr0".into(), "10.200.0.1/28".into()),
                 NetOp::AddBridge("ibr1".into()),
@@ -327,7 +333,6 @@ mod tests {
                 NetOp::EnableForwarding,
                 NetOp::StartDhcp("ibr0".into()),
                 NetOp::StartDhcp("ibr1".into()),
-                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
             ]
         );
         assert_eq!(
@@ -368,8 +373,8 @@ mod tests {
         assert_eq!(
             net.take_ops(),
             [
-                NetOp::ReloadDhcp("ibr1".into()),
                 NetOp::UpdateNft(p.nft.as_ref().unwrap().elements_fingerprint.clone()),
+                NetOp::ReloadDhcp("ibr1".into()),
             ]
         );
         assert!(net.dhcp("ibr1").unwrap().hosts.contains("10.200.0.19"));
@@ -433,9 +438,9 @@ mod tests {
         assert_eq!(
             net.take_ops(),
             [
+                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
                 NetOp::SetUp("ibr1".into()),
                 NetOp::StartDhcp("ibr0".into()),
-                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
                 NetOp::DeleteBridge("ibr7".into()),
             ]
         );
@@ -456,10 +461,10 @@ mod tests {
         assert_eq!(
             net.take_ops(),
             [
+                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
                 NetOp::DeleteAddress("ibr1".into(), "10.200.0.17/28".into()),
                 NetOp::AddAddress("ibr1".into(), "10.200.0.33/28".into()),
                 NetOp::StartDhcp("ibr1".into()),
-                NetOp::ApplyNft(p.nft.as_ref().unwrap().fingerprint.clone()),
             ]
         );
     }
@@ -467,7 +472,7 @@ mod tests {
     fn public_cfg() -> crate::config::CcConfig {
         let mut c = cfg();
         c.public_interface = Some("pub0".into());
-        c.public_ips = crate::config::parse_public_ips("203.0.113.0/24").unwrap();
+        c.public_ips = vec![([203, 0, 113, 0].into(), [203, 0, 113, 255].into())];
         c
     }
 
@@ -541,10 +546,10 @@ mod tests {
         assert_eq!(
             net.take_ops(),
             [
-                NetOp::AddAddress("pub0".into(), "203.0.113.50/32".into()),
                 NetOp::UpdateNft(p.nft.as_ref().unwrap().elements_fingerprint.clone()),
                 NetOp::FlushConntrack("203.0.113.10".into()),
                 NetOp::FlushConntrack("203.0.113.11".into()),
+                NetOp::AddAddress("pub0".into(), "203.0.113.50/32".into()),
                 NetOp::DeleteAddress("pub0".into(), "203.0.113.11/32".into()),
             ]
         );

@@ -9,8 +9,11 @@
 //!
 //! 1. plans the host network with the pure [`plan::plan`]: per security
 //!    group a bridge with the gateway address, a dnsmasq configuration with
-//!    one static host per instance, and the `ironbark` nftables table that
-//!    redirects 169.254.169.254 to the metadata service;
+//!    one static host per instance, VXLAN tunnels to the NCs on other hosts
+//!    that run the group's instances, the public addresses to hold, and the
+//!    `ironbark` nftables table that redirects 169.254.169.254 to the
+//!    metadata service, NATs public addresses and filters by the groups'
+//!    rules (whose contents are set elements, see [`filter`]);
 //! 2. applies the plan with [`hostnet::reconcile`] through a
 //!    [`hostnet::HostNet`] ([`linux::LinuxHostNet`] drives `ip`, `dnsmasq`
 //!    and `nft`; [`fakenet::FakeHostNet`] is its in-memory stand-in),
@@ -22,6 +25,10 @@
 //!    [`node_link::FakeNode`]), and aggregates the nodes' reports, from the
 //!    answers, from NC events (`POST /v1/events`) and from a poll loop, into
 //!    the [`ironbark_cluster_api::ZoneReport`] the CLC reads and is pushed.
+//!
+//! `POST /v1/network/rebuild` ([`ClusterController::rebuild_network`]) is
+//! the clean restart: everything the CC owns on the host is removed and
+//! rebuilt from the last desired state.
 //!
 //! Terminate follows the original: the instance's node first, every node
 //! when that one does not answer. [`client::ClusterClient`] is the typed

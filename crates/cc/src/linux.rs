@@ -12,9 +12,10 @@
 //! `<state>/dhcp/<bridge>/`; a change of configuration restarts it, a change
 //! of the host list only rewrites `hosts` and sends SIGHUP, on which
 //! dnsmasq rereads it without forgetting its leases. dnsmasq drops root
-//! after starting, so those directories are world-readable (they hold MACs
-//! and private addresses, nothing secret), and the state directory must be
-//! traversable by its user.
+//! after starting and rereads the host list as its unprivileged user, so
+//! the lists live apart, in [`CcConfig::dhcp_hosts_dir`] (world-readable:
+//! MACs and private addresses, nothing secret), and the state directory may
+//! be 0700; everything else dnsmasq opens while still root.
 //!
 //! The nftables table is replaced in one transaction: `nft -f -` with
 //! `table ip ironbark {}` (creates it if missing), `delete table`, then the
@@ -208,7 +209,8 @@ pub fn nft_elements_script(from: Option<&Elements>, nft: &NftPlan) -> String {
         Some(old) => filter::delta_script(NFT_TABLE, old, &nft.elements).unwrap_or_default(),
         None => {
             let mut s = String::new();
-            for set in filter::SETS {
+            // Every set the table declares is in the plan's elements.
+            for set in nft.elements.keys() {
                 s.push_str(&format!("flush set ip {NFT_TABLE} {set}\n"));
             }
             s + &filter::add_lines(NFT_TABLE, &nft.elements)
@@ -329,6 +331,14 @@ fn write_file(path: &Path, text: &str) -> Result<(), NetError> {
     std::fs::rename(&tmp, path).map_err(io(format!("renaming {}", tmp.display())))
 }
 
+/// The host list a dnsmasq configuration names.
+fn hosts_path(config: &str) -> Option<PathBuf> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("dhcp-hostsfile="))
+        .map(PathBuf::from)
+}
+
 fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -381,7 +391,9 @@ impl HostNet for LinuxHostNet {
             let dir = entry.path();
             out.push(DhcpState {
                 config: read_or_empty(&dir.join(files::CONFIG)),
-                hosts: read_or_empty(&dir.join(files::HOSTS)),
+                hosts: hosts_path(&read_or_empty(&dir.join(files::CONFIG)))
+                    .map(|p| read_or_empty(&p))
+                    .unwrap_or_default(),
                 running: self.dhcp_pid(&bridge).is_some(),
                 bridge,
             });
@@ -396,7 +408,10 @@ impl HostNet for LinuxHostNet {
         make_dir(&dhcp.dir)?;
         let conf = dhcp.dir.join(files::CONFIG);
         write_file(&conf, &dhcp.config)?;
-        write_file(&dhcp.dir.join(files::HOSTS), &dhcp.hosts)?;
+        if let Some(parent) = dhcp.hosts_path.parent() {
+            make_dir(parent)?;
+        }
+        write_file(&dhcp.hosts_path, &dhcp.hosts)?;
         let _ = std::fs::remove_file(dhcp.dir.join(files::PID));
         let program = self.dnsmasq.display().to_string();
         let conf_arg = format!("--conf-file={}", conf.display());
@@ -407,7 +422,7 @@ impl HostNet for LinuxHostNet {
     }
 
     async fn reload_dhcp_hosts(&self, bridge: &str, dhcp: &DhcpPlan) -> Result<(), NetError> {
-        write_file(&dhcp.dir.join(files::HOSTS), &dhcp.hosts)?;
+        write_file(&dhcp.hosts_path, &dhcp.hosts)?;
         let pid = self.dhcp_pid(bridge).ok_or_else(|| NetError::Command {
             command: format!("reload dnsmasq on {bridge}"),
             message: "it is not running".into(),
@@ -418,6 +433,9 @@ impl HostNet for LinuxHostNet {
     async fn stop_dhcp(&self, bridge: &str) -> Result<(), NetError> {
         self.stop_process(bridge).await?;
         let dir = self.dhcp_root().join(bridge);
+        if let Some(hosts) = hosts_path(&read_or_empty(&dir.join(files::CONFIG))) {
+            let _ = std::fs::remove_file(hosts);
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(io(format!("removing {}", dir.display()))(e))
@@ -448,14 +466,13 @@ impl HostNet for LinuxHostNet {
         Ok(())
     }
 
-    async fn update_nft_elements(&self, nft: &NftPlan) -> Result<(), NetError> {
-        let loaded = self.nft_state().await?;
+    async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
         let known = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .filter(|(state, _)| Some(state) == loaded.as_ref())
+            .filter(|(state, _)| state == loaded)
             .map(|(_, e)| e);
         self.nft(&nft_elements_script(known.as_ref(), nft)).await?;
         self.remember(nft);
@@ -557,10 +574,7 @@ mod tests {
         );
         // Unknown elements: every set flushed and reloaded, one transaction.
         let all = nft_elements_script(None, &nft);
-        assert!(
-            all.starts_with("flush set ip ironbark dst_group\n"),
-            "{all}"
-        );
+        assert!(all.starts_with("flush set ip ironbark subnets\n"), "{all}");
         assert!(all.contains("add element ip ironbark subnets { 10.0.0.0/28 }\n"));
         // Known: only the difference.
         let mut old = nft.elements.clone();

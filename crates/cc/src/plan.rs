@@ -19,8 +19,10 @@
 //! [`NetPlan::warnings`], so one mistake does not cut every other instance
 //! off the network.
 //!
-//! Multi-host: a segment will also get a VXLAN device (VNI = `tag`) on its
-//! bridge; [`SegmentPlan::tag`] is carried for that.
+//! Multi-host: [`NetPlan::tunnels`] lists, per segment, the NCs on other
+//! hosts (by the address in their URL) that run its instances, which the
+//! CC's VXLAN tunnel (VNI = `tag`) floods to, and [`NetPlan::nodes`] what
+//! each of those NCs must join itself. NCs on the CC's host need nothing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -46,7 +48,6 @@ pub const NFT_COMMENT_PREFIX: &str = "ironbark:";
 /// File names inside a segment's DHCP directory (`<state>/dhcp/<bridge>/`).
 pub mod files {
     pub const CONFIG: &str = "dnsmasq.conf";
-    pub const HOSTS: &str = "hosts";
     pub const LEASES: &str = "leases";
     pub const PID: &str = "pid";
     pub const LOG: &str = "log";
@@ -203,6 +204,8 @@ pub struct DhcpPlan {
     /// The `--dhcp-hostsfile` (`mac,ip,hostname` lines); a change only
     /// needs a SIGHUP, which makes dnsmasq reread it.
     pub hosts: String,
+    /// Where the host list lives (see [`CcConfig::dhcp_hosts_dir`]).
+    pub hosts_path: PathBuf,
     pub entries: Vec<DhcpHost>,
 }
 
@@ -250,6 +253,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
     let mut warnings = Vec::new();
     let mut segments: BTreeMap<String, SegmentPlan> = BTreeMap::new();
     let mut by_group: BTreeMap<String, String> = BTreeMap::new();
+    let mut by_start: BTreeMap<u32, String> = BTreeMap::new();
 
     // Sorted first, so which of two conflicting entries wins does not
     // depend on the order the CLC listed them in.
@@ -258,7 +262,18 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
     for seg in sorted_segments {
         match check_segment(seg, cfg) {
             Ok((subnet, gateway)) => {
-                if let Some(other) = segments.values().find(|s| s.subnet.overlaps(&subnet)) {
+                // Blocks either nest or are apart: an overlap is with the
+                // nearest block starting at or before this one's start, or
+                // with one starting inside it.
+                let start = u32::from(subnet.network);
+                let end = u32::from(subnet.broadcast());
+                let before = by_start.range(..=start).next_back();
+                let inside = by_start.range(start..=end).next();
+                if let Some((_, bridge)) = before
+                    .filter(|(_, b)| segments[*b].subnet.overlaps(&subnet))
+                    .or(inside)
+                {
+                    let other = &segments[bridge];
                     warnings.push(format!(
                         "segment {} left out: subnet {subnet} overlaps {} of {}",
                         seg.group_id, other.subnet, other.group_id
@@ -273,6 +288,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
                     continue;
                 }
                 by_group.insert(seg.group_id.clone(), seg.bridge.clone());
+                by_start.insert(start, seg.bridge.clone());
                 segments.insert(
                     seg.bridge.clone(),
                     SegmentPlan {
@@ -285,6 +301,7 @@ pub fn plan(zone: &ZoneDesired, cfg: &CcConfig) -> NetPlan {
                             dir: dhcp_dir(&cfg.state_dir, &seg.bridge),
                             config: String::new(),
                             hosts: String::new(),
+                            hosts_path: cfg.dhcp_hosts_dir.join(format!("{}.hosts", seg.bridge)),
                             entries: Vec::new(),
                         },
                     },
@@ -410,6 +427,19 @@ fn node_networks(
         .iter()
         .filter_map(|(id, url)| Some((id.as_str(), cfg.remote_node_ip(url)?)))
         .collect();
+    for (id, url) in &cfg.nodes {
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, r)| r)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default();
+        if host.parse::<Ipv4Addr>().is_err() && host != "localhost" {
+            warnings.push(format!(
+                "node {id}: {host:?} is not an IPv4 address; treated as the CC's own host (no tunnel)"
+            ));
+        }
+    }
     let planned: HashSet<Ipv4Addr> = members.iter().map(|m| m.private).collect();
     // group -> remote node ids running its (planned) instances
     let mut spans: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
@@ -657,7 +687,7 @@ fn dnsmasq_config(seg: &SegmentPlan, opts: &DhcpOptions) -> String {
         let dns: Vec<String> = opts.dns.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(c, "dhcp-option=option:dns-server,{}", dns.join(","));
     }
-    let _ = writeln!(c, "dhcp-hostsfile={}", path(files::HOSTS));
+    let _ = writeln!(c, "dhcp-hostsfile={}", seg.dhcp.hosts_path.display());
     let _ = writeln!(c, "dhcp-leasefile={}", path(files::LEASES));
     let _ = writeln!(c, "pid-file={}", path(files::PID));
     let _ = writeln!(c, "log-facility={}", path(files::LOG));
@@ -696,8 +726,9 @@ fn dnsmasq_hosts(entries: &[DhcpHost]) -> String {
 ///   another segment's instance (and nothing outside can ask at all).
 /// - `forward` (after DNAT, before SNAT, so it sees the instance's private
 ///   destination and the sender's own source): replies pass; a packet to an
-///   instance gets its group's tag as mark from `dst_group` and must match
-///   one of the group's allow sets, one lookup each, or is dropped. Every
+///   instance jumps (`dst_group`) to its group's chain `g<tag>`, where it
+///   must match one of the group's allow sets, one lookup each, or is
+///   dropped. Every
 ///   original-direction packet is checked, so a revoked rule also stops
 ///   established connections. Anything else routed into a segment (an
 ///   address no instance has) is dropped, which keeps segments isolated.
@@ -723,14 +754,32 @@ fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig, elements: Elements) -> Nf
             s.subnet
         );
     }
-    let sets = "\tmap dst_group {\n\t\ttype ipv4_addr : mark\n\t}\n\n\
-         \tset allow_all {\n\t\ttype mark . ipv4_addr\n\t\tflags interval\n\t}\n\n\
-         \tset allow_ports {\n\t\ttype mark . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t}\n\n\
-         \tset allow_icmp {\n\t\ttype mark . ipv4_addr . icmp_type . icmp_code\n\t\tflags interval\n\t}\n\n\
+    let mut sets = String::from(
+        "\tmap dst_group {\n\t\ttype ipv4_addr : verdict\n\t}\n\n\
          \tmap pub2priv {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
          \tmap priv2pub {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n\n\
          \tset subnets {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\n\
-         \tset state {\n\t\ttype mark\n\t}\n\n";
+         \tset state {\n\t\ttype mark\n\t}\n\n",
+    );
+    let mut group_chains = String::new();
+    for s in segments {
+        let [all, ports, icmp] = filter::group_sets(s.tag);
+        let _ = write!(
+            sets,
+            "\tset {all} {{\n\t\ttype ipv4_addr . inet_proto\n\t\tflags interval\n\t}}\n\n\
+             \tset {ports} {{\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t}}\n\n\
+             \tset {icmp} {{\n\t\ttype ipv4_addr . icmp_type . icmp_code\n\t\tflags interval\n\t}}\n\n"
+        );
+        let _ = write!(
+            group_chains,
+            "\n\tchain {} {{\n\
+             \t\tip saddr . meta l4proto @{all} accept\n\
+             \t\tip saddr . meta l4proto . th dport @{ports} accept\n\
+             \t\tip saddr . icmp type . icmp code @{icmp} accept\n\
+             \t\tdrop\n\t}}\n",
+            filter::group_chain(s.tag)
+        );
+    }
     let chains = format!(
         "{sets}\
          \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\
@@ -744,13 +793,8 @@ fn nft_table(segments: &[SegmentPlan], cfg: &CcConfig, elements: Elements) -> Nf
          \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n\n\
          \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
          \t\tct direction reply accept\n\
-         \t\tmeta mark set ip daddr map @dst_group jump to_instance\n\
-         \t\toifname \"{prefix}*\" drop\n\t}}\n\n\
-         \tchain to_instance {{\n\
-         \t\tmeta mark . ip saddr @allow_all accept\n\
-         \t\tmeta mark . ip saddr . meta l4proto . th dport @allow_ports accept\n\
-         \t\tmeta mark . ip saddr . icmp type . icmp code @allow_icmp accept\n\
-         \t\tdrop\n\t}}\n"
+         \t\tip daddr vmap @dst_group\n\
+         \t\toifname \"{prefix}*\" drop\n\t}}\n{group_chains}"
     );
     let fingerprint = hex::encode(&Sha256::digest(chains.as_bytes())[..8]);
     let table = format!(
@@ -809,7 +853,7 @@ mod tests {
              dhcp-range=10.200.0.0,static,255.255.255.240,12h\n\
              dhcp-option=option:router,10.200.0.1\n\
              dhcp-option=option:dns-server,192.0.2.53\n\
-             dhcp-hostsfile=/var/lib/ironbark/cc/dhcp/ibr0/hosts\n\
+             dhcp-hostsfile=/run/ironbark/dhcp-17cd61767eea/ibr0.hosts\n\
              dhcp-leasefile=/var/lib/ironbark/cc/dhcp/ibr0/leases\n\
              pid-file=/var/lib/ironbark/cc/dhcp/ibr0/pid\n\
              log-facility=/var/lib/ironbark/cc/dhcp/ibr0/log\n"
@@ -864,7 +908,7 @@ mod tests {
     fn golden_public_addresses_nat_and_rules() {
         let mut c = cfg();
         c.public_interface = Some("pub0".into());
-        c.public_ips = crate::config::parse_public_ips("203.0.113.0/24").unwrap();
+        c.public_ips = vec![([203, 0, 113, 0].into(), [203, 0, 113, 255].into())];
         let p = plan(&crate::testdata::zone_with_rules(), &c);
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         assert!(p.forwarding);
@@ -879,14 +923,14 @@ mod tests {
         // Spot checks of what the golden file must say.
         let e = |set: &str| nft.elements[set].iter().cloned().collect::<Vec<_>>();
         // DNS from the db instance's public address admits its private one.
-        assert!(e("allow_ports").contains(&"10 . 10.200.0.18 . udp . 53".to_string()));
+        assert!(e("g10_ports").contains(&"10.200.0.18 . udp . 53".to_string()));
         // Overlapping port ranges were cut apart: 22 from anywhere, the
         // rest of 20-30 from 10/8.
-        assert!(e("allow_ports").contains(&"11 . 0.0.0.0/0 . tcp . 22".to_string()));
-        assert!(e("allow_ports").contains(&"11 . 10.0.0.0/8 . tcp . 20-21".to_string()));
+        assert!(e("g11_ports").contains(&"0.0.0.0/0 . tcp . 22".to_string()));
+        assert!(e("g11_ports").contains(&"10.0.0.0/8 . tcp . 20-21".to_string()));
         // A source group is its members' private and public addresses.
-        assert!(e("allow_icmp").contains(&"10 . 10.200.0.18 . 8 . 0-255".to_string()));
-        assert!(e("allow_icmp").contains(&"10 . 203.0.113.20 . 8 . 0-255".to_string()));
+        assert!(e("g10_icmp").contains(&"10.200.0.18 . 8 . 0-255".to_string()));
+        assert!(e("g10_icmp").contains(&"203.0.113.20 . 8 . 0-255".to_string()));
         assert_eq!(
             e("pub2priv"),
             [
@@ -935,6 +979,7 @@ mod tests {
             ("nc2".into(), "http://10.99.0.3:8775/".into()),
             ("local".into(), "http://127.0.0.1:8775".into()),
             ("self".into(), "http://10.99.0.1:8775".into()),
+            ("named".into(), "http://nc9.example:8775".into()),
         ];
         let mut z = zone();
         z.instances.push(instance(
@@ -954,7 +999,8 @@ mod tests {
             "local",
         ));
         let p = plan(&z, &c);
-        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("nc9.example"), "{:?}", p.warnings);
         let link = |bridge: &str, vni, peers: &[&str]| SegmentLink {
             bridge: bridge.into(),
             vni,

@@ -180,3 +180,98 @@ pub fn zone_with_rules() -> ZoneDesired {
     ];
     z
 }
+
+/// A zone for scale tests and benches: `groups` segments (`sg-s<i>`, tag
+/// `1000 + i`, bridge `ibr<i>`, a /28 each from 10.128.0.0/9) with two
+/// instances each (public addresses from the benchmarking range
+/// 198.18.0.0/15), and `rules` rules spread over the groups: tcp and udp
+/// port ranges from distinct /32s and /24s, ICMP types, and every fifth a
+/// source-group rule naming the next group. Group 0's first instance is
+/// 10.128.0.2 with the public address 203.0.113.10, for probes from an
+/// internet host in 192.0.2.0/24, which no generated rule admits.
+pub fn scale_zone(groups: u32, rules: u32) -> ZoneDesired {
+    use std::net::Ipv4Addr;
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
+    let public = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let mut z = ZoneDesired {
+        generation: 1,
+        node_poll_secs: None,
+        segments: Vec::new(),
+        instances: Vec::new(),
+    };
+    for g in 0..groups {
+        let net = base + g * 16;
+        z.segments.push(Segment {
+            group_id: format!("sg-s{g}"),
+            tag: 1000 + g,
+            bridge: format!("ibr{g}"),
+            subnet: format!("{}/28", Ipv4Addr::from(net)),
+            gateway: Ipv4Addr::from(net + 1).to_string(),
+            rules: Vec::new(),
+        });
+        for k in 0..2 {
+            let id = format!("i-{:08x}", g * 2 + k);
+            let ip = Ipv4Addr::from(net + 2 + k).to_string();
+            let mac = format!(
+                "d0:0d:{:02x}:{:02x}:{:02x}:{:02x}",
+                g >> 16 & 0xff,
+                g >> 8 & 0xff,
+                g & 0xff,
+                k
+            );
+            let mut i = instance(
+                &id,
+                &format!("sg-s{g}"),
+                &format!("ibr{g}"),
+                &ip,
+                &mac,
+                "nc1",
+            );
+            i.public_ip = Some(if g == 0 && k == 0 {
+                "203.0.113.10".to_string()
+            } else {
+                Ipv4Addr::from(public + g * 2 + k).to_string()
+            });
+            z.instances.push(i);
+        }
+    }
+    for r in 0..rules {
+        let g = r % groups;
+        let n = r / groups;
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + r);
+        let rule = match n % 5 {
+            0 => rule(
+                RuleProtocol::Tcp,
+                1000 + n as i32,
+                1000 + n as i32,
+                RuleSourceSpec::Cidr(format!("{src}/32")),
+            ),
+            1 => rule(
+                RuleProtocol::Udp,
+                2000 + n as i32,
+                2010 + n as i32,
+                RuleSourceSpec::Cidr(format!("{src}/32")),
+            ),
+            2 => rule(
+                RuleProtocol::Icmp,
+                (n % 16) as i32,
+                -1,
+                RuleSourceSpec::Cidr(format!("{src}/32")),
+            ),
+            3 => rule(
+                RuleProtocol::Tcp,
+                3000 + n as i32,
+                3000 + n as i32,
+                RuleSourceSpec::Group(format!("sg-s{}", (g + 1) % groups)),
+            ),
+            _ => rule(
+                RuleProtocol::Tcp,
+                4000 + n as i32,
+                4100 + n as i32,
+                RuleSourceSpec::Cidr(format!("{}/24", Ipv4Addr::from(u32::from(src) & !0xff))),
+            ),
+        };
+        z.segments[g as usize].rules.push(rule);
+    }
+    z
+}

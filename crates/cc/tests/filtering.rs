@@ -165,7 +165,7 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     let mut cfg = CcConfig::new("zone-a", "t0ken", &state);
     cfg.netns = Some(cc.clone());
     cfg.public_interface = Some("pub0".into());
-    cfg.public_ips = ironbark_cc::config::parse_public_ips("203.0.113.0/24").unwrap();
+    cfg.public_ips = vec![([203, 0, 113, 0].into(), [203, 0, 113, 255].into())];
     let net = LinuxHostNet::new(&cfg);
     let mut z = zone();
     apply(&net, &cfg, &z).await;

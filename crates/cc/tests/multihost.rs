@@ -142,7 +142,8 @@ async fn segments_rules_and_elastic_ips_across_hosts() {
     std::fs::create_dir_all(&state).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A private state directory: dnsmasq's host lists live elsewhere.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     for ns in &guard.namespaces[..5] {
         sh(&["ip", "netns", "add", ns]);
@@ -228,7 +229,7 @@ async fn segments_rules_and_elastic_ips_across_hosts() {
     let mut cfg = CcConfig::new("zone-a", "t0ken", &state);
     cfg.netns = Some(cc.clone());
     cfg.public_interface = Some("pub0".into());
-    cfg.public_ips = ironbark_cc::config::parse_public_ips("203.0.113.0/24").unwrap();
+    cfg.public_ips = vec![([203, 0, 113, 0].into(), [203, 0, 113, 255].into())];
     cfg.private_interface = Some("eth1".into());
     cfg.private_ip = Some("10.99.0.1".parse().unwrap());
     cfg.nodes = vec![

@@ -74,6 +74,8 @@ impl Drop for Guard {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.state);
+        let hosts = ironbark_cc::CcConfig::new("z", "t", &self.state).dhcp_hosts_dir;
+        let _ = std::fs::remove_dir_all(hosts);
     }
 }
 
@@ -173,8 +175,8 @@ async fn a_guest_gets_its_lease_and_metadata_through_the_real_host_network() {
     std::fs::create_dir_all(&state).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        // dnsmasq rereads its host list as an unprivileged user.
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A private state directory: dnsmasq's host lists live elsewhere.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     sh(&["ip", "netns", "add", &cc_ns]);
     sh(&["ip", "netns", "add", &guest_ns]);
@@ -348,8 +350,47 @@ async fn a_guest_gets_its_lease_and_metadata_through_the_real_host_network() {
     // A new instance only rewrites the host list: same dnsmasq, SIGHUP.
     cc.apply(zone(2, true, true)).await.unwrap();
     assert_eq!(pid_of(&state, "ibr0"), web_pid);
-    let hosts = std::fs::read_to_string(state.join("dhcp/ibr0/hosts")).unwrap();
+    let hosts = std::fs::read_to_string(cfg.dhcp_hosts_dir.join("ibr0.hosts")).unwrap();
     assert!(hosts.contains("d0:0d:00:00:ee:ee,198.51.100.3"), "{hosts}");
+    // dnsmasq (no longer root) reread it: the new MAC gets its address,
+    // though the state directory is 0700.
+    sh(&["ip", "-n", &guest_ns, "addr", "flush", "dev", "eth0"]);
+    sh(&[
+        "ip",
+        "-n",
+        &guest_ns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "d0:0d:00:00:ee:ee",
+    ]);
+    let script_path = script.to_string_lossy().into_owned();
+    let ns = guest_ns.clone();
+    let lease = tokio::task::spawn_blocking(move || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "10",
+            "-T",
+            "1",
+            "-s",
+            &script_path,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(lease.contains("LEASE ip=198.51.100.3 "), "{lease}");
 
     // Removing a segment removes its bridge and its DHCP server.
     let db_pid = pid_of(&state, "ibr1");

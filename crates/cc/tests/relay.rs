@@ -133,8 +133,8 @@ async fn an_older_generation_is_ignored_and_a_newer_applied() {
     assert_eq!(c.node("nc1").running(), ["i-0000000a"]);
     // Its DHCP entry and its filtering elements go.
     let ops = c.net.take_ops();
-    assert_eq!(ops[0], NetOp::ReloadDhcp("ibr0".into()));
-    assert!(matches!(ops[1..], [NetOp::UpdateNft(_)]), "{ops:?}");
+    assert!(matches!(ops[0], NetOp::UpdateNft(_)), "{ops:?}");
+    assert_eq!(ops[1..], [NetOp::ReloadDhcp("ibr0".into())]);
 }
 
 #[tokio::test]
@@ -229,8 +229,8 @@ async fn the_poll_marks_nodes_and_resends_to_laggards_without_terminated_instanc
     }
     // The terminated instance leaves DHCP at the next reconcile...
     let ops = c.net.take_ops();
-    assert_eq!(ops[0], NetOp::ReloadDhcp("ibr0".into()));
-    assert!(matches!(ops[1..], [NetOp::UpdateNft(_)]), "{ops:?}");
+    assert!(matches!(ops[0], NetOp::UpdateNft(_)), "{ops:?}");
+    assert_eq!(ops[1..], [NetOp::ReloadDhcp("ibr0".into())]);
     assert!(!c.net.dhcp("ibr0").unwrap().hosts.contains("10.200.0.3"));
     // ...after which the host is as planned.
     c.cc.poll_once().await;
@@ -359,29 +359,6 @@ async fn the_clc_sets_the_node_poll_period() {
     assert_eq!(c.cc.poll_period(), std::time::Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn a_clean_restart_removes_everything_and_rebuilds_it() {
-    let c = cluster();
-    c.cc.apply(zone()).await.unwrap();
-    c.net.take_ops();
-    // An incremental apply of the same zone changes nothing...
-    c.cc.apply(zone()).await.unwrap();
-    assert_eq!(c.net.take_ops(), []);
-    // ...a clean restart tears down and builds again.
-    c.cc.clean_restart().await.unwrap();
-    let ops = c.net.take_ops();
-    let del = ops
-        .iter()
-        .position(|o| *o == NetOp::DeleteBridge("ibr0".into()))
-        .expect("bridge removed");
-    let add = ops
-        .iter()
-        .position(|o| *o == NetOp::AddBridge("ibr0".into()))
-        .expect("bridge rebuilt");
-    assert!(del < add, "{ops:?}");
-    assert!(ops.contains(&NetOp::StopDhcp("ibr0".into())), "{ops:?}");
-}
-
 fn volume(id: &str, device: &str) -> ironbark_node_api::VolumeAttachment {
     ironbark_node_api::VolumeAttachment {
         volume_id: id.into(),
@@ -442,4 +419,44 @@ async fn volume_sets_go_to_the_instances_node_only_when_they_change() {
     assert_eq!(sets.len(), 1);
     assert!(sets[0].instances.is_empty());
     assert!(report.plugged_volumes().is_empty());
+}
+
+#[tokio::test]
+async fn a_clean_restart_removes_everything_and_rebuilds_it_from_the_desired_state() {
+    let c = cluster();
+    assert!(c.cc.rebuild_network().await.is_err(), "no zone yet");
+    c.cc.apply(zone()).await.unwrap();
+    c.take_calls();
+    c.net.take_ops();
+    // Something stale and something drifted.
+    c.net.insert_bridge("ibr9", &[]);
+    c.net.crash_dhcp("ibr1");
+    let changes = c.cc.rebuild_network().await.unwrap();
+    let ops = c.net.take_ops();
+    let pos = |op: &NetOp| {
+        ops.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("{op:?} in {ops:?}"))
+    };
+    // Torn down...
+    assert!(pos(&NetOp::DeleteNft) < pos(&NetOp::DeleteBridge("ibr0".into())));
+    pos(&NetOp::StopDhcp("ibr0".into()));
+    pos(&NetOp::DeleteBridge("ibr9".into()));
+    // ...then rebuilt.
+    assert!(pos(&NetOp::DeleteBridge("ibr0".into())) < pos(&NetOp::AddBridge("ibr0".into())));
+    pos(&NetOp::StartDhcp("ibr1".into()));
+    assert!(
+        matches!(
+            ops.last(),
+            Some(NetOp::StartDhcp(_)) | Some(NetOp::AddAddress(..))
+        ),
+        "{ops:?}"
+    );
+    assert!(!changes.is_empty());
+    assert_eq!(c.net.bridge_names(), ["ibr0", "ibr1"]);
+    assert!(c.net.nft_table().is_some());
+    // Every node got its set again.
+    for n in &c.nodes {
+        assert!(!n.take_calls().is_empty());
+    }
 }

@@ -52,6 +52,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "VNET_PUBLICIPS",
         "public addresses for instances and elastic IPs: addresses, ranges (a.b.c.d-a.b.c.e) and blocks (a.b.c.d/n), separated by spaces or commas",
     ),
+    (
+        "VNET_PRIVINTERFACE",
+        "interface segment tunnels (VXLAN) between the CC and NC hosts run over",
+    ),
     ("NC_ACCEL", "kvm, tcg or auto (a real probe boot picks)"),
     (
         "CC_URL",

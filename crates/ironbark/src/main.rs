@@ -304,6 +304,7 @@ async fn serve_nc(a: RoleArgs) -> Result<(), String> {
             node_id,
             accel: nc_accel(&file)?,
             cc_url: file.get("CC_URL").map(str::to_string),
+            underlay_interface: file.get("VNET_PRIVINTERFACE").map(String::from),
         },
     )
     .await?;
@@ -392,7 +393,7 @@ async fn serve_cc(a: RoleArgs) -> Result<(), String> {
         .map(|u| format!("{}{}", u.trim_end_matches('/'), server::ZONE_REPORT_PATH));
     let network = network_config(&file)?;
     cc_cfg.dns_servers = vec![network.dns.clone()];
-    public_network(&mut cc_cfg, &file, &network);
+    cc_network(&mut cc_cfg, &file, &network)?;
     roles::start_cc(cc_cfg).await?;
     std::future::pending::<()>().await;
     Ok(())
@@ -536,6 +537,7 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
                 node_id: node_id.clone(),
                 accel: nc_accel(&file)?,
                 cc_url: Some(cc_url.clone()),
+                underlay_interface: file.get("VNET_PRIVINTERFACE").map(String::from),
             },
         )
         .await?;
@@ -549,7 +551,7 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
         cc_cfg.nodes = vec![(node_id, nc_url)];
         cc_cfg.clc_callback_url = Some(format!("{base}{}", server::ZONE_REPORT_PATH));
         cc_cfg.dns_servers = vec![cloud.config().network.dns.clone()];
-        public_network(&mut cc_cfg, &file, &cloud.config().network);
+        cc_network(&mut cc_cfg, &file, &cloud.config().network)?;
         roles::start_cc(cc_cfg).await?;
     }
     roles::spawn_clc_loop(cloud.clone());
@@ -564,14 +566,20 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// VNET_PUBINTERFACE and the pool: the CC holds instances' public
-/// addresses there and owns the pool's `/32`s on it.
-fn public_network(
+/// The CC's side of the network configuration: VNET_PUBINTERFACE and the
+/// pool (it holds instances' public addresses there and owns the pool's
+/// `/32`s on it), and VNET_PRIVINTERFACE with its address, the underlay
+/// NCs on other hosts tunnel to.
+fn cc_network(
     cc: &mut ironbark_cc::CcConfig,
     file: &config::ConfigFile,
     network: &ironbark_clc::NetworkConfig,
-) {
+) -> Result<(), String> {
     cc.public_interface = file.get("VNET_PUBINTERFACE").map(str::to_string);
+    if let Some(dev) = file.get("VNET_PRIVINTERFACE") {
+        cc.private_interface = Some(dev.to_string());
+        cc.private_ip = Some(roles::interface_ipv4(dev)?);
+    }
     // Runs of consecutive addresses, so the CC's ownership test stays short.
     let mut ranges: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> = Vec::new();
     for ip in &network.public_ips {
@@ -583,6 +591,7 @@ fn public_network(
         }
     }
     cc.public_ips = ranges;
+    Ok(())
 }
 
 /// VNET_SUBNET, VNET_NETMASK, VNET_ADDRSPERNET, VNET_DNS, VNET_PUBLICIPS, as
@@ -783,15 +792,11 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
             let token = roles::cluster_token(&data_dir).map_err(fail)?;
             let client = ironbark_cc::ClusterClient::new(&cc_url, &token)
                 .map_err(|e| fail(e.to_string()))?;
-            let report = client
-                .clean_restart()
+            let changes = client
+                .rebuild_network()
                 .await
                 .map_err(|e| fail(format!("clean restart via {cc_url}: {e}")))?;
-            print(json!({
-                "zone": report.zone,
-                "generation": report.generation,
-                "nodes": report.nodes.iter().map(|n| json!({"node_id": n.node_id, "reachable": n.reachable})).collect::<Vec<_>>(),
-            }));
+            print(json!({ "changes": changes }));
         }
         AdminCommand::Image(AdminImageCmd::Import {
             kernel,

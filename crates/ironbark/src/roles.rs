@@ -120,6 +120,9 @@ pub struct NcSettings {
     pub node_id: String,
     pub accel: AccelMode,
     pub cc_url: Option<String>,
+    /// VNET_PRIVINTERFACE: what segment tunnels run over when the CC asks
+    /// this NC to join segments itself (an NC on its own host).
+    pub underlay_interface: Option<String>,
 }
 
 /// Starts an NC on `listen`; returns once it serves.
@@ -138,6 +141,7 @@ pub async fn start_nc(
         ..Default::default()
     }));
     let mut cfg = NodeConfig::new(&s.node_id, data_dir.join("nc"), token);
+    cfg.underlay_interface = s.underlay_interface;
     cfg.callback_url = s
         .cc_url
         .map(|u| format!("{}/v1/events", u.trim_end_matches('/')));
@@ -155,6 +159,21 @@ pub async fn start_nc(
         }
     });
     Ok(node)
+}
+
+/// The first IPv4 address of `dev` (VNET_PRIVINTERFACE): the CC's underlay
+/// address, which NCs on other hosts tunnel segments to.
+pub fn interface_ipv4(dev: &str) -> std::result::Result<std::net::Ipv4Addr, String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", dev])
+        .output()
+        .map_err(|e| format!("VNET_PRIVINTERFACE: running ip: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .ok_or_else(|| format!("VNET_PRIVINTERFACE: {dev} has no IPv4 address"))
 }
 
 /// Starts a CC on `listen` (and its metadata listener); returns once it serves.

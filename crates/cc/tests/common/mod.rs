@@ -39,6 +39,8 @@ impl Drop for Guard {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.state);
+        let hosts = ironbark_cc::CcConfig::new("z", "t", &self.state).dhcp_hosts_dir;
+        let _ = std::fs::remove_dir_all(hosts);
     }
 }
 
