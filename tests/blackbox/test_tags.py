@@ -99,7 +99,7 @@ def test_tag_errors_change_nothing(account):
                         Tags=[{"Key": f"x{i}", "Value": "v"} for i in range(51)])
     assert tags_of(ec2, other) == {}
 
-    for bad in ("i-12345678", "bogus", "vol-1234abcd", "sg-xyz"):
+    for bad in ("i-12345678", "bogus", "vpc-1234abcd", "sg-xyz", "vol-xyz"):
         with raises_code("InvalidID"):
             ec2.create_tags(Resources=[bad], Tags=[{"Key": "a", "Value": "b"}])
     # A well-formed id of nothing.
@@ -107,6 +107,10 @@ def test_tag_errors_change_nothing(account):
         ec2.create_tags(Resources=["sg-0123456789abcdef0"], Tags=[{"Key": "a", "Value": "b"}])
     with raises_code("InvalidKeyPair.NotFound"):
         ec2.create_tags(Resources=["key-0123456789abcdef0"], Tags=[{"Key": "a", "Value": "b"}])
+    with raises_code("InvalidVolume.NotFound"):
+        ec2.create_tags(Resources=["vol-1234abcd"], Tags=[{"Key": "a", "Value": "b"}])
+    with raises_code("InvalidSnapshot.NotFound"):
+        ec2.create_tags(Resources=["snap-1234abcd"], Tags=[{"Key": "a", "Value": "b"}])
     # One bad resource in a list: none of them is tagged.
     with raises_code("InvalidID"):
         ec2.create_tags(Resources=[other, "bogus-1"], Tags=[{"Key": "a", "Value": "b"}])
