@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Walrus (S3) throughput bench: PUT and GET of 1 MiB, 64 MiB and 1 GiB
-# objects by several concurrent clients, next to a plain file copy on the
+# objects by 1 and by 4 concurrent clients, next to a plain file copy on the
 # same disk and to moto's S3 in server mode, all in this one script.
 #
 # Clients are curl processes on presigned URLs (so the client side costs
@@ -8,32 +8,41 @@
 # file and the store on the same disk: PUT reads a file and the server
 # writes (and fsyncs) it; GET reads from the store and curl writes a file.
 # The baseline is the same move without a server: `dd conv=fsync` of the
-# file to a new file on that disk, with the same concurrency. Prints MB/s
-# per size and direction, the ratio to the file copy, and the peak RSS of
-# the ironbark process.
+# file to a new file on that disk, with the same concurrency. Each cell is
+# measured REPEAT times, the servers running one after the other within a
+# repeat (taking turns at going first) so they see the same load; the table gives the median MB/s with the range
+# (min-max) under it, and the median of the per-repeat ratios to the file
+# copy with their range. Ends with the peak RSS of each ironbark process.
 #
-# Knobs (environment): SIZES ("1 64 1024", MiB), CLIENTS (4), ROUNDS (per
-# client, default: 16 for 1 MiB, 4 for 64 MiB, 1 for 1 GiB), VENV
-# (.venv-bench), MOTO_VERSION (5.2.5), SKIP_MOTO (1 to skip),
-# SKIP_BUILD (1 to use target/release as is).
+# Knobs (environment): SIZES ("1 64 1024", MiB), CLIENTS ("1 4"), REPEAT
+# (3), ROUNDS (objects per client per measurement, default: 16 for 1 MiB,
+# 4 for 64 MiB, 1 for 1 GiB), VENV (.venv-bench), MOTO_VERSION (5.2.5),
+# SKIP_MOTO (1 to skip), SKIP_BUILD (1 to use the release build as is),
+# IRONBARK_BIN (the binary to bench; default the release build), OTHER_BIN
+# (a second ironbark binary benched beside it in an "other" column, to
+# compare two builds in the same run).
 #
 # Usage: bash benches/walrus.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SIZES=${SIZES:-"1 64 1024"}
-CLIENTS=${CLIENTS:-4}
+CLIENTS=${CLIENTS:-"1 4"}
+REPEAT=${REPEAT:-3}
 VENV=${VENV:-.venv-bench}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+IRONBARK_BIN=${IRONBARK_BIN:-$TARGET_DIR/release/ironbark}
+OTHER_BIN=${OTHER_BIN:-}
 
 log() { printf '== %s\n' "$*" >&2; }
 
 WORK=$(mktemp -d -p "${BENCH_TMP:-/var/tmp}" ironbark-walrus-bench.XXXXXX)
 IB_PID=""
+OB_PID=""
 MOTO_PID=""
 cleanup() {
-    for pid in "$IB_PID" "$MOTO_PID"; do
+    for pid in "$IB_PID" "$OB_PID" "$MOTO_PID"; do
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -66,14 +75,25 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check "moto[s3,server]==$MOTO_VERSION" boto3
 
 # --- servers -----------------------------------------------------------
-IB_PORT=$(free_port); W_PORT=$(free_port)
-"$TARGET_DIR/release/ironbark" up --data-dir "$WORK/ib" --listen "127.0.0.1:$IB_PORT" \
-    --walrus-listen "127.0.0.1:$W_PORT" > "$WORK/ironbark.log" 2>&1 &
-IB_PID=$!
-wait_http "http://127.0.0.1:$W_PORT/" "$IB_PID"
-while [[ ! -s $WORK/ib/admin/credentials ]]; do sleep 0.1; done
-IB_KEY=$(awk -F' = ' '/aws_access_key_id/{print $2}' "$WORK/ib/admin/credentials")
-IB_SECRET=$(awk -F' = ' '/aws_secret_access_key/{print $2}' "$WORK/ib/admin/credentials")
+# start_ironbark BIN DIR: starts it; sets STARTED_PID, STARTED_PORT, STARTED_KEY, STARTED_SECRET.
+start_ironbark() {
+    local bin=$1 dir=$2 port wport
+    port=$(free_port); wport=$(free_port)
+    "$bin" up --data-dir "$dir" --listen "127.0.0.1:$port" \
+        --walrus-listen "127.0.0.1:$wport" > "$dir.log" 2>&1 &
+    STARTED_PID=$!
+    STARTED_PORT=$wport
+    wait_http "http://127.0.0.1:$wport/" "$STARTED_PID"
+    while [[ ! -s $dir/admin/credentials ]]; do sleep 0.1; done
+    STARTED_KEY=$(awk -F' = ' '/aws_access_key_id/{print $2}' "$dir/admin/credentials")
+    STARTED_SECRET=$(awk -F' = ' '/aws_secret_access_key/{print $2}' "$dir/admin/credentials")
+}
+start_ironbark "$IRONBARK_BIN" "$WORK/ib"
+IB_PID=$STARTED_PID; W_PORT=$STARTED_PORT; IB_KEY=$STARTED_KEY; IB_SECRET=$STARTED_SECRET
+if [[ -n $OTHER_BIN ]]; then
+    start_ironbark "$OTHER_BIN" "$WORK/ob"
+    OB_PID=$STARTED_PID; OB_PORT=$STARTED_PORT; OB_KEY=$STARTED_KEY; OB_SECRET=$STARTED_SECRET
+fi
 
 if [[ ${SKIP_MOTO:-0} != 1 ]]; then
     MOTO_PORT=$(free_port)
@@ -105,6 +125,18 @@ s3.create_bucket(Bucket=bucket)
 PY
 }
 
+empty_bucket() { # ENDPOINT KEY SECRET REGION BUCKET: keeps the disk from filling up
+    "$VENV/bin/python" - "$@" <<'PY'
+import sys, boto3
+ep, key, secret, region, bucket = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    for o in page.get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=o["Key"])
+s3.delete_bucket(Bucket=bucket)
+PY
+}
+
 now() { date +%s.%N; }
 mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/1048576/(t1-t0):.0f}')" "$1" "$2" "$3"; }
 
@@ -113,11 +145,11 @@ rounds_for() {
     case $1 in 1) echo 16 ;; 64) echo 4 ;; *) echo 1 ;; esac
 }
 
-# run_s3 NAME ENDPOINT KEY SECRET REGION SIZE_MIB FILE -> "put_MBps get_MBps"
+# run_s3 ENDPOINT KEY SECRET REGION SIZE_MIB FILE CLIENTS -> "put_MBps get_MBps"
 run_s3() {
-    local name=$1 ep=$2 key=$3 secret=$4 region=$5 size=$6 file=$7
+    local ep=$1 key=$2 secret=$3 region=$4 size=$5 file=$6 clients=$7
     local rounds n bucket names=() t0 t1 put get bytes
-    rounds=$(rounds_for "$size"); n=$((CLIENTS * rounds))
+    rounds=$(rounds_for "$size"); n=$((clients * rounds))
     bucket="bench-$size-$RANDOM"
     make_bucket "$ep" "$key" "$secret" "$region" "$bucket"
     for i in $(seq 1 "$n"); do names+=("obj-$i"); done
@@ -125,44 +157,84 @@ run_s3() {
     presign "$ep" "$key" "$secret" "$region" GET "$bucket" "${names[@]}" > "$WORK/get.urls"
     bytes=$((n * size * 1048576))
     t0=$(now)
-    xargs -P "$CLIENTS" -I{} curl -sf -o /dev/null -T "$file" "{}" < "$WORK/put.urls"
+    xargs -P "$clients" -I{} curl -sf -o /dev/null -T "$file" "{}" < "$WORK/put.urls"
     t1=$(now); put=$(mbps "$bytes" "$t0" "$t1")
     mkdir -p "$WORK/dl"
     t0=$(now)
-    xargs -P "$CLIENTS" -I{} curl -sf --output-dir "$WORK/dl" -O "{}" < "$WORK/get.urls"
+    xargs -P "$clients" -I{} curl -sf --output-dir "$WORK/dl" -O "{}" < "$WORK/get.urls"
     sync -f "$WORK/dl"
     t1=$(now); get=$(mbps "$bytes" "$t0" "$t1")
     rm -rf "$WORK/dl"
+    empty_bucket "$ep" "$key" "$secret" "$region" "$bucket"
     echo "$put $get"
 }
 
-# file_copy SIZE FILE -> MB/s of `dd conv=fsync` copies, same concurrency.
+# file_copy SIZE FILE CLIENTS -> MB/s of `dd conv=fsync` copies, same concurrency.
 file_copy() {
-    local size=$1 file=$2 rounds n t0 t1 bytes
-    rounds=$(rounds_for "$size"); n=$((CLIENTS * rounds)); bytes=$((n * size * 1048576))
+    local size=$1 file=$2 clients=$3 rounds n t0 t1 bytes
+    rounds=$(rounds_for "$size"); n=$((clients * rounds)); bytes=$((n * size * 1048576))
     mkdir -p "$WORK/copy"
     t0=$(now)
-    seq 1 "$n" | xargs -P "$CLIENTS" -I{} dd if="$file" of="$WORK/copy/{}" bs=1M conv=fsync status=none
+    seq 1 "$n" | xargs -P "$clients" -I{} dd if="$file" of="$WORK/copy/{}" bs=1M conv=fsync status=none
     t1=$(now); mbps "$bytes" "$t0" "$t1"
     rm -rf "$WORK/copy"
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -h "$WORK" | awk 'NR==2{print $1}')"
-echo "clients: $CLIENTS concurrent curl processes on presigned URLs; servers and clients share the cores"
-printf '\n%-8s %-5s %12s %12s %12s %10s\n' size dir "file MB/s" "ironbark" "moto" "ib/file"
+# stats V1 V2 ... -> "median min-max"
+stats() { python3 -c 'import sys, statistics as st; v=[float(x) for x in sys.argv[1:]]; print(f"{st.median(v):.0f} {min(v):.0f}-{max(v):.0f}")' "$@"; }
+# ratios NUMS... / DENOMS... (same count) -> "median% min-max%"
+ratios() {
+    python3 -c '
+import sys, statistics as st
+a = sys.argv[1:]; h = len(a) // 2
+r = [100 * float(x) / max(float(y), 1) for x, y in zip(a[:h], a[h:])]
+print(f"{st.median(r):.0f}% {min(r):.0f}-{max(r):.0f}%")' "$@"
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -h "$WORK" | awk 'NR==2{print $1}'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "clients: concurrent curl processes on presigned URLs; servers and clients share the cores"
+echo "each cell: median MB/s of $REPEAT runs, range below; ib/file: median of per-run ratios"
+other_col=""; [[ -n $OTHER_BIN ]] && other_col="other"
+printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' size cl dir "file" ironbark "$other_col" moto "ib/file"
 for size in $SIZES; do
     file="$WORK/data-$size"
     head -c $((size * 1048576)) /dev/urandom > "$file"
-    fw=$(file_copy "$size" "$file"); fr=$fw
-    read -r iw ir < <(run_s3 ironbark "http://127.0.0.1:$W_PORT" "$IB_KEY" "$IB_SECRET" eucalyptus "$size" "$file")
-    if [[ -n $MOTO_PID ]]; then
-        read -r mw mr < <(run_s3 moto "http://127.0.0.1:$MOTO_PORT" testing testing us-east-1 "$size" "$file")
-    else
-        mw=-; mr=-
-    fi
-    printf '%-8s %-5s %12s %12s %12s %9s%%\n' "${size}MiB" PUT "$fw" "$iw" "$mw" "$((iw * 100 / (fw > 0 ? fw : 1)))"
-    printf '%-8s %-5s %12s %12s %12s %9s%%\n' "${size}MiB" GET "$fr" "$ir" "$mr" "$((ir * 100 / (fr > 0 ? fr : 1)))"
+    for clients in $CLIENTS; do
+        fc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
+        servers=(ib)
+        [[ -n $OTHER_BIN ]] && servers+=(ob)
+        [[ -n $MOTO_PID ]] && servers+=(mo)
+        for rep in $(seq 1 "$REPEAT"); do
+            fc+=("$(file_copy "$size" "$file" "$clients")")
+            # Whoever runs first after the file copy meets its write-back
+            # and file deletions: take turns at going first.
+            for k in $(seq 0 $((${#servers[@]} - 1))); do
+                case ${servers[$(((k + rep) % ${#servers[@]}))]} in
+                    ib) read -r w r < <(run_s3 "http://127.0.0.1:$W_PORT" "$IB_KEY" "$IB_SECRET" eucalyptus "$size" "$file" "$clients")
+                        iw+=("$w"); ir+=("$r") ;;
+                    ob) read -r w r < <(run_s3 "http://127.0.0.1:$OB_PORT" "$OB_KEY" "$OB_SECRET" eucalyptus "$size" "$file" "$clients")
+                        ow+=("$w"); or+=("$r") ;;
+                    mo) read -r w r < <(run_s3 "http://127.0.0.1:$MOTO_PORT" testing testing us-east-1 "$size" "$file" "$clients")
+                        mw+=("$w"); mr+=("$r") ;;
+                esac
+            done
+        done
+        for dir in PUT GET; do
+            if [[ $dir == PUT ]]; then ib=("${iw[@]}"); ob=("${ow[@]}"); mo=("${mw[@]}"); else ib=("${ir[@]}"); ob=("${or[@]}"); mo=("${mr[@]}"); fi
+            read -r fm fs < <(stats "${fc[@]}")
+            read -r im is < <(stats "${ib[@]}")
+            om=""; os=""; mm=-; ms=""
+            if [[ -n $OTHER_BIN ]]; then read -r om os < <(stats "${ob[@]}"); fi
+            if [[ -n $MOTO_PID ]]; then read -r mm ms < <(stats "${mo[@]}"); fi
+            read -r rm rs < <(ratios "${ib[@]}" "${fc[@]}")
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$im" "$om" "$mm" "$rm"
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$is" "$os" "$ms" "$rs"
+        done
+    done
     rm -f "$file"
 done
 echo
 echo "ironbark peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$IB_PID/status)"
+if [[ -n $OTHER_BIN ]]; then
+    echo "other peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$OB_PID/status)"
+fi

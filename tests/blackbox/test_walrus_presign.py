@@ -190,9 +190,7 @@ def test_presigned_v2(cloud, s3v2, s3, bucket):
 
 def test_sigv2_header_auth(s3v2, s3, bucket):
     """Whole requests signed with SigV2 headers (Authorization: AWS key:sig)
-    on objects and the service. (Bucket-level SigV2 requests from botocore
-    sign the resource as `/bucket/` while the path is `/bucket`, which the
-    S3 front end does not accept; SigV4 is what the AWS tools use.)"""
+    on objects and the service (bucket-level requests: the next test)."""
     s3v2.put_object(Bucket=bucket, Key="h2 key", Body=b"v2 header auth", Metadata={"a": "b"},
                     ContentType="text/x-v2")
     r = s3v2.get_object(Bucket=bucket, Key="h2 key")
@@ -206,3 +204,66 @@ def test_sigv2_header_auth(s3v2, s3, bucket):
     s3v2.delete_object(Bucket=bucket, Key="h2 key")
     with s3_error("NoSuchKey", 404):
         s3.get_object(Bucket=bucket, Key="h2 key")
+
+
+def test_sigv2_bucket_level(cloud, s3v2, s3, bucket):
+    """Bucket-level requests signed with SigV2 headers: botocore sends the
+    path `/bucket` but signs the resource `/bucket/` (with sub-resources
+    such as ?acl, ?delete, ?uploads), which S3 accepts."""
+    s3.put_object(Bucket=bucket, Key="d/one", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="two", Body=b"2")
+    listed = s3v2.list_objects(Bucket=bucket, Delimiter="/")
+    assert [o["Key"] for o in listed["Contents"]] == ["two"]
+    assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["d/"]
+    assert s3v2.list_objects_v2(Bucket=bucket, Prefix="d/")["KeyCount"] == 1
+    s3v2.head_bucket(Bucket=bucket)
+    assert s3v2.get_bucket_acl(Bucket=bucket)["Grants"]
+    s3v2.get_bucket_location(Bucket=bucket)
+    assert s3v2.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    s3v2.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "two"}]})
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["d/one"]
+    other = bucket_name("v2b")
+    s3v2.create_bucket(Bucket=other)
+    assert other in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3v2.delete_bucket(Bucket=other)
+    assert other not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    # A presigned v2 URL for the bucket (query authentication) lists too.
+    url = s3v2.generate_presigned_url("list_objects", Params={"Bucket": bucket}, ExpiresIn=300)
+    status, got, _ = fetch(url)
+    assert status == 200 and b"<Key>d/one</Key>" in got
+
+
+def test_sigv2_bucket_level_by_hand(cloud, bucket):
+    """The resource as AWS documents it (`/bucket` for the path `/bucket`)
+    and with the slash both verify; a signature over anything else, or with
+    the wrong key, is still refused."""
+    creds = cloud.admin_creds()
+    date = email_date()
+
+    def get(path, resource, secret=creds["secret_access_key"]):
+        sts = f"GET\n\n\n{date}\n{resource}"
+        sig = base64.b64encode(hmac.new(secret.encode(), sts.encode(),
+                                        hashlib.sha1).digest()).decode()
+        req = urllib.request.Request(f"{endpoint(cloud)}{path}", headers={
+            "Date": date, "Authorization": f"AWS {creds['access_key_id']}:{sig}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    for path, resource in [(f"/{bucket}", f"/{bucket}"), (f"/{bucket}", f"/{bucket}/"),
+                           (f"/{bucket}/", f"/{bucket}/"),
+                           (f"/{bucket}?acl", f"/{bucket}/?acl")]:
+        status, body = get(path, resource)
+        assert status == 200, (path, resource, body)
+    for path, resource, secret in [(f"/{bucket}", f"/{bucket}x", None),
+                                   (f"/{bucket}", f"/{bucket}/", "wrong"),
+                                   (f"/{bucket}?acl", f"/{bucket}/", None)]:
+        status, body = get(path, resource, secret or creds["secret_access_key"])
+        assert status == 403 and code(body) == "SignatureDoesNotMatch", (path, resource, body)
+
+
+def email_date() -> str:
+    import email.utils
+    return email.utils.formatdate(usegmt=True)

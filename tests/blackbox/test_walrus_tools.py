@@ -66,6 +66,38 @@ def test_s3cmd_smoke(cloud, tmp_path):
     assert f"s3://{name}" not in run_tool(base + ["ls"], tmp_path)
 
 
+def test_s3cmd_signature_v2(cloud, tmp_path):
+    """s3cmd signing with SigV2 (`signature_v2 = True`): bucket-level
+    requests (mb, ls of a bucket, rb) as well as objects."""
+    s3cmd = tool("s3cmd")
+    creds = cloud.admin_creds()
+    cfg = tmp_path / "s3cfg"
+    host = f"127.0.0.1:{cloud.walrus_port}"
+    cfg.write_text(
+        "[default]\n"
+        f"access_key = {creds['access_key_id']}\n"
+        f"secret_key = {creds['secret_access_key']}\n"
+        f"host_base = {host}\nhost_bucket = {host}\n"
+        "use_https = False\nbucket_location = eucalyptus\n"
+        "signature_v2 = True\ncheck_ssl_certificate = False\n")
+    base = [s3cmd, "-c", str(cfg), "--signature-v2"]
+    name = bucket_name("s3v2")
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(100_000))
+    run_tool(base + ["mb", f"s3://{name}"], tmp_path)
+    assert f"s3://{name}" in run_tool(base + ["ls"], tmp_path)
+    run_tool(base + ["put", str(src), f"s3://{name}/dir/a b.bin"], tmp_path)
+    out = run_tool(base + ["ls", f"s3://{name}"], tmp_path)
+    assert f"s3://{name}/dir/" in out
+    assert f"s3://{name}/dir/a b.bin" in run_tool(base + ["ls", "-r", f"s3://{name}"], tmp_path)
+    back = tmp_path / "back.bin"
+    run_tool(base + ["get", f"s3://{name}/dir/a b.bin", str(back)], tmp_path)
+    assert back.read_bytes() == src.read_bytes()
+    run_tool(base + ["del", f"s3://{name}/dir/a b.bin"], tmp_path)
+    run_tool(base + ["rb", f"s3://{name}"], tmp_path)
+    assert f"s3://{name}" not in run_tool(base + ["ls"], tmp_path)
+
+
 def test_rclone_smoke(cloud, tmp_path):
     rclone = tool("rclone")
     creds = cloud.admin_creds()

@@ -508,6 +508,7 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
     let identities = Arc::new(walrus::CloudIdentities(cloud.clone()));
     let walrus = ironbark_walrus::Walrus::open(walrus_cfg, identities).await?;
     objects.attach(walrus.clone(), &cloud);
+    let front = walrus.clone();
     let s3_service = walrus.service()?;
     let walrus_listener = tokio::net::TcpListener::bind(walrus_addr)
         .await
@@ -515,7 +516,7 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
-    tokio::spawn(walrus::serve(s3_service.clone(), walrus_listener));
+    tokio::spawn(walrus::serve(front, s3_service.clone(), walrus_listener));
 
     // The zone's CC, SC and this host's NC, over loopback HTTP as across
     // hosts.

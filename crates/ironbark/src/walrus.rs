@@ -160,7 +160,14 @@ impl WalrusObjects {
 }
 
 /// Accepts connections and serves S3 on each until the process ends.
-pub async fn serve(service: s3s::service::S3Service, listener: tokio::net::TcpListener) {
+/// Serves S3 on Walrus' own port. Each request first passes
+/// [`Walrus::fix_sigv2_bucket_path`], which lets bucket-level SigV2 requests
+/// signed over `/bucket/` reach `s3s` in the form it verifies.
+pub async fn serve(
+    walrus: Walrus,
+    service: s3s::service::S3Service,
+    listener: tokio::net::TcpListener,
+) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "Walrus (S3) listening");
     loop {
@@ -173,11 +180,18 @@ pub async fn serve(service: s3s::service::S3Service, listener: tokio::net::TcpLi
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
+        let (svc, walrus) = (service.clone(), walrus.clone());
+        let front = hyper::service::service_fn(move |mut req| {
+            let (svc, walrus) = (svc.clone(), walrus.clone());
+            async move {
+                walrus.fix_sigv2_bucket_path(&mut req).await;
+                hyper::service::Service::call(&svc, req).await
+            }
+        });
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), front);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "walrus connection ended");
             }
