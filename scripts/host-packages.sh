@@ -13,6 +13,7 @@ IRONBARK_PACKAGES=(
   iproute2 nftables dnsmasq-base  # the CC: bridges, taps, filtering, DHCP
   busybox                         # udhcpc: the DHCP client of the CC's netns test
   dpkg apt                        # the test image is built from Debian packages
+  zstd gzip bc                    # the SC's zstd snapshots; benches/ebs.sh
 )
 
 # QEMU's system emulator must match qemu-utils, which comes from backports

@@ -331,6 +331,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         },
     )
     .await?;
+    roles::start_sc(&a.data_dir, ports.sc, &token).await?;
     let mut cc_cfg = ironbark_cc::CcConfig::new(
         cloud.config().zones[0].clone(),
         &token,

@@ -71,10 +71,12 @@ impl Cluster for HttpCluster {
 }
 
 /// Where each role listens, derived from the API address so several clouds
-/// can run side by side: CC on port+1, NC on port+2, metadata on port+4.
+/// can run side by side: CC on port+1, NC on port+2, SC on port+3,
+/// metadata on port+4.
 pub struct Ports {
     pub cc: SocketAddr,
     pub nc: SocketAddr,
+    pub sc: SocketAddr,
     pub metadata: SocketAddr,
 }
 
@@ -85,6 +87,7 @@ impl Ports {
         Ports {
             cc: at(1),
             nc: at(2),
+            sc: at(3),
             metadata: meta,
         }
     }
@@ -129,6 +132,20 @@ pub async fn start_nc(
         }
     });
     Ok(node)
+}
+
+/// Starts an SC on `listen` with its data in `<data>/sc`; returns once it
+/// serves. Nothing drives it yet (the CLC's EBS side comes later): it
+/// holds no volumes and starts no daemon until a desired state names some.
+pub async fn start_sc(
+    data_dir: &Path,
+    listen: SocketAddr,
+    token: &str,
+) -> std::result::Result<Arc<ironbark_sc::Storage>, String> {
+    let s = ironbark_sc::ScSettings::new(data_dir.join("sc"), token, listen);
+    ironbark_sc::start(&s)
+        .await
+        .map_err(|e| format!("starting the SC: {e}"))
 }
 
 /// Starts a CC on `listen` (and its metadata listener); returns once it serves.
