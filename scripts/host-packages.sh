@@ -16,6 +16,7 @@ IRONBARK_PACKAGES=(
   socat                           # tcp clients and servers in the CC's netns tests
   iptables                        # the linear ruleset benches/network.sh compares against
   dpkg apt                        # the test image is built from Debian packages
+  zstd gzip bc                    # the SC's zstd snapshots; benches/ebs.sh
 )
 
 # QEMU's system emulator must match qemu-utils, which comes from backports

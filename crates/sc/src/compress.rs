@@ -119,8 +119,10 @@ impl Codec {
         let Hashing {
             inner, sha, md5, n, ..
         } = w;
-        let file = inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        // No fsync: the compressed file only lives until it is uploaded (a
+        // crash removes it and the upload starts over), and syncing 1 GiB
+        // would cost the snapshot seconds.
+        inner.into_inner().map_err(|e| e.into_error())?;
         Ok(Packed {
             size: n,
             sha256: hex::encode(sha.finalize()),

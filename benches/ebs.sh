@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# EBS snapshot bench: a 10 GiB volume holding 1 GiB of data (random, in
+# 64 MiB runs spread over the volume), snapshotted three ways:
+#   1. the original's method: full copy of the volume file (cp) then gzip of
+#      the whole copy;
+#   2. the SC (crates/sc, example `snapbench`), gzip and zstd, timed from the
+#      CreateSnapshot (desired state applied) to `completed`: point-in-time
+#      copy by the volume's qemu-storage-daemon, raw copy kept on the SC,
+#      compression of the data segments, PUT to an in-process Walrus
+#      stand-in that checks Content-MD5 and answers the ETag, record written;
+#   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
+# Needs root-free tools only: qemu-utils (qemu-storage-daemon, qemu-img),
+# zstd, gzip, dd. BENCH_DIR (default /var/tmp/ironbark-ebs-bench) must have
+# ~13 GiB free for the original's copy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${BENCH_DIR:-/var/tmp/ironbark-ebs-bench}
+SIZE_GIB=${SIZE_GIB:-10}
+DATA_MIB=${DATA_MIB:-1024}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build -q ${BENCH_PROFILE:+--profile $BENCH_PROFILE} -p ironbark-sc --example snapbench
+BIN="$CARGO_TARGET_DIR/${BENCH_PROFILE:-debug}/examples/snapbench"
+rm -rf "$DIR"; mkdir -p "$DIR"
+trap 'rm -rf "$DIR"' EXIT
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
+
+# The same layout snapbench makes, for the original's method.
+vol="$DIR/orig.raw"
+truncate -s "${SIZE_GIB}G" "$vol"
+runs=$(( (DATA_MIB + 63) / 64 ))
+stride=$(( SIZE_GIB * 1024 / runs ))
+for i in $(seq 0 $((runs - 1))); do
+  dd if=/dev/urandom of="$vol" bs=1M count=64 seek=$((i * stride)) conv=notrunc status=none
+done
+sync
+
+# 3. the floor: 1 GiB read straight from the disk.
+dd if=/dev/urandom of="$DIR/data.bin" bs=1M count="$DATA_MIB" status=none; sync
+t0=$(now); dd if="$DIR/data.bin" of=/dev/null bs=16M iflag=direct status=none; t1=$(now)
+read_s=$(secs "$t0" "$t1")
+rate=$(echo "$DATA_MIB / ($t1 - $t0)" | bc -l | xargs printf '%.0f')
+rm -f "$DIR/data.bin"
+
+# 1. the original's method.
+t0=$(now); cp "$vol" "$DIR/orig.copy" && gzip -c "$DIR/orig.copy" > "$DIR/orig.copy.gz"; t1=$(now)
+orig_s=$(secs "$t0" "$t1")
+rm -f "$DIR/orig.copy" "$DIR/orig.copy.gz" "$vol"
+
+# 2. the SC.
+sc() { rm -rf "$DIR/sc"; "$BIN" "$DIR/sc" "$SIZE_GIB" "$DATA_MIB" "$1" 2>/dev/null | awk '{print $3, $4}'; }
+read -r zstd_s zstd_b < <(sc zstd)
+read -r gzip_s gzip_b < <(sc gzip)
+
+printf '\n%s GiB volume, %s MiB of data, %s cores, load %s\n' "$SIZE_GIB" "$DATA_MIB" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-52s %8s %10s\n' method seconds 'vs orig'
+printf '%-52s %8s %10s\n' "original: cp + gzip of the whole file" "$orig_s" "1.0x"
+printf '%-52s %8s %10s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')"
+printf '%-52s %8s %10s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')"
+printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$read_s" "$(echo "$orig_s / $read_s" | bc -l | xargs printf '%.1fx')"

@@ -1,0 +1,142 @@
+//! Times one snapshot through completion on a real SC: `snapbench DIR
+//! SIZE_GIB DATA_MIB gzip|zstd`. Makes a volume of SIZE_GIB in DIR, fills
+//! DATA_MIB of it (spread over the volume in 64 MiB runs) from
+//! /dev/urandom, then takes a snapshot: point-in-time copy by the volume's
+//! qemu-storage-daemon, raw copy kept, compression, PUT to an in-process
+//! Walrus stand-in (Content-MD5 checked, as Walrus does) and the record
+//! written. Prints one line: `snapshot <kind> <seconds> <compressed bytes>`.
+//! Used by benches/ebs.sh.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::put;
+use base64::Engine;
+use ironbark_sc::ScSettings;
+use ironbark_sc_api::{
+    Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState, WalrusTarget,
+};
+use md5::Digest as _;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(&args[1]);
+    let gib: u64 = args[2].parse().unwrap();
+    let data_mib: u64 = args[3].parse().unwrap();
+    let kind = match args[4].as_str() {
+        "zstd" => Compression::Zstd,
+        _ => Compression::Gzip,
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let waddr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .fallback(put(|headers: HeaderMap, body: Bytes| async move {
+            let md5 = md5::Md5::digest(&body);
+            let given = headers
+                .get("content-md5")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if base64::engine::general_purpose::STANDARD.encode(md5) != given {
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+            (
+                StatusCode::OK,
+                [("etag", format!("\"{}\"", hex::encode(md5)))],
+            )
+                .into_response()
+        }))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut settings = ScSettings::new(&dir, "t", "127.0.0.1:0".parse().unwrap());
+    settings.nbd_ports = (21900, 21999);
+    let s = ironbark_sc::open(&settings).await.unwrap();
+    let vol = VolumeSpec {
+        volume_id: "vol-bench".into(),
+        size_gib: gib,
+        source: None,
+        exports: vec![],
+    };
+    s.apply(DesiredStorage {
+        generation: 1,
+        volumes: vec![vol.clone()],
+        snapshots: vec![],
+    })
+    .await
+    .unwrap();
+    loop {
+        s.settle().await;
+        if s.report()
+            .volumes
+            .iter()
+            .any(|v| v.state == VolumeState::Available)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fill DATA_MIB in 64 MiB runs spread evenly over the volume.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.canonicalize().unwrap().join("volumes/vol-bench.raw"))
+        .unwrap();
+    let runs = data_mib.div_ceil(64);
+    let stride = (gib << 30) / runs;
+    let mut rnd = std::fs::File::open("/dev/urandom").unwrap();
+    let mut buf = vec![0u8; 64 << 20];
+    for i in 0..runs {
+        rnd.read_exact(&mut buf).unwrap();
+        file.write_all_at(&buf, i * stride).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+
+    let started = Instant::now();
+    s.apply(DesiredStorage {
+        generation: 2,
+        volumes: vec![vol],
+        snapshots: vec![SnapshotSpec {
+            snapshot_id: "snap-bench".into(),
+            volume_id: "vol-bench".into(),
+            compression: kind,
+            target: WalrusTarget {
+                put_url: format!("http://{waddr}/snapshots/snap-bench?sig=x"),
+            },
+        }],
+    })
+    .await
+    .unwrap();
+    let mut last = 0;
+    let report = loop {
+        let r = s.report();
+        if let Some(sn) = r.snapshots.first() {
+            if sn.progress / 10 != last / 10 {
+                eprintln!(
+                    "  {:>3}% at {:.2}s",
+                    sn.progress,
+                    started.elapsed().as_secs_f64()
+                );
+                last = sn.progress;
+            }
+            match sn.state {
+                SnapshotState::Completed => break sn.clone(),
+                SnapshotState::Error => panic!("snapshot failed: {:?}", sn.error),
+                SnapshotState::Pending => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "snapshot {} {:.2} {}",
+        kind.extension(),
+        started.elapsed().as_secs_f64(),
+        report.compressed_size.unwrap_or(0)
+    );
+}
