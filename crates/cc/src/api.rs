@@ -21,14 +21,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use ironbark_cluster_api::{TerminateOutcome, ZoneDesired, ZoneReport};
 use ironbark_node_api::NodeReport;
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::CcConfig;
@@ -48,7 +47,10 @@ pub fn router(cc: Arc<ClusterController>) -> Router {
         .route("/v1/events", post(event))
         .route("/v1/network/rebuild", post(rebuild_network))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(cc.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            std::sync::Arc::<str>::from(cc.config().token.as_str()),
+            ironbark_rpc::require_bearer,
+        ))
         .with_state(cc)
 }
 
@@ -84,38 +86,7 @@ pub async fn run(cfg: CcConfig) -> std::io::Result<()> {
     serve(cc, api, meta).await
 }
 
-async fn require_token(
-    State(cc): State<Arc<ClusterController>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if token_matches(request.headers(), &cc.config().token) {
-        return next.run(request).await;
-    }
-    let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    // Look at every byte so the time taken does not tell how much matched.
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
-    !token.is_empty() && a.len() == b.len() && diff == 0
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
+use ironbark_rpc::json_error as error;
 
 impl IntoResponse for CcError {
     fn into_response(self) -> Response {
@@ -176,27 +147,4 @@ async fn event(
     Json(report): Json<NodeReport>,
 ) -> Result<StatusCode, CcError> {
     cc.node_event(report).map(|()| StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        let mut h = HeaderMap::new();
-        assert!(!token_matches(&h, "s3cret"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer s3cret"),
-        );
-        assert!(token_matches(&h, "s3cret"));
-        assert!(!token_matches(&h, "s3cre"));
-        assert!(!token_matches(&h, ""));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic s3cret"),
-        );
-        assert!(!token_matches(&h, "s3cret"));
-    }
 }

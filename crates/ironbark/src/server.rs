@@ -40,13 +40,7 @@ async fn zone_report(app: &App, req: axum::extract::Request) -> Response {
             .body(Body::from(text.to_string()))
             .expect("static response parts are valid")
     };
-    let authorized = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), app.token.as_bytes()));
-    if !authorized {
+    if !ironbark_rpc::bearer_matches(req.headers(), &app.token) {
         return plain(StatusCode::UNAUTHORIZED, "cluster token required");
     }
     if req.method() != Method::POST {
@@ -64,10 +58,6 @@ async fn zone_report(app: &App, req: axum::extract::Request) -> Response {
         Ok(()) => plain(StatusCode::NO_CONTENT, ""),
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Largest Query API request body accepted; real ones are a few KiB.

@@ -18,15 +18,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use ironbark_node_api::{
     DesiredInstances, DesiredVolumes, NodeReport, TerminateAck, VolumesReport,
 };
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::node::{Node, NodeError};
@@ -39,7 +38,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
         .route("/v1/volumes", put(put_volumes).get(get_volumes))
-        .layer(middleware::from_fn_with_state(node.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            std::sync::Arc::<str>::from(node.config().token.as_str()),
+            ironbark_rpc::require_bearer,
+        ))
         .with_state(node)
 }
 
@@ -48,34 +50,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> std::io::Result<()
     axum::serve(listener, router(node)).await
 }
 
-async fn require_token(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    if token_matches(request.headers(), &node.config().token) {
-        return next.run(request).await;
-    }
-    let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    // Compare every byte so the time taken does not tell how much matched.
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
-    !token.is_empty() && a.len() == b.len() && diff == 0
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
+use ironbark_rpc::json_error as error;
 
 impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
@@ -127,28 +102,4 @@ async fn console(
 ) -> Result<Response, NodeError> {
     let text = node.console(&id).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        let mut h = HeaderMap::new();
-        assert!(!token_matches(&h, "s3cret"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer s3cret"),
-        );
-        assert!(token_matches(&h, "s3cret"));
-        assert!(!token_matches(&h, "s3cre"));
-        assert!(!token_matches(&h, "s3cret2"));
-        assert!(!token_matches(&h, ""));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic s3cret"),
-        );
-        assert!(!token_matches(&h, "s3cret"));
-    }
 }
