@@ -53,6 +53,16 @@ pub struct AddressView {
     pub holder: Option<String>,
 }
 
+/// `a` held by its account but associated with nothing.
+fn unassociated(a: &Address) -> Address {
+    Address {
+        instance_id: None,
+        association_id: None,
+        restore_ip: None,
+        ..a.clone()
+    }
+}
+
 fn address_not_found(ip: &str) -> Error {
     Error::new(
         ErrorKind::AddressNotFound,
@@ -107,16 +117,6 @@ impl Cloud {
         live.iter().find(|i| &i.id == id)
     }
 
-    async fn live(&self) -> Result<Vec<Instance>> {
-        Ok(self
-            .store
-            .list_instances(None)
-            .await?
-            .into_iter()
-            .filter(|i| i.state != InstanceState::Terminated)
-            .collect())
-    }
-
     /// The caller's elastic IP named by `which`.
     fn find_own<'a>(
         caller: &Caller,
@@ -140,39 +140,41 @@ impl Cloud {
         }
     }
 
-    /// The changes that take `a` off its instance: the row loses its
-    /// association and the instance gets back its earlier address, or a
-    /// fresh one, or none when the pool is exhausted.
-    fn detach(&self, a: &Address, live: &[Instance], held: &[Address], change: &mut AddressChange) {
-        let mut row = a.clone();
-        row.instance_id = None;
-        row.association_id = None;
-        row.restore_ip = None;
-        if let Some(i) = Self::associated(a, live) {
-            let taken: HashSet<&str> = change
-                .instance_ips
-                .iter()
-                .filter_map(|(_, ip)| ip.as_deref())
-                .collect();
-            let free: Vec<String> = self
-                .free_public_ips(live, held)
-                .into_iter()
-                .filter(|ip| !taken.contains(ip.as_str()))
-                .collect();
-            let back = a
-                .restore_ip
-                .clone()
-                .filter(|r| free.contains(r))
-                .or_else(|| free.first().cloned());
-            change.instance_ips.push((i.id.clone(), back));
-        }
-        change.update.push(row);
+    /// What `a`'s instance gets when `a` is taken off it: the address it
+    /// had before, or a fresh one, or none when the pool is exhausted
+    /// (addresses `change` already hands out do not count as free).
+    fn give_back(
+        &self,
+        a: &Address,
+        live: &[Instance],
+        held: &[Address],
+        change: &mut AddressChange,
+    ) {
+        let Some(i) = Self::associated(a, live) else {
+            return;
+        };
+        let taken: HashSet<&str> = change
+            .instance_ips
+            .iter()
+            .filter_map(|(_, ip)| ip.as_deref())
+            .collect();
+        let free: Vec<String> = self
+            .free_public_ips(live, held)
+            .into_iter()
+            .filter(|ip| !taken.contains(ip.as_str()))
+            .collect();
+        let back = a
+            .restore_ip
+            .clone()
+            .filter(|r| free.contains(r))
+            .or_else(|| free.first().cloned());
+        change.instance_ips.push((i.id.clone(), back));
     }
 
     /// AllocateAddress: the lowest free pool address, held by the caller.
     pub async fn allocate_address(&self, caller: &Caller) -> Result<Address> {
         let _serial = self.run_lock.lock().await;
-        let live = self.live().await?;
+        let live = self.live_instances().await?;
         let held = self.store.list_addresses(None).await?;
         let Some(ip) = self.free_public_ips(&live, &held).into_iter().next() else {
             return Err(Error::new(
@@ -199,7 +201,7 @@ impl Cloud {
     pub async fn release_address(&self, caller: &Caller, which: &AddressRef) -> Result<()> {
         {
             let _serial = self.run_lock.lock().await;
-            let live = self.live().await?;
+            let live = self.live_instances().await?;
             let held = self.store.list_addresses(None).await?;
             let a = Self::find_own(caller, &held, which)?;
             let mut change = AddressChange::default();
@@ -211,8 +213,7 @@ impl Cloud {
                     .filter(|h| h.public_ip != a.public_ip)
                     .cloned()
                     .collect();
-                self.detach(a, &live, &rest, &mut change);
-                change.update.clear();
+                self.give_back(a, &live, &rest, &mut change);
             }
             change.delete.push(a.public_ip.clone());
             self.store.write_addresses(&change).await?;
@@ -233,7 +234,7 @@ impl Cloud {
         let iid = InstanceId::parse(instance)?;
         let row = {
             let _serial = self.run_lock.lock().await;
-            let live = self.live().await?;
+            let live = self.live_instances().await?;
             let held = self.store.list_addresses(None).await?;
             let a = Self::find_own(caller, &held, which)?;
             let target = live
@@ -286,7 +287,7 @@ impl Cloud {
                         i
                     })
                     .collect();
-                self.detach(a, &after, &held, &mut change);
+                self.give_back(a, &after, &held, &mut change);
             }
             // The target's current elastic IP (if any) is displaced; the
             // address it had before that one is what it gets back later.
@@ -296,17 +297,12 @@ impl Cloud {
                 .find(|h| h.public_ip != a.public_ip && h.instance_id.as_ref() == Some(&iid))
             {
                 restore = old.restore_ip.clone();
-                let mut o = old.clone();
-                o.instance_id = None;
-                o.association_id = None;
-                o.restore_ip = None;
-                change.update.push(o);
+                change.update.push(unassociated(old));
             }
             let mut row = a.clone();
             row.instance_id = Some(iid.clone());
             row.association_id = Some(AssociationId::generate());
             row.restore_ip = restore;
-            change.update.retain(|u| u.public_ip != row.public_ip);
             change.update.push(row.clone());
             change
                 .instance_ips
@@ -330,7 +326,7 @@ impl Cloud {
     ) -> Result<()> {
         {
             let _serial = self.run_lock.lock().await;
-            let live = self.live().await?;
+            let live = self.live_instances().await?;
             let held = self.store.list_addresses(None).await?;
             let a = match (public_ip, association_id) {
                 (Some(ip), _) => {
@@ -357,9 +353,8 @@ impl Cloud {
                 return Ok(());
             }
             let mut change = AddressChange::default();
-            self.detach(a, &live, &held, &mut change);
-            // The detached address is the caller's still; the instance's
-            // new one must not be it.
+            self.give_back(a, &live, &held, &mut change);
+            change.update.push(unassociated(a));
             self.store.write_addresses(&change).await?;
             tracing::info!(address = %a.public_ip, "address disassociated");
         }
@@ -378,7 +373,7 @@ impl Cloud {
     ) -> Result<Vec<AddressView>> {
         let verbose = caller.is_admin() && public_ips.iter().any(|i| i == "verbose");
         let public_ips: Vec<&String> = public_ips.iter().filter(|i| *i != "verbose").collect();
-        let live = self.live().await?;
+        let live = self.live_instances().await?;
         let held = self.store.list_addresses(None).await?;
         let accounts = if verbose {
             self.store.list_accounts().await?
@@ -470,16 +465,12 @@ impl Cloud {
     /// gone and gives pool addresses to live instances that have none.
     pub async fn repair_addresses(&self) -> Result<()> {
         let _serial = self.run_lock.lock().await;
-        let live = self.live().await?;
+        let live = self.live_instances().await?;
         let held = self.store.list_addresses(None).await?;
         let mut change = AddressChange::default();
         for a in &held {
             if a.instance_id.is_some() && Self::associated(a, &live).is_none() {
-                let mut row = a.clone();
-                row.instance_id = None;
-                row.association_id = None;
-                row.restore_ip = None;
-                change.update.push(row);
+                change.update.push(unassociated(a));
             }
         }
         let mut free = self.free_public_ips(&live, &held).into_iter();
@@ -515,7 +506,7 @@ impl Cloud {
         if had.as_deref() == Some(want.as_str()) {
             return Ok(());
         }
-        let live = self.live().await?;
+        let live = self.live_instances().await?;
         if let (Some(had), false) = (&had, live.is_empty()) {
             return Err(Error::invalid_value(format!(
                 "The network layout changed ({had} -> {want}) while {} instance(s) run; \

@@ -790,7 +790,7 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
     match cmd {
         AdminCommand::Cc(CcAdminCmd::CleanRestart { cc_url }) => {
             let fail = |e: String| ironbark_types::Error::internal(e);
-            let token = roles::cluster_token(&data_dir).map_err(fail)?;
+            let token = role_token(&config::ConfigFile::default(), &data_dir).map_err(fail)?;
             let client = ironbark_cc::ClusterClient::new(&cc_url, &token)
                 .map_err(|e| fail(e.to_string()))?;
             let changes = client
