@@ -121,16 +121,7 @@ pub async fn handle(
         }
         "AssociateAddress" => {
             let instance = p.required("InstanceId")?;
-            let allow = match p.get("AllowReassociation") {
-                None => None,
-                Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
-                Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
-                Some(v) => {
-                    return Err(Error::invalid_value(format!(
-                        "Invalid value '{v}' for AllowReassociation: true or false"
-                    )));
-                }
-            };
+            let allow = p.flag("AllowReassociation")?;
             let a = cloud
                 .associate_address(caller, &address_ref(p)?, instance, allow)
                 .await?;

@@ -68,6 +68,19 @@ impl Params {
             .ok_or_else(|| ironbark_types::Error::missing(name))
     }
 
+    /// A boolean parameter (`true`/`false`, any case), `None` when absent;
+    /// anything else is `InvalidParameterValue`.
+    pub fn flag(&self, name: &str) -> ironbark_types::Result<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(v) => Err(ironbark_types::Error::invalid_value(format!(
+                "Invalid value '{v}' for {name}: true or false"
+            ))),
+        }
+    }
+
     /// The sorted, distinct N of every `prefix.N` or `prefix.N.rest` parameter.
     pub fn indices(&self, prefix: &str) -> Vec<u32> {
         let mut set = BTreeSet::new();
@@ -137,5 +150,21 @@ mod tests {
         assert_eq!(f[0].get("Name"), Some("n"));
         assert_eq!(f[0].list("Value"), vec!["x", "y"]);
         assert!(f[1].list("Value").is_empty());
+    }
+
+    #[test]
+    fn flags_are_true_false_or_absent() {
+        let p = Params::new(vec![
+            ("Force".into(), "TRUE".into()),
+            ("DryRun".into(), "false".into()),
+            ("Bad".into(), "yes".into()),
+        ]);
+        assert_eq!(p.flag("Force").unwrap(), Some(true));
+        assert_eq!(p.flag("DryRun").unwrap(), Some(false));
+        assert_eq!(p.flag("Missing").unwrap(), None);
+        assert_eq!(
+            p.flag("Bad").unwrap_err().kind,
+            ironbark_types::ErrorKind::InvalidParameterValue
+        );
     }
 }

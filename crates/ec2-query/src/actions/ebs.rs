@@ -34,16 +34,7 @@ pub(super) async fn handle(
         }
         "DetachVolume" => {
             let id = p.required("VolumeId")?;
-            let force = match p.get("Force") {
-                None => false,
-                Some(v) if v.eq_ignore_ascii_case("true") => true,
-                Some(v) if v.eq_ignore_ascii_case("false") => false,
-                Some(v) => {
-                    return Err(Error::invalid_value(format!(
-                        "Invalid value '{v}' for Force: true or false"
-                    )));
-                }
-            };
+            let force = p.flag("Force")?.unwrap_or(false);
             let v = cloud
                 .detach_volume(caller, id, p.get("InstanceId"), p.get("Device"), force)
                 .await?;
