@@ -6,8 +6,6 @@ is in test_ebs_vms.py."""
 
 import time
 
-import pytest
-
 from conftest import creds_of, raises_code
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
@@ -42,13 +42,9 @@ def ebscloud():
 
 def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_path):
     c = ebscloud
-    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
-                  "--ramdisk", str(test_image / "initrd.img"), "--name", "ebs").split()[-1]
+    emi = import_image(c, test_image, "ebs")
     ec2 = c.ec2()
-    key = ec2.create_key_pair(KeyName="ebs")
-    pem = tmp_path / "ebs.pem"
-    pem.write_text(key["KeyMaterial"])
-    pem.chmod(0o600)
+    pem = key_pair_file(ec2, "ebs", tmp_path)
     zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
 
     ids = [i["InstanceId"] for i in ec2.run_instances(
@@ -60,8 +56,7 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
     ips = {iid: s["PrivateIpAddress"] for iid, s in states(ec2, ids).items()}
     a, b = ids
 
-    ssh = ["ssh", "-i", str(pem), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-           "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
+    ssh = ssh_command(pem)
 
     def guest(iid, cmd):
         r = c.ns_run(*ssh, f"root@{ips[iid]}", cmd, check=False, timeout=60)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, SplitCloud, build_test_image, console, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, SplitCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
@@ -47,17 +47,13 @@ def netcloud():
 
 def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_image, tmp_path):
     c = netcloud
-    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
-                  "--ramdisk", str(test_image / "initrd.img"), "--name", "testimg").split()[-1]
+    emi = import_image(c, test_image, "testimg")
     assert emi.startswith("emi-")
     ec2 = c.ec2()
     images = {i["ImageId"]: i for i in ec2.describe_images()["Images"]}
     assert images[emi]["ImageType"] == "machine" and images[emi]["KernelId"].startswith("eki-")
 
-    key = ec2.create_key_pair(KeyName="e2e")
-    pem = tmp_path / "e2e.pem"
-    pem.write_text(key["KeyMaterial"])
-    pem.chmod(0o600)
+    pem = key_pair_file(ec2, "e2e", tmp_path)
     user_data = "#!/bin/sh\necho USERDATA-MARKER-$(cat /proc/sys/kernel/hostname) > /dev/console\n"
 
     # More than the zone holds fails and starts nothing.
@@ -89,8 +85,7 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
 
     # SSH with the key pair from the CC's side of the bridge; the metadata
     # service answers each instance for itself.
-    ssh = ["ssh", "-i", str(pem), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-           "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
+    ssh = ssh_command(pem)
     for iid in ids:
         out = wait_for(f"ssh to {iid}", lambda iid=iid: (lambda p: p.stdout.strip() if p.returncode == 0 else None)(
             c.ns_run(*ssh, f"root@{ips[iid]}", "wget -qO- http://169.254.169.254/latest/meta-data/instance-id",
@@ -125,8 +120,7 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
 
 def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, test_image):
     c = netcloud
-    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
-                  "--ramdisk", str(test_image / "initrd.img"), "--name", "crash").split()[-1]
+    emi = import_image(c, test_image, "crash")
     ec2 = c.ec2()
     c.admin("property", "set", "cloud.cluster.poll_interval", "1")
 
@@ -180,8 +174,7 @@ def test_terminate_broadcasts_when_the_instances_nc_does_not_answer(splitcloud, 
     the instance stays shutting-down until the CLC knows the VM is gone,
     and ends terminated with its directory deleted once its NC answers."""
     c = splitcloud
-    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
-                  "--ramdisk", str(test_image / "initrd.img"), "--name", "split").split()[-1]
+    emi = import_image(c, test_image, "split")
     ec2 = c.ec2()
     c.admin("property", "set", "cloud.cluster.poll_interval", "1")
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
@@ -44,13 +44,9 @@ def pubcloud():
 
 def test_public_ips_rules_and_elastic_ips_on_real_vms(pubcloud, test_image, tmp_path):
     c = pubcloud
-    emi = c.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
-                  "--ramdisk", str(test_image / "initrd.img"), "--name", "net").split()[-1]
+    emi = import_image(c, test_image, "net")
     ec2 = c.ec2()
-    key = ec2.create_key_pair(KeyName="net")
-    pem = tmp_path / "net.pem"
-    pem.write_text(key["KeyMaterial"])
-    pem.chmod(0o600)
+    pem = key_pair_file(ec2, "net", tmp_path)
     ec2.create_security_group(GroupName="web", Description="web servers")
 
     ids = [i["InstanceId"] for i in ec2.run_instances(
@@ -63,8 +59,7 @@ def test_public_ips_rules_and_elastic_ips_on_real_vms(pubcloud, test_image, tmp_
     pub = {iid: got[iid]["PublicIpAddress"] for iid in ids}
     assert set(pub.values()) <= set(POOL) and len(set(pub.values())) == 2, pub
 
-    ssh = ["ssh", "-i", str(pem), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-           "-o", "ConnectTimeout=4", "-o", "BatchMode=yes"]
+    ssh = ssh_command(pem, connect_timeout=4)
 
     def from_internet(ip, cmd="true"):
         r = c.inet_run(*ssh, f"root@{ip}", cmd, check=False, timeout=30)

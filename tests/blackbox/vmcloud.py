@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -182,6 +181,26 @@ class NetCloud:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", self.inet, check=False)
+
+
+def ssh_command(pem, connect_timeout=10):
+    """ssh with the key pair's private key, no host-key prompts."""
+    return ["ssh", "-i", str(pem), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={connect_timeout}", "-o", "BatchMode=yes"]
+
+
+def key_pair_file(ec2, name, directory):
+    """Creates key pair `name`; returns its private key file (0600)."""
+    pem = directory / f"{name}.pem"
+    pem.write_text(ec2.create_key_pair(KeyName=name)["KeyMaterial"])
+    pem.chmod(0o600)
+    return pem
+
+
+def import_image(cloud, test_image, name):
+    """`ironbark admin image import` of the test image; the emi- id."""
+    return cloud.admin("image", "import", "--kernel", str(test_image / "vmlinuz"),
+                       "--ramdisk", str(test_image / "initrd.img"), "--name", name).split()[-1]
 
 
 def wait_for(what, fn, timeout=240, every=1.0):
