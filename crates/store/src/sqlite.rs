@@ -50,6 +50,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        // WAL is a property of the file, and switching a fresh file to it
+        // needs the database to itself: do it on one connection before the
+        // pool opens several that would race to switch it.
+        {
+            use sqlx::Connection as _;
+            let first = sqlx::SqliteConnection::connect_with(&opts)
+                .await
+                .map_err(db)?;
+            first.close().await.map_err(db)?;
+        }
         let mut s = Self::with_options(opts, 4).await?;
         s.marker = Some(path.with_extension("version"));
         s.changed();
