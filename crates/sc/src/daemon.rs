@@ -43,6 +43,7 @@ const FILE_NODE: &str = "vol-file";
 const TLS_ID: &str = "tls0";
 const BACKUP_NODE: &str = "snap-target";
 const BACKUP_FILE_NODE: &str = "snap-target-file";
+const BACKUP_DATA_NODE: &str = "snap-target-data";
 const BACKUP_JOB: &str = "snap";
 
 #[derive(Clone, Debug)]
@@ -371,35 +372,44 @@ impl Daemons {
             .unwrap_or_default())
     }
 
-    /// A point-in-time copy of the volume into `target` (a fresh qcow2 of
-    /// the volume's size), taken while the guest may write; `progress`
-    /// gets the fraction done. Leftovers of an interrupted backup are
-    /// removed first.
+    /// A point-in-time copy of the volume, taken while the guest may
+    /// write, into `data`: a fresh sparse raw file of the volume's size
+    /// that is the external data file of the fresh qcow2 `meta` (see
+    /// [`crate::backend`] for why). `progress` gets the fraction done.
+    /// Leftovers of an interrupted backup are removed first. Returns once
+    /// the target is closed, which flushes it.
     pub async fn backup(
         &self,
         vol: &str,
-        target: &Path,
+        meta: &Path,
+        data: &Path,
         progress: &(dyn Fn(f64) + Send + Sync),
     ) -> Result<(), ScError> {
         let mut qmp = Qmp::connect(&self.socket(vol))
             .await
             .map_err(qmp_err("daemon QMP"))?;
         clean_backup(&mut qmp).await;
-        let target = target
-            .to_str()
-            .ok_or_else(|| ScError::Io("snapshot path is not UTF-8".into()))?;
+        let utf8 = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| ScError::Io("snapshot path is not UTF-8".into()))
+        };
+        let (meta, data) = (utf8(meta)?, utf8(data)?);
         qmp.execute(
             "blockdev-add",
             Some(json!({
                 "driver": "qcow2",
                 "node-name": BACKUP_NODE,
-                "file": {"driver": "file", "node-name": BACKUP_FILE_NODE, "filename": target},
+                "file": {"driver": "file", "node-name": BACKUP_FILE_NODE, "filename": meta},
+                "data-file": {"driver": "file", "node-name": BACKUP_DATA_NODE, "filename": data},
             })),
         )
         .await
         .map_err(qmp_err("blockdev-add (snapshot target)"))?;
-        // sync=full copies every block as of this instant; zero ranges of
-        // the source become zero clusters of the qcow2 target, not data.
+        // sync=full copies every block as of this instant. Zero ranges of
+        // the source become zero clusters in the qcow2's metadata and never
+        // touch the data file, so its holes stay holes; data lands at its
+        // own offset there (external data files are identity-mapped).
         qmp.execute(
             "blockdev-backup",
             Some(json!({
@@ -459,7 +469,7 @@ async fn clean_backup(qmp: &mut Qmp) {
     let _ = qmp
         .execute("job-dismiss", Some(json!({"id": BACKUP_JOB})))
         .await;
-    for node in [BACKUP_NODE, BACKUP_FILE_NODE] {
+    for node in [BACKUP_NODE, BACKUP_FILE_NODE, BACKUP_DATA_NODE] {
         let _ = qmp
             .execute("blockdev-del", Some(json!({"node-name": node})))
             .await;
