@@ -151,7 +151,8 @@ impl Drop for Net {
     }
 }
 
-/// A presigned-URL bucket stand-in: PUT and GET.
+/// A presigned-URL bucket stand-in: PUT and GET. A PUT's
+/// `x-amz-checksum-crc32` is checked and echoed, as Walrus does.
 #[derive(Clone, Default)]
 struct Bucket(Arc<Mutex<HashMap<String, Vec<u8>>>>);
 
@@ -164,15 +165,26 @@ impl Bucket {
         let addr = l.local_addr().unwrap();
         let me = self.clone();
         let app = axum::Router::new()
-            .fallback(move |m: Method, uri: Uri, body: Bytes| {
+            .fallback(move |m: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
                 let me = me.clone();
                 async move {
                     let key = uri.path().to_string();
                     if m == Method::PUT {
+                        use base64::Engine;
                         use md5::Digest;
                         let etag = hex::encode(md5::Md5::digest(&body));
+                        let crc = base64::engine::general_purpose::STANDARD
+                            .encode(crc32(&body).to_be_bytes());
+                        let given = headers.get("x-amz-checksum-crc32").and_then(|v| v.to_str().ok());
+                        if given.is_some_and(|g| g != crc) {
+                            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+                        }
                         me.0.lock().unwrap().insert(key, body.to_vec());
-                        return (StatusCode::OK, [("etag", format!("\"{etag}\""))]).into_response();
+                        return (
+                            StatusCode::OK,
+                            [("etag", format!("\"{etag}\"")), ("x-amz-checksum-crc32", crc)],
+                        )
+                            .into_response();
                     }
                     match me.0.lock().unwrap().get(&key) {
                         Some(b) => b.clone().into_response(),
@@ -184,6 +196,19 @@ impl Bucket {
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         addr
     }
+}
+
+/// CRC-32 (IEEE, as S3's `x-amz-checksum-crc32`), bit by bit: the
+/// objects here are small.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 async fn until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {

@@ -3,16 +3,21 @@
 //! DATA_MIB of it (spread over the volume in 64 MiB runs) from
 //! /dev/urandom, then takes a snapshot: point-in-time copy by the volume's
 //! qemu-storage-daemon, raw copy kept, compression, PUT to an in-process
-//! Walrus stand-in (Content-MD5 checked, as Walrus does) and the record
-//! written. Prints one line: `snapshot <kind> <seconds> <compressed bytes>`.
+//! Walrus stand-in and the record written. Prints one line:
+//! `snapshot <kind> <seconds> <compressed bytes>`, and progress on stderr.
 //! Used by benches/ebs.sh.
+//!
+//! The stand-in does the work Walrus does for a PUT, minus the disk write:
+//! the body streams to one hashing thread that computes the MD5 (the ETag)
+//! and the checksum the client named (`x-amz-checksum-crc32` or `-sha256`),
+//! a mismatch is refused, and the checksum is echoed.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::put;
@@ -21,6 +26,7 @@ use ironbark_sc::ScSettings;
 use ironbark_sc_api::{
     Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState, WalrusTarget,
 };
+use futures_util::StreamExt;
 use md5::Digest as _;
 
 #[tokio::main]
@@ -37,21 +43,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let waddr = listener.local_addr().unwrap();
     let app = Router::new()
-        .fallback(put(|headers: HeaderMap, body: Bytes| async move {
-            let md5 = md5::Md5::digest(&body);
-            let given = headers
-                .get("content-md5")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if base64::engine::general_purpose::STANDARD.encode(md5) != given {
-                return StatusCode::BAD_REQUEST.into_response();
-            }
-            (
-                StatusCode::OK,
-                [("etag", format!("\"{}\"", hex::encode(md5)))],
-            )
-                .into_response()
-        }))
+        .fallback(put(walrus_put))
         .layer(axum::extract::DefaultBodyLimit::disable());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
@@ -139,4 +131,77 @@ async fn main() {
         started.elapsed().as_secs_f64(),
         report.compressed_size.unwrap_or(0)
     );
+}
+
+async fn walrus_put(headers: HeaderMap, body: Body) -> axum::response::Response {
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let given = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // As Walrus: the one checksum the client named, on the thread that
+    // computes the MD5.
+    let (want_crc, want_sha) = (
+        given("x-amz-checksum-crc32"),
+        given("x-amz-checksum-sha256"),
+    );
+    let (do_crc, do_sha) = (want_crc.is_some(), want_sha.is_some());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut md5 = md5::Md5::new();
+        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+        let mut crc = crc32fast::Hasher::new();
+        while let Some(b) = rx.blocking_recv() {
+            md5.update(&b);
+            if do_crc {
+                crc.update(&b);
+            }
+            if do_sha {
+                sha2::Digest::update(&mut sha, &b);
+            }
+        }
+        (
+            md5.finalize(),
+            crc.finalize().to_be_bytes(),
+            sha2::Digest::finalize(sha),
+        )
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        if tx.send(chunk).await.is_err() {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    drop(tx);
+    let (md5, crc, sha) = hasher.await.unwrap();
+    let mut echo = Vec::new();
+    if let Some(w) = want_crc {
+        if w != b64(&crc) {
+            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+        }
+        echo.push(("x-amz-checksum-crc32", w));
+    }
+    if let Some(w) = want_sha {
+        if w != b64(&sha) {
+            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+        }
+        echo.push(("x-amz-checksum-sha256", w));
+    }
+    if given("content-md5").is_some_and(|g| g != b64(&md5)) {
+        return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+    }
+    let mut response = (
+        StatusCode::OK,
+        [("etag", format!("\"{}\"", hex::encode(md5)))],
+    )
+        .into_response();
+    for (k, v) in echo {
+        response.headers_mut().insert(k, v.parse().unwrap());
+    }
+    response
 }

@@ -35,7 +35,10 @@ pub struct SnapshotRecord {
     pub volume_id: String,
     pub volume_size: u64,
     pub compression: Compression,
+    /// Hex SHA-256 of the object (Walrus verified the upload's CRC-32).
     pub sha256: String,
+    /// The object's ETag as Walrus answered it (the MD5 of a single PUT);
+    /// the field keeps its name for the API's `md5`.
     pub md5: String,
     pub compressed_size: u64,
     pub raw_digest: String,
@@ -224,6 +227,11 @@ impl FileBackend {
     }
 }
 
+/// A value for a QEMU `-o key=value,...` list: commas are doubled.
+fn qemu_opt(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
 fn list_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>, ScError> {
     let rd = std::fs::read_dir(dir).map_err(|e| ScError::io(dir.display(), e))?;
     Ok(rd
@@ -364,35 +372,48 @@ impl Backend for FileBackend {
         let size = std::fs::metadata(&file)
             .map_err(|_| ScError::Invalid(format!("volume {vol} does not exist")))?
             .len();
-        let qcow2 = self
+        // The copy's target is a qcow2 whose data lives in an external raw
+        // file, the `.part` that becomes the SC's copy: the qcow2 keeps
+        // only metadata (zero clusters for the holes), so the raw file
+        // gets exactly the volume's data, at its offsets, and stays sparse.
+        // A raw target would not: QEMU writes the holes as zeroes with
+        // fallocate(ZERO_RANGE), which allocates them.
+        let meta = self
             .snapshots
             .join(format!("{}.qcow2.part", spec.snapshot_id));
         let part = self
             .snapshots
             .join(format!("{}.raw.part", spec.snapshot_id));
-        remove(&qcow2).await?;
+        remove(&meta).await?;
         remove(&part).await?;
-        let qcow2_s = qcow2.to_string_lossy().into_owned();
-        let part_s = part.to_string_lossy().into_owned();
         let result = async {
-            self.qemu_img(&["create", "-q", "-f", "qcow2", &qcow2_s, &size.to_string()])
-                .await?;
+            let opts = format!(
+                "data_file={},data_file_raw=off",
+                qemu_opt(&part.to_string_lossy())
+            );
+            let meta_s = meta.to_string_lossy().into_owned();
+            self.qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &opts,
+                &meta_s,
+                &size.to_string(),
+            ])
+            .await?;
             // The daemon that serves the volume takes the copy, so guest
             // writes during it are handled by its copy-before-write filter.
             self.daemons.ensure(vol, &file).await?;
-            let p = progress.clone();
-            let backup = self.daemons.backup(vol, &qcow2, &move |f| p(f * 0.8)).await;
+            let backup = self.daemons.backup(vol, &meta, &part, &*progress).await;
             // A daemon started just for this one goes away again.
             if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
                 self.daemons.stop(vol).await?;
             }
             backup?;
-            // qcow2 → sparse raw: the backup writes zero clusters for holes,
-            // which a raw target would have allocated.
-            self.qemu_img(&[
-                "convert", "-q", "-f", "qcow2", "-O", "raw", &qcow2_s, &part_s,
-            ])
-            .await?;
+            // Closing the target flushed it; this makes the contract
+            // explicit and costs nothing then.
             std::fs::File::open(&part)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| ScError::io(part.display(), e))?;
@@ -400,7 +421,7 @@ impl Backend for FileBackend {
             publish_file(&part, &done).await
         }
         .await;
-        let _ = remove(&qcow2).await;
+        let _ = remove(&meta).await;
         if result.is_err() {
             let _ = remove(&part).await;
         }
@@ -434,19 +455,30 @@ impl Backend for FileBackend {
                 progress.clone(),
             );
             let packed = tokio::task::spawn_blocking(move || {
-                codec.compress(&from, &to, kind, &|f| p(f * 0.8))
+                codec.compress(&from, &to, kind, &|f| p(f * 0.7))
             })
             .await
             .map_err(|e| ScError::io("compress task", e))?
             .map_err(|e| ScError::io(format!("compressing {id}"), e))?;
-            walrus::put_file(&self.http, &spec.target.put_url, &packed_path, &packed.md5).await?;
+            let p = progress.clone();
+            // The record is written only after Walrus confirmed the whole
+            // object: a crash or error before leaves no record, so the
+            // snapshot is not completed and the saga starts over.
+            let etag = walrus::put_file(
+                &self.http,
+                &spec.target.put_url,
+                &packed_path,
+                packed.crc32,
+                Arc::new(move |f| p(0.7 + 0.3 * f)),
+            )
+            .await?;
             let record = SnapshotRecord {
                 snapshot_id: id.clone(),
                 volume_id: spec.volume_id.clone(),
                 volume_size,
                 compression: spec.compression,
-                sha256: packed.sha256,
-                md5: hex::encode(packed.md5),
+                sha256: hex::encode(packed.sha256),
+                md5: etag,
                 compressed_size: packed.size,
                 raw_digest: packed.raw_digest,
             };

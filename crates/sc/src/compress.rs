@@ -9,25 +9,43 @@
 //! - holes cost nothing: a segment without data (see [`crate::sparse`]) is
 //!   written as a piece compressed once per process and reused, so the 9 GiB
 //!   of holes of a 10 GiB volume are neither read nor compressed;
-//! - parallelism: gzip segments are compressed by several threads at once
-//!   and written in order. zstd is multi-threaded itself: each run of data
+//! - parallelism: every gzip segment is its own member, so [`Codec::threads`]
+//!   workers each read, hash and compress whole segments and the writer puts
+//!   them back in order. zstd is multi-threaded itself: each run of data
 //!   segments is piped through one `zstd -T<n>` process (the `zstd` binary,
-//!   not a C library build), holes in between become reused frames.
+//!   not a C library build), holes in between become reused frames, and a
+//!   thread of ours hashes each segment while zstd compresses it.
 //!
-//! While writing, the object's SHA-256 and MD5 (the latter for S3's
-//! `Content-MD5`) and the raw image digest are computed, so nothing is read
-//! twice.
+//! # Data flow and hashes
+//!
+//! raw image → (per data segment: SHA-256 for the raw digest, compression)
+//! → writer (in order; SHA-256 and CRC-32 of the object) → a temporary
+//! file, which [`crate::walrus::put_file`] uploads once its length and
+//! checksum are known (a presigned PUT needs both before the body). Nothing
+//! is read twice. The SHA-256 is the snapshot's checksum in the API (the
+//! CLC keeps it, a restore checks the download against it); Walrus checks
+//! the upload against the CRC-32 (`x-amz-checksum-crc32`), which it
+//! computes at a tenth of a SHA-256's cost on the same cores while it also
+//! computes the MD5 for the ETag. No MD5 is computed here.
+//!
+//! gzip gives up on data that does not compress: a segment whose samples
+//! deflate to more than [`STORE_ABOVE`] of their size is written as stored
+//! deflate blocks (still standard gzip), because deflating random or
+//! already-compressed data costs ten times the CPU for nothing.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use ironbark_sc_api::Compression;
-use md5::Digest as _;
 use sha2::{Digest, Sha256};
 
 use crate::sparse::{self, RawDigest, SEGMENT_SIZE};
@@ -36,13 +54,22 @@ use crate::sparse::{self, RawDigest, SEGMENT_SIZE};
 /// for a few percent on the kind of data volumes hold.
 const GZIP_LEVEL: u32 = 1;
 const ZSTD_LEVEL: &str = "-3";
+/// A gzip segment whose samples shrink by less than this is stored.
+const STORE_ABOVE: f64 = 0.97;
+/// Samples per segment for that decision, and their length.
+const SAMPLES: usize = 4;
+const SAMPLE_LEN: usize = 64 << 10;
+/// Pipe buffer to and from zstd.
+const PIPE_SIZE: i32 = 1 << 20;
 
 /// What compression produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packed {
     pub size: u64,
-    pub sha256: String,
-    pub md5: [u8; 16],
+    /// SHA-256 of the compressed object: what the snapshot is known by.
+    pub sha256: [u8; 32],
+    /// CRC-32 of the object: what Walrus verifies the upload with.
+    pub crc32: u32,
     pub raw_digest: String,
 }
 
@@ -66,7 +93,7 @@ impl Default for Codec {
 struct Hashing<W> {
     inner: W,
     sha: Sha256,
-    md5: md5::Md5,
+    crc: crc32fast::Hasher,
     n: u64,
 }
 
@@ -75,7 +102,7 @@ impl<W: Write> Hashing<W> {
         Hashing {
             inner,
             sha: Sha256::new(),
-            md5: md5::Md5::new(),
+            crc: crc32fast::Hasher::new(),
             n: 0,
         }
     }
@@ -85,7 +112,7 @@ impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.sha.update(&buf[..n]);
-        md5::Digest::update(&mut self.md5, &buf[..n]);
+        self.crc.update(&buf[..n]);
         self.n += n as u64;
         Ok(n)
     }
@@ -96,8 +123,9 @@ impl<W: Write> Write for Hashing<W> {
 
 type Out = Hashing<BufWriter<File>>;
 
-/// A compressed segment and the SHA-256 of its raw bytes.
-type Compressed = (Vec<u8>, [u8; 32]);
+/// One gzip segment as a worker hands it to the writer: the member and the
+/// SHA-256 of its raw bytes, or `None` for a hole.
+type Piece = Option<(Vec<u8>, [u8; 32])>;
 
 impl Codec {
     /// Compresses the raw image `raw` into a new file `out`; `progress`
@@ -107,26 +135,24 @@ impl Codec {
         raw: &Path,
         out: &Path,
         kind: Compression,
-        progress: &dyn Fn(f64),
+        progress: &(dyn Fn(f64) + Sync),
     ) -> io::Result<Packed> {
         let src = File::open(raw)?;
         let len = src.metadata()?.len();
-        let w = Hashing::new(BufWriter::with_capacity(1 << 20, File::create(out)?));
+        let w = Hashing::new(BufWriter::with_capacity(4 << 20, File::create(out)?));
         let (w, digest) = match kind {
             Compression::Gzip => self.gzip(&src, len, w, progress)?,
             Compression::Zstd => self.zstd(&src, len, w, progress)?,
         };
-        let Hashing {
-            inner, sha, md5, n, ..
-        } = w;
+        let Hashing { inner, sha, crc, n } = w;
         // No fsync: the compressed file only lives until it is uploaded (a
         // crash removes it and the upload starts over), and syncing 1 GiB
         // would cost the snapshot seconds.
         inner.into_inner().map_err(|e| e.into_error())?;
         Ok(Packed {
             size: n,
-            sha256: hex::encode(sha.finalize()),
-            md5: md5::Digest::finalize(md5).into(),
+            sha256: sha.finalize().into(),
+            crc32: crc.finalize(),
             raw_digest: digest.finish(),
         })
     }
@@ -136,59 +162,57 @@ impl Codec {
         src: &File,
         len: u64,
         mut w: Out,
-        progress: &dyn Fn(f64),
+        progress: &(dyn Fn(f64) + Sync),
     ) -> io::Result<(Out, RawDigest)> {
         let segs: Vec<(u64, u64)> = sparse::segments(len).collect();
+        let next = AtomicUsize::new(0);
+        let workers = self.threads.max(1);
         let mut digest = RawDigest::default();
-        for batch in segs.chunks(self.threads.max(1)) {
-            let mut data: Vec<Option<Vec<u8>>> = Vec::with_capacity(batch.len());
-            for &(off, n) in batch {
-                if sparse::has_data(src, off, n)? {
-                    let mut buf = vec![0u8; n as usize];
-                    src.read_exact_at(&mut buf, off)?;
-                    data.push(Some(buf));
-                } else {
-                    data.push(None);
+        std::thread::scope(|s| {
+            // Bounded, so workers stop reading ahead while the writer is
+            // behind: memory stays at a few segments per worker.
+            let (tx, rx) = mpsc::sync_channel::<(usize, io::Result<Piece>)>(workers);
+            for _ in 0..workers {
+                let (tx, next, segs) = (tx.clone(), &next, &segs);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(off, n)) = segs.get(i) else { break };
+                        let piece = gzip_segment(src, off, n);
+                        let failed = piece.is_err();
+                        if tx.send((i, piece)).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            // Segments come back in any order; they are written in order.
+            let mut waiting: BTreeMap<usize, Piece> = BTreeMap::new();
+            let mut at = 0;
+            for (i, piece) in rx.iter() {
+                waiting.insert(i, piece?);
+                while let Some(piece) = waiting.remove(&at) {
+                    let (off, n) = segs[at];
+                    match piece {
+                        Some((z, d)) => {
+                            w.write_all(&z)?;
+                            digest.segment(&d);
+                        }
+                        None => {
+                            w.write_all(&zero_piece(Compression::Gzip, n, &self.zstd_binary)?)?;
+                            digest.segment(&sparse::zero_digest(n));
+                        }
+                    }
+                    progress((off + n) as f64 / len.max(1) as f64);
+                    at += 1;
                 }
             }
-            let done: Vec<io::Result<Option<Compressed>>> = std::thread::scope(|s| {
-                let handles: Vec<_> = data
-                    .iter()
-                    .map(|d| {
-                        d.as_ref().map(|buf| {
-                            s.spawn(move || {
-                                let z = gzip_member(buf, GZIP_LEVEL)?;
-                                Ok::<_, io::Error>((z, Sha256::digest(buf).into()))
-                            })
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h {
-                        None => Ok(None),
-                        Some(h) => h
-                            .join()
-                            .map_err(|_| io::Error::other("a compression thread panicked"))?
-                            .map(Some),
-                    })
-                    .collect()
-            });
-            for (&(_, n), r) in batch.iter().zip(done) {
-                match r? {
-                    Some((z, d)) => {
-                        w.write_all(&z)?;
-                        digest.segment(&d);
-                    }
-                    None => {
-                        w.write_all(&zero_piece(Compression::Gzip, n, &self.zstd_binary)?)?;
-                        digest.segment(&sparse::zero_digest(n));
-                    }
-                }
+            if at != segs.len() {
+                return Err(io::Error::other("a compression worker stopped early"));
             }
-            let (last_off, last_n) = batch[batch.len() - 1];
-            progress((last_off + last_n) as f64 / len.max(1) as f64);
-        }
+            Ok(())
+        })?;
         Ok((w, digest))
     }
 
@@ -197,7 +221,7 @@ impl Codec {
         src: &File,
         len: u64,
         w: Out,
-        progress: &dyn Fn(f64),
+        progress: &(dyn Fn(f64) + Sync),
     ) -> io::Result<(Out, RawDigest)> {
         let mut digest = RawDigest::default();
         // The output belongs to the running zstd's drain thread while a run
@@ -216,8 +240,15 @@ impl Codec {
                 };
                 let buf = &mut buf[..n as usize];
                 src.read_exact_at(buf, off)?;
-                digest.segment(&Sha256::digest(&*buf).into());
-                r.stdin.write_all(buf)?;
+                // Hash while zstd takes the same bytes: both only read them.
+                let data = &*buf;
+                let d = std::thread::scope(|s| {
+                    let h = s.spawn(move || -> [u8; 32] { Sha256::digest(data).into() });
+                    r.stdin.write_all(data)?;
+                    h.join()
+                        .map_err(|_| io::Error::other("a hashing thread panicked"))
+                })?;
+                digest.segment(&d);
             } else {
                 if let Some(r) = run.take() {
                     idle = Some(r.finish()?);
@@ -319,6 +350,42 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Reads, hashes and gzips one segment (`None`: a hole).
+fn gzip_segment(src: &File, off: u64, n: u64) -> io::Result<Piece> {
+    if !sparse::has_data(src, off, n)? {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; n as usize];
+    src.read_exact_at(&mut buf, off)?;
+    let level = if compresses(&buf)? { GZIP_LEVEL } else { 0 };
+    let z = gzip_member(&buf, level)?;
+    Ok(Some((z, Sha256::digest(&buf).into())))
+}
+
+/// Whether deflate gains anything on `data`, judged on a few samples
+/// spread over it.
+fn compresses(data: &[u8]) -> io::Result<bool> {
+    let (mut raw, mut packed) = (0usize, 0usize);
+    let step = (data.len() / SAMPLES).max(1);
+    for i in 0..SAMPLES {
+        let at = i * step;
+        let Some(sample) = data.get(at..(at + SAMPLE_LEN).min(data.len())) else {
+            break;
+        };
+        if sample.is_empty() {
+            break;
+        }
+        let mut z = flate2::write::DeflateEncoder::new(
+            Vec::with_capacity(sample.len() + 64),
+            flate2::Compression::new(GZIP_LEVEL),
+        );
+        z.write_all(sample)?;
+        raw += sample.len();
+        packed += z.finish()?.len();
+    }
+    Ok(raw == 0 || (packed as f64) < raw as f64 * STORE_ABOVE)
+}
+
 fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     let mut z = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 2 + 64),
@@ -391,8 +458,22 @@ impl ZstdRun {
             .map_err(|e| io::Error::new(e.kind(), format!("running {}: {e}", zstd.display())))?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
+        // A 64 KiB pipe means a context switch per 64 KiB each way; a
+        // larger one (best effort: the limit is a sysctl) saves most of the
+        // system time of moving the data through zstd.
+        for fd in [stdin.as_fd(), stdout.as_fd()] {
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        }
         let drain = std::thread::spawn(move || {
-            io::copy(&mut stdout, &mut w)?;
+            let mut buf = vec![0u8; PIPE_SIZE as usize];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => w.write_all(&buf[..n])?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Ok(w)
         });
         Ok(ZstdRun {
@@ -450,7 +531,7 @@ mod tests {
         let packed = codec.compress(&raw, &dir.join("z"), kind, &|_| {}).unwrap();
         let bytes = std::fs::read(dir.join("z")).unwrap();
         assert_eq!(bytes.len() as u64, packed.size);
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), packed.sha256);
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(&bytes)), packed.sha256);
         assert_eq!(packed.raw_digest, sparse::digest_file(&raw).unwrap());
         let (digest, len) = codec
             .decompress(&dir.join("z"), kind, &dir.join("back"), 6 * SEGMENT_SIZE)
@@ -475,6 +556,40 @@ mod tests {
                 .decompress(&dir.join("z"), kind, &dir.join("small"), SEGMENT_SIZE)
                 .is_err()
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn incompressible_gzip_segments_are_stored_and_still_standard_gzip() {
+        let dir = tmp("stored");
+        let raw = dir.join("raw");
+        let f = File::create(&raw).unwrap();
+        f.set_len(3 * SEGMENT_SIZE).unwrap();
+        let noise: Vec<u8> = (0..SEGMENT_SIZE as usize).map(|_| rand::random()).collect();
+        f.write_all_at(&noise, SEGMENT_SIZE).unwrap();
+        // Compressible text in the last segment: deflated as usual.
+        let text = b"ironbark snapshot ".repeat(1 << 16);
+        f.write_all_at(&text, 2 * SEGMENT_SIZE).unwrap();
+        drop(f);
+        assert!(!compresses(&noise).unwrap());
+        assert!(compresses(&text).unwrap());
+        let packed = Codec::default()
+            .compress(&raw, &dir.join("z"), Compression::Gzip, &|_| {})
+            .unwrap();
+        // Stored blocks cost a few bytes per 64 KiB.
+        let src = File::open(&raw).unwrap();
+        let (z, _) = gzip_segment(&src, SEGMENT_SIZE, SEGMENT_SIZE)
+            .unwrap()
+            .unwrap();
+        assert!(z.len() as u64 <= SEGMENT_SIZE + SEGMENT_SIZE / 1000, "{}", z.len());
+        assert!(packed.size > SEGMENT_SIZE);
+        let out = Command::new("gzip")
+            .args(["-d", "-c"])
+            .arg(dir.join("z"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout == std::fs::read(&raw).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

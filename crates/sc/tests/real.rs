@@ -1,6 +1,7 @@
 //! The SC with real files, real `qemu-storage-daemon`s and QEMU's own NBD
 //! client (`qemu-io`), and an in-process stand-in for Walrus' presigned
-//! PUT/GET (it checks `Content-MD5` as Walrus does).
+//! PUT/GET (it checks `Content-MD5` and `x-amz-checksum-crc32` and echoes
+//! the latter, as Walrus does).
 //!
 //! Runs only with `IRONBARK_QEMU_TESTS=1` (needs `qemu-utils` with
 //! `qemu-storage-daemon` and `qemu-io`, and `zstd`).
@@ -65,8 +66,9 @@ fn find(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
-/// A bucket in memory behind presigned-style URLs: PUT (Content-MD5
-/// checked, ETag = MD5) and GET.
+/// A bucket in memory behind presigned-style URLs: PUT (Content-MD5 and
+/// x-amz-checksum-crc32 checked when given, the latter echoed, ETag = MD5)
+/// and GET.
 #[derive(Clone, Default)]
 pub struct FakeWalrus(Arc<Mutex<HashMap<String, Vec<u8>>>>);
 
@@ -82,21 +84,26 @@ impl FakeWalrus {
                     let key = uri.path().to_string();
                     match method.as_str() {
                         "PUT" => {
+                            let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
                             let md5 = md5::Md5::digest(&body);
-                            let given = headers
-                                .get("content-md5")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string();
-                            if base64::engine::general_purpose::STANDARD.encode(md5) != given {
+                            let crc = b64(&crc32fast::hash(&body).to_be_bytes());
+                            let given = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+                            if given("content-md5").is_some_and(|g| g != b64(&md5))
+                                || given("x-amz-checksum-crc32").is_some_and(|g| g != crc)
+                            {
                                 return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
                             }
                             me.0.lock().unwrap().insert(key, body.to_vec());
-                            (
+                            let mut r = (
                                 StatusCode::OK,
                                 [("etag", format!("\"{}\"", hex::encode(md5)))],
                             )
-                                .into_response()
+                                .into_response();
+                            if given("x-amz-checksum-crc32").is_some() {
+                                r.headers_mut()
+                                    .insert("x-amz-checksum-crc32", crc.parse().unwrap());
+                            }
+                            r
                         }
                         "GET" => match me.0.lock().unwrap().get(&key) {
                             Some(b) => b.clone().into_response(),
@@ -324,6 +331,23 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
         let obj = walrus.get(&key).expect("object in walrus");
         assert_eq!(Some(hex::encode(sha2::Sha256::digest(&obj))), sr.sha256);
         assert_eq!(Some(obj.len() as u64), sr.compressed_size);
+        // The ETag the store answered is recorded as the object's MD5.
+        assert_eq!(Some(hex::encode(md5::Md5::digest(&obj))), sr.md5);
+        // The SC's point-in-time copy is the volume, and as sparse: the
+        // backup's holes never became allocated zeroes.
+        let copy = data
+            .canonicalize()
+            .unwrap()
+            .join(format!("snapshots/{}.raw", sr.snapshot_id));
+        assert_eq!(
+            ironbark_sc::sparse::digest_file(&copy).unwrap(),
+            vol_digest
+        );
+        let used = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&copy).unwrap().blocks() * 512
+        };
+        assert!(used < 16 << 20, "{} allocates {used} bytes", sr.snapshot_id);
         // Holes cost (almost) nothing.
         assert!(
             obj.len() < 4 << 20,
