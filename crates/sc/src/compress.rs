@@ -40,7 +40,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -59,6 +59,8 @@ const STORE_ABOVE: f64 = 0.97;
 /// Samples per segment for that decision, and their length.
 const SAMPLES: usize = 4;
 const SAMPLE_LEN: usize = 64 << 10;
+/// A stored 16 MiB segment's member fits without growing.
+const MEMBER_CAPACITY: usize = SEGMENT_SIZE as usize + (SEGMENT_SIZE as usize >> 10) + 1024;
 /// Pipe buffer to and from zstd.
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -166,6 +168,8 @@ impl Codec {
     ) -> io::Result<(Out, RawDigest)> {
         let segs: Vec<(u64, u64)> = sparse::segments(len).collect();
         let next = AtomicUsize::new(0);
+        // Member buffers the writer is done with, for the workers to reuse.
+        let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
         let workers = self.threads.max(1);
         let mut digest = RawDigest::default();
         std::thread::scope(|s| {
@@ -173,12 +177,15 @@ impl Codec {
             // behind: memory stays at a few segments per worker.
             let (tx, rx) = mpsc::sync_channel::<(usize, io::Result<Piece>)>(workers);
             for _ in 0..workers {
-                let (tx, next, segs) = (tx.clone(), &next, &segs);
+                let (tx, next, segs, spare) = (tx.clone(), &next, &segs, &spare);
                 s.spawn(move || {
+                    let mut buf = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&(off, n)) = segs.get(i) else { break };
-                        let piece = gzip_segment(src, off, n);
+                        let out = spare.lock().ok().and_then(|mut v| v.pop());
+                        let out = out.unwrap_or_else(|| Vec::with_capacity(MEMBER_CAPACITY));
+                        let piece = gzip_segment(src, off, n, &mut buf, out);
                         let failed = piece.is_err();
                         if tx.send((i, piece)).is_err() || failed {
                             break;
@@ -195,9 +202,13 @@ impl Codec {
                 while let Some(piece) = waiting.remove(&at) {
                     let (off, n) = segs[at];
                     match piece {
-                        Some((z, d)) => {
+                        Some((mut z, d)) => {
                             w.write_all(&z)?;
                             digest.segment(&d);
+                            z.clear();
+                            if let Ok(mut v) = spare.lock() {
+                                v.push(z);
+                            }
                         }
                         None => {
                             w.write_all(&zero_piece(Compression::Gzip, n, &self.zstd_binary)?)?;
@@ -351,15 +362,25 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Reads, hashes and gzips one segment (`None`: a hole).
-fn gzip_segment(src: &File, off: u64, n: u64) -> io::Result<Piece> {
+/// `buf` is the worker's read buffer and `out` an emptied member buffer,
+/// both reused: a fresh 16 MiB buffer per segment costs more in page
+/// faults than the copy into it.
+fn gzip_segment(
+    src: &File,
+    off: u64,
+    n: u64,
+    buf: &mut Vec<u8>,
+    out: Vec<u8>,
+) -> io::Result<Piece> {
     if !sparse::has_data(src, off, n)? {
         return Ok(None);
     }
-    let mut buf = vec![0u8; n as usize];
-    src.read_exact_at(&mut buf, off)?;
-    let level = if compresses(&buf)? { GZIP_LEVEL } else { 0 };
-    let z = gzip_member(&buf, level)?;
-    Ok(Some((z, Sha256::digest(&buf).into())))
+    buf.resize(n as usize, 0);
+    src.read_exact_at(buf, off)?;
+    let level = if compresses(buf)? { GZIP_LEVEL } else { 0 };
+    let mut z = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
+    z.write_all(buf)?;
+    Ok(Some((z.finish()?, Sha256::digest(&*buf).into())))
 }
 
 /// Whether deflate gains anything on `data`, judged on a few samples
@@ -578,7 +599,7 @@ mod tests {
             .unwrap();
         // Stored blocks cost a few bytes per 64 KiB.
         let src = File::open(&raw).unwrap();
-        let (z, _) = gzip_segment(&src, SEGMENT_SIZE, SEGMENT_SIZE)
+        let (z, _) = gzip_segment(&src, SEGMENT_SIZE, SEGMENT_SIZE, &mut Vec::new(), Vec::new())
             .unwrap()
             .unwrap();
         assert!(z.len() as u64 <= SEGMENT_SIZE + SEGMENT_SIZE / 1000, "{}", z.len());
