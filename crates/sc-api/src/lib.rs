@@ -32,7 +32,7 @@
 //!   (presigned PUT URL of the object the SC uploads). It is `completed`
 //!   once [`SnapshotReport::state`] is [`SnapshotState::Completed`]: the
 //!   point-in-time raw copy is on the SC and the compressed object is in
-//!   Walrus, its MD5 checked by Walrus and its SHA-256 reported. Keep the
+//!   Walrus, its CRC-32 checked by Walrus and its SHA-256 reported. Keep the
 //!   spec listed for as long as the snapshot exists (the SC keeps the raw
 //!   copy while it is listed); presigned URLs may be refreshed in later
 //!   generations, the SC only uses the one of the current state.
@@ -147,8 +147,8 @@ pub struct SnapshotSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalrusTarget {
     /// Presigned PUT URL (`http://…/bucket/key?X-Amz-…`), valid long enough
-    /// for the upload. The SC sends `Content-MD5`, which Walrus checks, and
-    /// compares the answered ETag with it.
+    /// for the upload. The SC sends `x-amz-checksum-crc32`, which Walrus
+    /// checks, and requires it echoed in the answer.
     pub put_url: String,
 }
 
@@ -225,8 +225,9 @@ pub struct SnapshotReport {
     /// The volume's size, i.e. the raw image's length in bytes.
     pub volume_size: u64,
     pub compression: Compression,
-    /// Once completed: hex SHA-256, hex MD5 (the object's ETag) and length
-    /// of the object in Walrus.
+    /// Once completed: hex SHA-256 (computed by the SC), the ETag Walrus
+    /// answered (the hex MD5 of a single PUT) and length of the object in
+    /// Walrus.
     pub sha256: Option<String>,
     pub md5: Option<String>,
     pub compressed_size: Option<u64>,

@@ -14,10 +14,11 @@
 //!   ([`daemon`]) that only the NC named can open (TLS-PSK, one identity and
 //!   key per volume and NC); the NC hot-plugs it into its VM;
 //! - a snapshot is a point-in-time copy made by that daemon while the guest
-//!   writes (`blockdev-backup`), kept as `<data>/snapshots/<snap>.raw`, then
-//!   compressed segment by segment, skipping holes ([`compress`],
-//!   [`sparse`]), and PUT to a presigned Walrus URL with `Content-MD5`
-//!   ([`walrus`]).
+//!   writes (`blockdev-backup` into a qcow2 whose external data file is the
+//!   sparse raw copy), kept as `<data>/snapshots/<snap>.raw`, then
+//!   compressed segment by segment, skipping holes, hashing in parallel
+//!   ([`compress`], [`sparse`]), and PUT to a presigned Walrus URL with
+//!   `x-amz-checksum-crc32`, which Walrus checks ([`walrus`]).
 //!
 //! What the SC holds is reported back (`GET /v1/storage`); every result
 //! appears atomically, so a crash at any point leaves nothing reported that
