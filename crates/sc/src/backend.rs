@@ -454,7 +454,7 @@ impl Backend for FileBackend {
                 packed_path.clone(),
                 progress.clone(),
             );
-            let packed = tokio::task::spawn_blocking(move || {
+            let (packed, spooled) = tokio::task::spawn_blocking(move || {
                 codec.compress(&from, &to, kind, &|f| p(f * 0.7))
             })
             .await
@@ -467,7 +467,7 @@ impl Backend for FileBackend {
             let etag = walrus::put_file(
                 &self.http,
                 &spec.target.put_url,
-                &packed_path,
+                spooled,
                 packed.crc32,
                 Arc::new(move |f| p(0.7 + 0.3 * f)),
             )

@@ -19,10 +19,11 @@
 //! # Data flow and hashes
 //!
 //! raw image → (per data segment: SHA-256 for the raw digest, compression)
-//! → writer (in order; SHA-256 and CRC-32 of the object) → a temporary
-//! file, which [`crate::walrus::put_file`] uploads once its length and
-//! checksum are known (a presigned PUT needs both before the body). Nothing
-//! is read twice. The SHA-256 is the snapshot's checksum in the API (the
+//! → writer (in order; SHA-256 and CRC-32 of the object) → a
+//! [`crate::spool`] (memory, overflowing to a file), which
+//! [`crate::walrus::put_file`] uploads once its length and checksum are
+//! known (a presigned PUT needs both before the body). Nothing is read
+//! twice. The SHA-256 is the snapshot's checksum in the API (the
 //! CLC keeps it, a restore checks the download against it); Walrus checks
 //! the upload against the CRC-32 (`x-amz-checksum-crc32`), which it
 //! computes at a tenth of a SHA-256's cost on the same cores while it also
@@ -35,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ use ironbark_sc_api::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::sparse::{self, RawDigest, SEGMENT_SIZE};
+use crate::spool::{Spool, Spooled};
 
 /// gzip level for data: deflate's higher levels cost several times the CPU
 /// for a few percent on the kind of data volumes hold.
@@ -80,6 +82,9 @@ pub struct Packed {
 pub struct Codec {
     pub zstd_binary: PathBuf,
     pub threads: usize,
+    /// How much of a compressed object may wait in memory for its upload
+    /// (see [`crate::spool`]); `None`: decided when compression starts.
+    pub spool_memory: Option<u64>,
 }
 
 impl Default for Codec {
@@ -87,6 +92,7 @@ impl Default for Codec {
         Codec {
             zstd_binary: "zstd".into(),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            spool_memory: None,
         }
     }
 }
@@ -123,40 +129,39 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-type Out = Hashing<BufWriter<File>>;
+type Out = Hashing<Spool>;
 
 /// One gzip segment as a worker hands it to the writer: the member and the
 /// SHA-256 of its raw bytes, or `None` for a hole.
 type Piece = Option<(Vec<u8>, [u8; 32])>;
 
 impl Codec {
-    /// Compresses the raw image `raw` into a new file `out`; `progress`
-    /// gets the fraction of the image done.
+    /// Compresses the raw image `raw` into a [`Spool`] whose overflow
+    /// file, if it needs one, is `overflow`; `progress` gets the fraction
+    /// of the image done.
     pub fn compress(
         &self,
         raw: &Path,
-        out: &Path,
+        overflow: &Path,
         kind: Compression,
         progress: &(dyn Fn(f64) + Sync),
-    ) -> io::Result<Packed> {
+    ) -> io::Result<(Packed, Spooled)> {
         let src = File::open(raw)?;
         let len = src.metadata()?.len();
-        let w = Hashing::new(BufWriter::with_capacity(4 << 20, File::create(out)?));
+        let budget = self.spool_memory.unwrap_or_else(Spool::default_budget);
+        let w = Hashing::new(Spool::new(overflow, budget));
         let (w, digest) = match kind {
             Compression::Gzip => self.gzip(&src, len, w, progress)?,
             Compression::Zstd => self.zstd(&src, len, w, progress)?,
         };
         let Hashing { inner, sha, crc, n } = w;
-        // No fsync: the compressed file only lives until it is uploaded (a
-        // crash removes it and the upload starts over), and syncing 1 GiB
-        // would cost the snapshot seconds.
-        inner.into_inner().map_err(|e| e.into_error())?;
-        Ok(Packed {
+        let packed = Packed {
             size: n,
             sha256: sha.finalize().into(),
             crc32: crc.finalize(),
             raw_digest: digest.finish(),
-        })
+        };
+        Ok((packed, inner.finish()?))
     }
 
     fn gzip(
@@ -548,9 +553,14 @@ mod tests {
         let dir = tmp(kind.extension());
         let raw = dir.join("raw");
         image(&raw);
-        let codec = Codec::default();
-        let packed = codec.compress(&raw, &dir.join("z"), kind, &|_| {}).unwrap();
-        let bytes = std::fs::read(dir.join("z")).unwrap();
+        // A small memory budget: the object overflows to the file too.
+        let codec = Codec {
+            spool_memory: Some(100_000),
+            ..Codec::default()
+        };
+        let (packed, spooled) = codec.compress(&raw, &dir.join("o"), kind, &|_| {}).unwrap();
+        let bytes = spooled.read_all().unwrap();
+        std::fs::write(dir.join("z"), &bytes).unwrap();
         assert_eq!(bytes.len() as u64, packed.size);
         assert_eq!(<[u8; 32]>::from(Sha256::digest(&bytes)), packed.sha256);
         assert_eq!(packed.raw_digest, sparse::digest_file(&raw).unwrap());
@@ -594,9 +604,10 @@ mod tests {
         drop(f);
         assert!(!compresses(&noise).unwrap());
         assert!(compresses(&text).unwrap());
-        let packed = Codec::default()
-            .compress(&raw, &dir.join("z"), Compression::Gzip, &|_| {})
+        let (packed, spooled) = Codec::default()
+            .compress(&raw, &dir.join("o"), Compression::Gzip, &|_| {})
             .unwrap();
+        std::fs::write(dir.join("z"), spooled.read_all().unwrap()).unwrap();
         // Stored blocks cost a few bytes per 64 KiB.
         let src = File::open(&raw).unwrap();
         let (z, _) = gzip_segment(&src, SEGMENT_SIZE, SEGMENT_SIZE, &mut Vec::new(), Vec::new())

@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod error;
 pub mod fake;
 pub mod sparse;
+pub mod spool;
 pub mod storage;
 pub mod walrus;
 

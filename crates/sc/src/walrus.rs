@@ -10,15 +10,13 @@
 //! SHA-256 of the object (checked on restore) is what names its content.
 //!
 //! A presigned PUT needs its length and checksum before the body, so the
-//! upload starts once compression has finished; the file is read by a
-//! blocking thread in large chunks and handed to hyper through a small
-//! queue, so reading and sending overlap.
+//! upload starts once compression has finished, from the
+//! [`crate::spool`] that holds the object.
 //!
 //! Plain `http://` through hyper, as the NC's image downloads: URLs stay
 //! inside the cloud. Signatures live in the query, so errors name only
 //! the path.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ScError;
+use crate::spool::Spooled;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -65,9 +64,6 @@ fn parse(url: &str) -> Result<hyper::Uri, ScError> {
     Ok(uri)
 }
 
-/// Bytes per read and per body frame of an upload.
-const UPLOAD_CHUNK: usize = 4 << 20;
-
 /// The header that carries (and in the answer, confirms) the checksum.
 pub const CHECKSUM_HEADER: &str = "x-amz-checksum-crc32";
 
@@ -76,44 +72,18 @@ pub fn crc32_header(crc: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
-/// PUTs the file at `path` to `url`; `crc32` is the file's CRC-32.
-/// `progress` gets the fraction sent. Returns the ETag Walrus answered.
+/// PUTs the spooled object to `url`; `crc32` is its CRC-32. `progress`
+/// gets the fraction sent. Returns the ETag Walrus answered.
 pub async fn put_file(
     http: &HttpClient,
     url: &str,
-    path: &Path,
+    object: Spooled,
     crc32: u32,
     progress: Arc<dyn Fn(f64) + Send + Sync>,
 ) -> Result<String, ScError> {
     let uri = parse(url)?;
-    let file = std::fs::File::open(path).map_err(|e| ScError::io(path.display(), e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| ScError::io(path.display(), e))?
-        .len();
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    // Ends when the file does, or when hyper drops the body (an error).
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut sent = 0u64;
-        loop {
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            let n = match read_full(&mut file, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    break;
-                }
-            };
-            buf.truncate(n);
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                break;
-            }
-            sent += n as u64;
-            progress(sent as f64 / len.max(1) as f64);
-        }
-    });
+    let len = object.len;
+    let rx = object.into_chunks(move |sent| progress(sent as f64 / len.max(1) as f64));
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|r| (r.map(Frame::data), rx))
     });
@@ -161,20 +131,6 @@ pub async fn put_file(
         Some(e) if !e.is_empty() => Ok(e.to_ascii_lowercase()),
         _ => Err(ScError::Io(format!("{what}: the store answered no ETag"))),
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// GETs `url` into a new file at `path`; returns its hex SHA-256.

@@ -117,7 +117,12 @@ fn backend(dir: &Path) -> FileBackend {
         FileBackendConfig {
             dir: dir.to_path_buf(),
             qemu_img: "qemu-img".into(),
-            codec: Codec::default(),
+            // Less than the object: part of it waits in the overflow file,
+            // which must be gone afterwards too.
+            codec: Codec {
+                spool_memory: Some(1 << 20),
+                ..Codec::default()
+            },
         },
         daemons,
     )
