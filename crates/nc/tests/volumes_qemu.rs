@@ -165,33 +165,40 @@ impl Bucket {
         let addr = l.local_addr().unwrap();
         let me = self.clone();
         let app = axum::Router::new()
-            .fallback(move |m: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
-                let me = me.clone();
-                async move {
-                    let key = uri.path().to_string();
-                    if m == Method::PUT {
-                        use base64::Engine;
-                        use md5::Digest;
-                        let etag = hex::encode(md5::Md5::digest(&body));
-                        let crc = base64::engine::general_purpose::STANDARD
-                            .encode(crc32(&body).to_be_bytes());
-                        let given = headers.get("x-amz-checksum-crc32").and_then(|v| v.to_str().ok());
-                        if given.is_some_and(|g| g != crc) {
-                            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+            .fallback(
+                move |m: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
+                    let me = me.clone();
+                    async move {
+                        let key = uri.path().to_string();
+                        if m == Method::PUT {
+                            use base64::Engine;
+                            use md5::Digest;
+                            let etag = hex::encode(md5::Md5::digest(&body));
+                            let crc = base64::engine::general_purpose::STANDARD
+                                .encode(crc32(&body).to_be_bytes());
+                            let given = headers
+                                .get("x-amz-checksum-crc32")
+                                .and_then(|v| v.to_str().ok());
+                            if given.is_some_and(|g| g != crc) {
+                                return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
+                            }
+                            me.0.lock().unwrap().insert(key, body.to_vec());
+                            return (
+                                StatusCode::OK,
+                                [
+                                    ("etag", format!("\"{etag}\"")),
+                                    ("x-amz-checksum-crc32", crc),
+                                ],
+                            )
+                                .into_response();
                         }
-                        me.0.lock().unwrap().insert(key, body.to_vec());
-                        return (
-                            StatusCode::OK,
-                            [("etag", format!("\"{etag}\"")), ("x-amz-checksum-crc32", crc)],
-                        )
-                            .into_response();
+                        match me.0.lock().unwrap().get(&key) {
+                            Some(b) => b.clone().into_response(),
+                            None => StatusCode::NOT_FOUND.into_response(),
+                        }
                     }
-                    match me.0.lock().unwrap().get(&key) {
-                        Some(b) => b.clone().into_response(),
-                        None => StatusCode::NOT_FOUND.into_response(),
-                    }
-                }
-            })
+                },
+            )
             .layer(axum::extract::DefaultBodyLimit::disable());
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         addr
@@ -205,7 +212,11 @@ fn crc32(data: &[u8]) -> u32 {
     for b in data {
         crc ^= u32::from(*b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

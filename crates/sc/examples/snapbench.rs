@@ -22,11 +22,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::put;
 use base64::Engine;
+use futures_util::StreamExt;
 use ironbark_sc::ScSettings;
 use ironbark_sc_api::{
     Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState, WalrusTarget,
 };
-use futures_util::StreamExt;
 use md5::Digest as _;
 
 #[tokio::main]

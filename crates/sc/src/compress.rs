@@ -41,9 +41,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use ironbark_sc_api::Compression;
@@ -610,10 +610,20 @@ mod tests {
         std::fs::write(dir.join("z"), spooled.read_all().unwrap()).unwrap();
         // Stored blocks cost a few bytes per 64 KiB.
         let src = File::open(&raw).unwrap();
-        let (z, _) = gzip_segment(&src, SEGMENT_SIZE, SEGMENT_SIZE, &mut Vec::new(), Vec::new())
-            .unwrap()
-            .unwrap();
-        assert!(z.len() as u64 <= SEGMENT_SIZE + SEGMENT_SIZE / 1000, "{}", z.len());
+        let (z, _) = gzip_segment(
+            &src,
+            SEGMENT_SIZE,
+            SEGMENT_SIZE,
+            &mut Vec::new(),
+            Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            z.len() as u64 <= SEGMENT_SIZE + SEGMENT_SIZE / 1000,
+            "{}",
+            z.len()
+        );
         assert!(packed.size > SEGMENT_SIZE);
         let out = Command::new("gzip")
             .args(["-d", "-c"])

@@ -84,7 +84,8 @@ impl FakeWalrus {
                     let key = uri.path().to_string();
                     match method.as_str() {
                         "PUT" => {
-                            let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+                            let b64 =
+                                |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
                             let md5 = md5::Md5::digest(&body);
                             let crc = b64(&crc32fast::hash(&body).to_be_bytes());
                             let given = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
@@ -339,10 +340,7 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
             .canonicalize()
             .unwrap()
             .join(format!("snapshots/{}.raw", sr.snapshot_id));
-        assert_eq!(
-            ironbark_sc::sparse::digest_file(&copy).unwrap(),
-            vol_digest
-        );
+        assert_eq!(ironbark_sc::sparse::digest_file(&copy).unwrap(), vol_digest);
         let used = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(&copy).unwrap().blocks() * 512

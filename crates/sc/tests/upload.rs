@@ -73,8 +73,8 @@ impl Store {
             }
         }
         let etag = format!("\"{}\"", hex::encode(md5::Md5::digest(&got)));
-        let crc = base64::engine::general_purpose::STANDARD
-            .encode(crc32fast::hash(&got).to_be_bytes());
+        let crc =
+            base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&got).to_be_bytes());
         let given = headers
             .get("x-amz-checksum-crc32")
             .and_then(|v| v.to_str().ok());
