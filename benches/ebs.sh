@@ -5,9 +5,12 @@
 #      the whole copy;
 #   2. the SC (crates/sc, example `snapbench`), gzip and zstd, timed from the
 #      CreateSnapshot (desired state applied) to `completed`: point-in-time
-#      copy by the volume's qemu-storage-daemon, raw copy kept on the SC,
-#      compression of the data segments, PUT to an in-process Walrus
-#      stand-in that checks Content-MD5 and answers the ETag, record written;
+#      copy by the volume's qemu-storage-daemon straight into the sparse raw
+#      copy kept on the SC, compression and hashing of the data segments,
+#      PUT to an in-process Walrus stand-in that, like Walrus, computes the
+#      MD5 (ETag) and checks the named checksum on one thread, record
+#      written. Also its CPU seconds (SC, stand-in and zstd; not QEMU's),
+#      which say more than the wall time on a busy machine;
 #   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
 # Needs root-free tools only: qemu-utils (qemu-storage-daemon, qemu-img),
 # zstd, gzip, dd. BENCH_DIR (default /var/tmp/ironbark-ebs-bench) must have
@@ -25,6 +28,9 @@ trap 'rm -rf "$DIR"' EXIT
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
+# CPU seconds (user + system) of this shell's finished children, into CPU
+# (`times` must run in this shell, not in a pipeline or $(...)).
+cpu_children() { times > "$DIR/times"; CPU=$(tail -1 "$DIR/times" | sed 's/[ms]/ /g' | awk '{print $1*60 + $2 + $3*60 + $4}'); }
 
 # The same layout snapbench makes, for the original's method.
 vol="$DIR/orig.raw"
@@ -44,18 +50,24 @@ rate=$(echo "$DATA_MIB / ($t1 - $t0)" | bc -l | xargs printf '%.0f')
 rm -f "$DIR/data.bin"
 
 # 1. the original's method.
-t0=$(now); cp "$vol" "$DIR/orig.copy" && gzip -c "$DIR/orig.copy" > "$DIR/orig.copy.gz"; t1=$(now)
+t0=$(now); cpu_children; c0=$CPU
+cp "$vol" "$DIR/orig.copy" && gzip -c "$DIR/orig.copy" > "$DIR/orig.copy.gz"
+t1=$(now); cpu_children; c1=$CPU
 orig_s=$(secs "$t0" "$t1")
+orig_cpu=$(echo "$c1 - $c0" | bc -l | xargs printf '%.2f')
 rm -f "$DIR/orig.copy" "$DIR/orig.copy.gz" "$vol"
 
 # 2. the SC.
-sc() { rm -rf "$DIR/sc"; "$BIN" "$DIR/sc" "$SIZE_GIB" "$DATA_MIB" "$1" 2>/dev/null | awk '{print $3, $4}'; }
-read -r zstd_s zstd_b < <(sc zstd)
-read -r gzip_s gzip_b < <(sc gzip)
+sc() { rm -rf "$DIR/sc"; "$BIN" "$DIR/sc" "$SIZE_GIB" "$DATA_MIB" "$1" 2>"$DIR/$1.progress" | awk '{print $3, $4, $5}'; }
+read -r zstd_s zstd_b zstd_cpu < <(sc zstd)
+read -r gzip_s gzip_b gzip_cpu < <(sc gzip)
 
 printf '\n%s GiB volume, %s MiB of data, %s cores, load %s\n' "$SIZE_GIB" "$DATA_MIB" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-52s %8s %10s\n' method seconds 'vs orig'
-printf '%-52s %8s %10s\n' "original: cp + gzip of the whole file" "$orig_s" "1.0x"
-printf '%-52s %8s %10s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')"
-printf '%-52s %8s %10s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')"
+printf '%-52s %8s %10s %8s\n' method seconds 'vs orig' 'CPU s'
+printf '%-52s %8s %10s %8s\n' "original: cp + gzip of the whole file" "$orig_s" "1.0x" "$orig_cpu"
+printf '%-52s %8s %10s %8s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')" "$gzip_cpu"
+printf '%-52s %8s %10s %8s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')" "$zstd_cpu"
 printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$read_s" "$(echo "$orig_s / $read_s" | bc -l | xargs printf '%.1fx')"
+# Where the SC's time went: progress timestamps (copy 0-50 %, compression
+# 50-85 %, upload 85-100 %).
+for k in zstd gzip; do printf '%s progress:' "$k"; tr -s ' \n' ' ' < "$DIR/$k.progress"; echo; done

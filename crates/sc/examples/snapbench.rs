@@ -4,7 +4,11 @@
 //! /dev/urandom, then takes a snapshot: point-in-time copy by the volume's
 //! qemu-storage-daemon, raw copy kept, compression, PUT to an in-process
 //! Walrus stand-in and the record written. Prints one line:
-//! `snapshot <kind> <seconds> <compressed bytes>`, and progress on stderr.
+//! `snapshot <kind> <seconds> <compressed bytes> <CPU seconds>`, and
+//! progress on stderr. The CPU seconds are this process's (the SC and the
+//! stand-in) and its `zstd` children's, not the volume's
+//! qemu-storage-daemon's: on a shared machine they say what the snapshot
+//! costs when the wall time says mostly how busy the machine was.
 //! Used by benches/ebs.sh.
 //!
 //! The stand-in does the work Walrus does for a PUT, minus the disk write:
@@ -91,6 +95,7 @@ async fn main() {
     drop(file);
 
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
     s.apply(DesiredStorage {
         generation: 2,
         volumes: vec![vol],
@@ -125,11 +130,13 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let wall = started.elapsed().as_secs_f64();
     println!(
-        "snapshot {} {:.2} {}",
+        "snapshot {} {:.2} {} {:.2}",
         kind.extension(),
-        started.elapsed().as_secs_f64(),
-        report.compressed_size.unwrap_or(0)
+        wall,
+        report.compressed_size.unwrap_or(0),
+        cpu_seconds() - cpu0
     );
 }
 
@@ -204,4 +211,19 @@ async fn walrus_put(headers: HeaderMap, body: Body) -> axum::response::Response 
         response.headers_mut().insert(k, v.parse().unwrap());
     }
     response
+}
+
+/// User + system CPU seconds of this process and its waited-for children
+/// (/proc/self/stat fields 14-17, in clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name may hold spaces; the fields start after its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
