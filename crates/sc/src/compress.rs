@@ -29,10 +29,13 @@
 //! computes at a tenth of a SHA-256's cost on the same cores while it also
 //! computes the MD5 for the ETag. No MD5 is computed here.
 //!
-//! gzip gives up on data that does not compress: a segment whose samples
-//! deflate to more than [`STORE_ABOVE`] of their size is written as stored
-//! deflate blocks (still standard gzip), because deflating random or
-//! already-compressed data costs ten times the CPU for nothing.
+//! Both give up on data that does not compress: a segment whose samples
+//! deflate to more than [`STORE_ABOVE`] of their size is written stored —
+//! stored deflate blocks for gzip, because deflating random or
+//! already-compressed data costs ten times the CPU for nothing; a zstd
+//! frame of raw blocks, written here, which is what `zstd` itself would
+//! emit for such data, without piping it to a process and back. Both stay
+//! standard streams.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -246,33 +249,51 @@ impl Codec {
         let mut run: Option<ZstdRun> = None;
         let mut buf = vec![0u8; SEGMENT_SIZE as usize];
         for (off, n) in sparse::segments(len) {
-            if sparse::has_data(src, off, n)? {
-                let r = match run.as_mut() {
-                    Some(r) => r,
-                    None => {
-                        let w = idle.take().expect("output is idle between runs");
-                        run.insert(ZstdRun::start(&self.zstd_binary, self.threads, w)?)
-                    }
-                };
-                let buf = &mut buf[..n as usize];
-                src.read_exact_at(buf, off)?;
-                // Hash while zstd takes the same bytes: both only read them.
-                let data = &*buf;
-                let d = std::thread::scope(|s| {
-                    let h = s.spawn(move || -> [u8; 32] { Sha256::digest(data).into() });
-                    r.stdin.write_all(data)?;
-                    h.join()
-                        .map_err(|_| io::Error::other("a hashing thread panicked"))
-                })?;
-                digest.segment(&d);
-            } else {
+            if !sparse::has_data(src, off, n)? {
                 if let Some(r) = run.take() {
                     idle = Some(r.finish()?);
                 }
                 let w = idle.as_mut().expect("output is idle");
                 w.write_all(&zero_piece(Compression::Zstd, n, &self.zstd_binary)?)?;
                 digest.segment(&sparse::zero_digest(n));
+                progress((off + n) as f64 / len.max(1) as f64);
+                continue;
             }
+            let buf = &mut buf[..n as usize];
+            src.read_exact_at(buf, off)?;
+            let data = &*buf;
+            if !compresses(data)? {
+                // What zstd would do with it, without the two trips
+                // through a pipe: a frame of raw blocks, written here.
+                if let Some(r) = run.take() {
+                    idle = Some(r.finish()?);
+                }
+                let w = idle.as_mut().expect("output is idle");
+                let d = std::thread::scope(|s| {
+                    let h = s.spawn(move || -> [u8; 32] { Sha256::digest(data).into() });
+                    write_zstd_raw_frame(w, data)?;
+                    h.join()
+                        .map_err(|_| io::Error::other("a hashing thread panicked"))
+                })?;
+                digest.segment(&d);
+                progress((off + n) as f64 / len.max(1) as f64);
+                continue;
+            }
+            let r = match run.as_mut() {
+                Some(r) => r,
+                None => {
+                    let w = idle.take().expect("output is idle between runs");
+                    run.insert(ZstdRun::start(&self.zstd_binary, self.threads, w)?)
+                }
+            };
+            // Hash while zstd takes the same bytes: both only read them.
+            let d = std::thread::scope(|s| {
+                let h = s.spawn(move || -> [u8; 32] { Sha256::digest(data).into() });
+                r.stdin.write_all(data)?;
+                h.join()
+                    .map_err(|_| io::Error::other("a hashing thread panicked"))
+            })?;
+            digest.segment(&d);
             progress((off + n) as f64 / len.max(1) as f64);
         }
         if let Some(r) = run.take() {
@@ -419,6 +440,43 @@ fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     );
     z.write_all(data)?;
     z.finish()
+}
+
+/// Writes `data` as one zstd frame of raw (stored) blocks (RFC 8878): a
+/// single-segment frame header with the content size, then blocks of at
+/// most 128 KiB, each a 3-byte header (last-block bit, type 0 = raw, size)
+/// and the bytes as they are.
+fn write_zstd_raw_frame(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    const MAGIC: u32 = 0xFD2F_B528;
+    const MAX_BLOCK: usize = 128 << 10;
+    let mut header = MAGIC.to_le_bytes().to_vec();
+    // Frame header descriptor: single segment (bit 5), and the content
+    // size field's width (bits 6-7: 1 → 2 bytes, value - 256; 2 → 4 bytes;
+    // 3 → 8 bytes). A single-segment frame has no window descriptor.
+    let len = data.len() as u64;
+    if (256..=65535 + 256).contains(&len) {
+        header.push(0x60);
+        header.extend_from_slice(&((len - 256) as u16).to_le_bytes());
+    } else if len <= u64::from(u32::MAX) && len >= 256 {
+        header.push(0xA0);
+        header.extend_from_slice(&(len as u32).to_le_bytes());
+    } else {
+        header.push(0xE0);
+        header.extend_from_slice(&len.to_le_bytes());
+    }
+    w.write_all(&header)?;
+    let mut blocks = data.chunks(MAX_BLOCK).peekable();
+    if blocks.peek().is_none() {
+        // An empty frame still needs its (empty, last) block.
+        return w.write_all(&[1, 0, 0]);
+    }
+    while let Some(block) = blocks.next() {
+        let last = u32::from(blocks.peek().is_none());
+        let h = last | ((block.len() as u32) << 3);
+        w.write_all(&h.to_le_bytes()[..3])?;
+        w.write_all(block)?;
+    }
+    Ok(())
 }
 
 /// The compressed form of `len` zero bytes (cached for full segments).
@@ -591,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn incompressible_gzip_segments_are_stored_and_still_standard_gzip() {
+    fn incompressible_segments_are_stored_and_still_standard_gzip_and_zstd() {
         let dir = tmp("stored");
         let raw = dir.join("raw");
         let f = File::create(&raw).unwrap();
@@ -632,6 +690,53 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         assert!(out.stdout == std::fs::read(&raw).unwrap());
+        // zstd: the noise as a raw frame, the text through zstd, the hole
+        // as the reused frame; one standard stream, and the same digest.
+        let (zp, spooled) = Codec::default()
+            .compress(&raw, &dir.join("o"), Compression::Zstd, &|_| {})
+            .unwrap();
+        assert_eq!(zp.raw_digest, packed.raw_digest);
+        assert!(zp.size > SEGMENT_SIZE && zp.size < SEGMENT_SIZE + SEGMENT_SIZE / 100);
+        std::fs::write(dir.join("z"), spooled.read_all().unwrap()).unwrap();
+        let out = Command::new("zstd")
+            .args(["-q", "-d", "-c"])
+            .arg(dir.join("z"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout == std::fs::read(&raw).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn raw_zstd_frames_are_standard_zstd() {
+        let dir = tmp("rawzstd");
+        for len in [
+            0usize,
+            1,
+            255,
+            256,
+            65_791,
+            65_792,
+            131_072,
+            131_073,
+            5 << 20,
+        ] {
+            let data: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+            let mut frame = Vec::new();
+            write_zstd_raw_frame(&mut frame, &data).unwrap();
+            // Two frames back to back, as in a snapshot.
+            let mut two = frame.clone();
+            two.extend_from_slice(&frame);
+            std::fs::write(dir.join("f"), &two).unwrap();
+            let out = Command::new("zstd")
+                .args(["-q", "-d", "-c"])
+                .arg(dir.join("f"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{len}: {:?}", out.stderr);
+            assert!(out.stdout == [&data[..], &data[..]].concat(), "{len}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
