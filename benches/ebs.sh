@@ -9,19 +9,32 @@
 #      compression of the data segments, PUT to an in-process Walrus
 #      stand-in that checks Content-MD5 and answers the ETag, record written;
 #   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
+# Then NBD throughput of an SC export through QEMU's client against the
+# local file (example `nbdbench`, see its header for the method).
 # Needs root-free tools only: qemu-utils (qemu-storage-daemon, qemu-img),
 # zstd, gzip, dd. BENCH_DIR (default /var/tmp/ironbark-ebs-bench) must have
-# ~13 GiB free for the original's copy.
+# ~13 GiB free for the original's copy. Knobs: SIZE_GIB, DATA_MIB, NBD_MIB,
+# ONLY_NBD=1, BENCH_PROFILE, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${BENCH_DIR:-/var/tmp/ironbark-ebs-bench}
 SIZE_GIB=${SIZE_GIB:-10}
 DATA_MIB=${DATA_MIB:-1024}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build -q ${BENCH_PROFILE:+--profile $BENCH_PROFILE} -p ironbark-sc --example snapbench
+cargo build -q ${BENCH_PROFILE:+--profile $BENCH_PROFILE} -p ironbark-sc --example snapbench --example nbdbench
 BIN="$CARGO_TARGET_DIR/${BENCH_PROFILE:-debug}/examples/snapbench"
+NBD_BIN="$CARGO_TARGET_DIR/${BENCH_PROFILE:-debug}/examples/nbdbench"
 rm -rf "$DIR"; mkdir -p "$DIR"
 trap 'rm -rf "$DIR"' EXIT
+
+# 4. (printed last) NBD throughput through QEMU's client (qemu-img bench,
+#    depth 64) to a real SC export (TCP + TLS-PSK) against the local file;
+#    NBD_MIB per run. ONLY_NBD=1 runs just this part.
+nbd() {
+  printf '\nNBD: qemu-img bench, queue depth 64, %s MiB per run (4 KiB: a quarter), load %s\n' "${NBD_MIB:-1024}" "$(cut -d' ' -f1-3 /proc/loadavg)"
+  "$NBD_BIN" "$DIR/nbd" "${NBD_MIB:-1024}"
+}
+if [[ ${ONLY_NBD:-0} == 1 ]]; then nbd; exit; fi
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
@@ -59,3 +72,5 @@ printf '%-52s %8s %10s\n' "original: cp + gzip of the whole file" "$orig_s" "1.0
 printf '%-52s %8s %10s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')"
 printf '%-52s %8s %10s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')"
 printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$read_s" "$(echo "$orig_s / $read_s" | bc -l | xargs printf '%.1fx')"
+
+nbd

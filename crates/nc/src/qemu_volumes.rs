@@ -115,6 +115,7 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
                 "endpoint": "client",
                 "dir": keydir_s,
                 "username": v.nbd.tls_identity,
+                "priority": ironbark_sc_api::NBD_TLS_PRIORITY,
             })),
         )
         .await
