@@ -150,6 +150,9 @@ pub struct Cloud {
     storage: Arc<dyn Storage>,
     /// The SC's last report: export addresses for the NCs, progress.
     storage_report: std::sync::Mutex<Option<ironbark_sc_api::StorageReport>>,
+    /// When the SC last took the whole storage desired state (`None`:
+    /// not since this process started).
+    storage_pushed: std::sync::Mutex<Option<std::time::Instant>>,
     /// One EBS change at a time (volumes, attachments, snapshots).
     ebs_lock: tokio::sync::Mutex<()>,
     /// RunInstances places and addresses instances from what is free;
@@ -190,6 +193,7 @@ impl Cloud {
             cluster: Arc::new(NoCluster),
             storage: Arc::new(NoStorage),
             storage_report: std::sync::Mutex::new(None),
+            storage_pushed: std::sync::Mutex::new(None),
             ebs_lock: tokio::sync::Mutex::new(()),
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
