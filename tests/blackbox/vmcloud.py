@@ -134,7 +134,9 @@ class NetCloud:
                             aws_access_key_id=key, aws_secret_access_key=secret, config=_retries())
 
     def admin(self, *args):
-        return sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300).stdout
+        r = sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300, check=False)
+        assert r.returncode == 0, f"ironbark admin {' '.join(args)}: {r.stderr}"
+        return r.stdout
 
     def kill9(self):
         """The whole cloud process dies at once (its VMs are their own
@@ -295,3 +297,98 @@ class SplitCloud(NetCloud):
         super().stop()
 
 
+
+
+class MultiHostCloud(SplitCloud):
+    """A CC host and two NC hosts, each a network namespace, joined by an
+    underlay switch (a bridge in a namespace of its own) on their `priv0`
+    interfaces: `ironbark clc` (with Walrus) and `ironbark cc` on the CC
+    host, one `ironbark nc` on each NC host running real QEMU guests.
+    Segments reach the NC hosts as VXLAN over the underlay; the CC host
+    also holds the public pool on `pub0`, towards the internet host
+    (add_internet)."""
+
+    def __init__(self, root: Path, network_conf: str):
+        super().__init__(root)
+        self.network_conf = network_conf
+        n = uuid.uuid4().int % 200 + 20
+        self.under = f"10.77.{n}"
+        self.cc_under = f"{self.under}.1"
+        self.hosts = {name: f"{self.ns}{i}" for i, name in enumerate(self.NCS, start=1)}
+        self.nc_ip = {name: f"{self.under}.{i + 1}" for i, name in enumerate(self.NCS, start=1)}
+        self.switch = f"{self.ns}s"
+
+    def host_run(self, nc, *args, **kw):
+        return sh("ip", "netns", "exec", self.hosts[nc], *args, **kw)
+
+    def setup_net(self):
+        super().setup_net()
+        sh("ip", "netns", "add", self.switch)
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
+        for ns, ip in [(self.ns, self.cc_under)] + [(self.hosts[n], self.nc_ip[n]) for n in self.NCS]:
+            if ns != self.ns:
+                sh("ip", "netns", "add", ns)
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            port = f"p{ns[-9:]}"
+            sh("ip", "netns", "exec", self.switch, "ip", "link", "add", port, "type", "veth",
+               "peer", "name", "priv0", "netns", ns)
+            sh("ip", "netns", "exec", self.switch, "ip", "link", "set", port, "master", "br0", "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "priv0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "priv0", "up")
+
+    def spawn_in(self, ns, name, *args):
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(ironbark_bin()), *args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start_cloud(self):
+        net = self.network_conf
+        self.spawn("clc", "clc", "--data-dir", str(self.data), "--listen", f"{self.ip}:{self.port}",
+                   "--walrus-listen", f"{self.cc_under}:8780",
+                   "--config", self.conf("clc", f'CC_URL="http://{self.cc_under}:8774"\n{net}'))
+        self.proc = self.procs["clc"]
+        token = self.data / "keys" / "cluster.token"
+        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
+        for role in ["cc", *self.NCS]:
+            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
+            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+        nodes = " ".join(f"{n}=http://{self.nc_ip[n]}:8775" for n in self.NCS)
+        self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", f"{self.cc_under}:8774",
+                   "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'
+                                               f'VNET_PRIVINTERFACE="priv0"\n{net}'))
+        for n in self.NCS:
+            self.spawn_in(self.hosts[n], n, "nc", "--data-dir", str(self.root / n),
+                          "--listen", f"{self.nc_ip[n]}:8775",
+                          "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://{self.cc_under}:8774"\n'
+                                                   'VNET_PRIVINTERFACE="priv0"\n'))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if (self.data / "admin" / "credentials").exists():
+                try:
+                    self.ec2().describe_regions()
+                    return self
+                except Exception:
+                    pass
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, f"{name} exited:\n{self.log_tail(name)}"
+            time.sleep(0.3)
+        raise RuntimeError("the CLC did not start:\n" + self.log_tail("clc"))
+
+    def node_of(self, iid):
+        """The NC host whose data dir holds the instance."""
+        for n in self.NCS:
+            if list((self.root / n / "nc" / "instances").glob(f"*/{iid}")):
+                return n
+        return None
+
+    def stop(self):
+        super().stop()
+        for ns in [*self.hosts.values(), self.switch]:
+            for p in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)

@@ -31,7 +31,9 @@ pub use accounts::{AccessKeyInfo, NewCredentials};
 pub use addresses::{AddressRef, AddressView};
 pub use ebs::{AttachRequest, NoStorage, SNAPSHOT_BUCKET, SnapshotPermissionChange, Storage};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
-pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
+pub use images::{
+    LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage, check_name as check_image_name,
+};
 pub use instances::{Cluster, NODE_POLL, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
 pub use keypairs::CreatedKeyPair;
 pub use zones::{RegionInfo, ZoneLine};
