@@ -9,6 +9,8 @@ and every segment spans them as VXLAN (see vmcloud.MultiHostCloud).
 - SSH from the internet to the public IP of an instance on an NC host
   works (DNAT at the CC, then the tunnel; the key exchange's full-size
   packets pass because DHCP told the guest the MTU the tunnel leaves);
+- an elastic IP moves between instances on the two hosts, and each
+  gets its earlier public address back;
 - when the instances go, the NC hosts' bridges and tunnels go too.
 
 Needs root, QEMU, dnsmasq and nft (the test command installs them).
@@ -100,6 +102,26 @@ def test_groups_span_nc_hosts_with_real_vms(mhcloud, test_image, tmp_path):
         "IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "UserIdGroupPairs": [{"GroupName": "a"}]}])
     assert wait_for("a1 pings b1 once a may", lambda: ping(a1, b1), timeout=30)
     assert not ping(b1, a1), "the rule is b's ingress only"
+
+    # An elastic IP moves from a1 to a2 (on the other host) and back off;
+    # each gets its earlier public address back.
+    eip = ec2.allocate_address()["PublicIp"]
+    meta = "wget -qO- http://169.254.169.254/latest/meta-data/instance-id"
+
+    def behind(ip):
+        r = c.inet_run(*ssh, f"root@{ip}", meta, check=False, timeout=40)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    ec2.associate_address(InstanceId=a1, PublicIp=eip)
+    assert wait_for("the elastic IP reaches a1", lambda: behind(eip) == a1, timeout=60)
+    ec2.associate_address(InstanceId=a2, PublicIp=eip)
+    assert wait_for("the elastic IP reaches a2", lambda: behind(eip) == a2, timeout=60)
+    assert states(ec2, [a1])[a1]["PublicIpAddress"] == pub[a1], "a1 has its own address back"
+    assert wait_for("a1's own address again", lambda: behind(pub[a1]) == a1, timeout=60)
+    ec2.disassociate_address(PublicIp=eip)
+    assert states(ec2, [a2])[a2]["PublicIpAddress"] == pub[a2]
+    assert wait_for("a2's own address again", lambda: behind(pub[a2]) == a2, timeout=60)
+    ec2.release_address(PublicIp=eip)
 
     # Gone with the instances: the NC hosts' segment bridges and tunnels.
     ec2.terminate_instances(InstanceIds=ids)
