@@ -61,11 +61,23 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
         ec2.run_instances(ImageId=emi, MinCount=500, MaxCount=500, InstanceType="m1.small")
     assert "InsufficientInstanceCapacity" in str(e.value)
     assert ec2.describe_instances()["Reservations"] == []
+    # Bad tags start nothing either.
+    with pytest.raises(Exception) as e:
+        ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "aws:x", "Value": "y"}]}])
+    assert "InvalidParameterValue" in str(e.value)
+    assert ec2.describe_instances()["Reservations"] == []
 
     r = ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2, InstanceType="m1.small",
-                          KeyName="e2e", UserData=user_data)
+                          KeyName="e2e", UserData=user_data, TagSpecifications=[
+                              {"ResourceType": "instance", "Tags": [{"Key": "role", "Value": "e2e"}]}])
     ids = [i["InstanceId"] for i in r["Instances"]]
     assert all(i["State"]["Name"] == "pending" for i in r["Instances"])
+    assert all(i["Tags"] == [{"Key": "role", "Value": "e2e"}] for i in r["Instances"])
+    # Instances take tags like any resource, and tag filters find them.
+    ec2.create_tags(Resources=[ids[0]], Tags=[{"Key": "Name", "Value": "first"}])
+    named = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["first"]}])["Reservations"]
+    assert [i["InstanceId"] for res in named for i in res["Instances"]] == [ids[0]]
 
     wait_for("both running", lambda: all(
         s["State"]["Name"] == "running" for s in states(ec2, ids).values()), timeout=120)

@@ -57,6 +57,7 @@ fn resource_kind(id: &str) -> Result<ResourceType> {
         ResourceType::Image => ImageId::parse(id).is_ok_and(|i| i.as_str() == id),
         ResourceType::Volume => VolumeId::parse(id).is_ok(),
         ResourceType::Snapshot => SnapshotId::parse(id).is_ok(),
+        ResourceType::Instance => InstanceId::parse(id).is_ok(),
     };
     if well_formed {
         Ok(kind)
