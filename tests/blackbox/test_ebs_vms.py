@@ -65,11 +65,11 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
 
     def disk_of(iid, vid):
         """The guest's block device whose virtio serial is the volume id
-        (virtio-blk keeps its first 20 characters)."""
+        without its dash, as EC2 names EBS disks."""
         out = guest(iid, "for d in /sys/block/vd*; do echo ${d##*/} $(cat $d/serial 2>/dev/null); done")
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[1] == vid[:20]:
+            if len(parts) == 2 and parts[1] == vid.replace("-", "", 1):
                 return f"/dev/{parts[0]}"
         return None
 

@@ -1379,6 +1379,39 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn segments_get_tags_from_the_operators_range_and_no_more() {
+        let (mut c, _fake, _admin, alice, img) = setup(8).await;
+        c.config.network.tag_base = 4000;
+        c.config.network.tag_max = 4001;
+        for g in ["b", "c"] {
+            c.create_security_group(&alice, g, g).await.unwrap();
+        }
+        let in_group = |g: &str| RunRequest {
+            group_names: vec![g.into()],
+            ..run(&img, 1, 1)
+        };
+        c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();
+        c.run_instances(&alice, in_group("b")).await.unwrap();
+        let err = c.run_instances(&alice, in_group("c")).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InsufficientInstanceCapacity);
+        assert!(err.message.contains("VNET_TAGS"), "{}", err.message);
+        assert_eq!(
+            c.describe_instances(&alice, &[], &[]).await.unwrap().len(),
+            2,
+            "the refused launch started nothing"
+        );
+        let tags: Vec<u32> = c
+            .desired_zone()
+            .await
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.tag)
+            .collect();
+        assert_eq!(tags, [4000, 4001]);
+    }
+
+    #[tokio::test]
     async fn instances_take_tags_of_their_owner_only_until_they_are_buried() {
         let (c, _fake, _admin, alice, img) = setup(4).await;
         let bob = caller(&c, "bob").await;

@@ -64,6 +64,9 @@ pub struct CloudConfig {
     pub network: NetworkConfig,
 }
 
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
 /// The managed network's operator settings (eucalyptus.conf's VNET_*).
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -73,8 +76,11 @@ pub struct NetworkConfig {
     pub addrs_per_net: u32,
     /// VNET_DNS: the DNS server DHCP hands out.
     pub dns: String,
-    /// First isolation tag (VXLAN VNI); segment i gets `tag_base + i`.
+    /// VNET_TAGS: the isolation tags (VXLAN VNIs) segments get, first to
+    /// last; segment i gets `tag_base + i`, so the range also bounds how
+    /// many groups can have running instances at once.
     pub tag_base: u32,
+    pub tag_max: u32,
     /// VNET_PUBLICIPS: the public addresses instances and elastic IPs get.
     /// Empty means instances run with private addresses only.
     pub public_ips: Vec<std::net::Ipv4Addr>,
@@ -87,16 +93,20 @@ impl Default for NetworkConfig {
             addrs_per_net: 32,
             dns: "192.0.2.53".into(),
             tag_base: 1000,
+            tag_max: MAX_VNI,
             public_ips: Vec::new(),
         }
     }
 }
 
 impl NetworkConfig {
-    /// How many segments fit in the subnet.
+    /// How many segments fit in the subnet and the tag range.
     pub fn max_segments(&self) -> u32 {
         let size = 1u64 << (32 - u32::from(self.subnet.prefix()));
-        (size / u64::from(self.addrs_per_net.max(4))).min(u64::from(u32::MAX)) as u32
+        let tags = u64::from(self.tag_max.saturating_sub(self.tag_base)) + 1;
+        (size / u64::from(self.addrs_per_net.max(4)))
+            .min(tags)
+            .min(u64::from(u32::MAX)) as u32
     }
 
     /// Segment `i`'s block, its gateway (the CC), and the host addresses

@@ -205,11 +205,18 @@ mod tests {
             ErrorKind::GroupNotFound
         );
         assert_eq!(
-            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")])
+            c.create_tags(&a, &["i-xyz".into()], &[t("x", "y")])
                 .await
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidId
+        );
+        assert_eq!(
+            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")])
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::InstanceNotFound
         );
         assert_eq!(
             c.create_tags(&a, std::slice::from_ref(&g), &[t("aws:x", "y")])

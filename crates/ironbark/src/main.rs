@@ -631,6 +631,9 @@ fn network_config(file: &config::ConfigFile) -> Result<ironbark_clc::NetworkConf
     if let Some(v) = file.get("VNET_PUBLICIPS") {
         n.public_ips = config::parse_public_ips(v).map_err(|e| format!("VNET_PUBLICIPS: {e}"))?;
     }
+    if let Some(v) = file.get("VNET_TAGS") {
+        (n.tag_base, n.tag_max) = config::parse_tags(v).map_err(|e| format!("VNET_TAGS: {e}"))?;
+    }
     Ok(n)
 }
 

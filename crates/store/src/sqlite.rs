@@ -1377,7 +1377,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::InsufficientInstanceCapacity,
-                    "Every network segment of this zone is in use (VNET_SUBNET is full)",
+                    "Every network segment of this zone is in use (VNET_SUBNET or VNET_TAGS is used up)",
                 )
             })?;
         sqlx::query("INSERT INTO segments (group_id, idx) VALUES ($1, $2)")
