@@ -13,15 +13,13 @@ installs them).
 
 import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, import_image, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, running, console, import_image, states, wait_for
 
 pytestmark = NEEDS_VMS
 
@@ -31,21 +29,10 @@ MIB = 1 << 20
 RUNS = [(0, 128), (700, 128), (1800, 128)]  # (offset MiB, length MiB)
 
 
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory):
-    return build_test_image(tmp_path_factory.mktemp("image"))
-
-
 @pytest.fixture
 def ebscloud():
-    root = Path(tempfile.mkdtemp(prefix="ibk-", dir="/tmp"))
-    root.chmod(0o755)
-    c = NetCloud(root)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(NetCloud, "ibk-") as c:
+        yield c
 
 
 def digest(path: Path) -> str:

@@ -16,13 +16,10 @@ and every segment spans them as VXLAN (see vmcloud.MultiHostCloud).
 Needs root, QEMU, dnsmasq and nft (the test command installs them).
 """
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from vmcloud import (NEEDS_VMS, MultiHostCloud, build_test_image, console, import_image, key_pair_file,
+from vmcloud import (NEEDS_VMS, MultiHostCloud, running, console, import_image, key_pair_file,
                      ssh_command, states, wait_for)
 
 pytestmark = NEEDS_VMS
@@ -30,23 +27,10 @@ pytestmark = NEEDS_VMS
 NET = 'VNET_PUBLICIPS="203.0.113.10-20"\nVNET_PUBINTERFACE="pub0"\n'
 
 
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory):
-    return build_test_image(tmp_path_factory.mktemp("image"))
-
-
 @pytest.fixture
 def mhcloud():
-    root = Path(tempfile.mkdtemp(prefix="ibm-", dir="/tmp"))
-    root.chmod(0o755)
-    c = MultiHostCloud(root, NET)
-    try:
-        c.setup_net()
-        c.add_internet()
-        yield c.start_cloud()
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(MultiHostCloud, "ibm-", NET, internet=True) as c:
+        yield c
 
 
 def test_groups_span_nc_hosts_with_real_vms(mhcloud, test_image, tmp_path):

@@ -4,10 +4,12 @@ processes (SplitCloud), plus the helpers the VM tests share. Everything
 they make lives in their namespaces and is removed by stop()."""
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +39,38 @@ def build_test_image(out):
     assert (out / "vmlinuz").stat().st_size > 1_000_000
     assert (out / "initrd.img").stat().st_size > 100_000
     return out
+
+
+@contextlib.contextmanager
+def running(cls, prefix, *args, internet=False, **kw):
+    """A started cloud of class `cls` under a fresh short /tmp root (QMP
+    sockets live in instance directories and unix socket paths stop at
+    107 bytes), with the internet host if asked; stopped and removed
+    afterwards, whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    # dnsmasq drops to `nobody` and must still reach its files in the CC's
+    # state dir; mkdtemp's 0700 would hide them.
+    root.chmod(0o755)
+    c = cls(root, *args, **kw)
+    try:
+        c.setup_net()
+        if internet:
+            c.add_internet()
+        yield c.start_cloud()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_netns(ns):
+    """Kills whatever runs in namespace `ns` (QEMU and dnsmasq daemonize,
+    so they are not our children) and deletes it."""
+    for p in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:
+            os.kill(int(p), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh("ip", "netns", "del", ns, check=False)
 
 
 class NetCloud:
@@ -167,22 +201,10 @@ class NetCloud:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        # Whatever still runs in the namespace (QEMU daemonizes, dnsmasq too).
-        pids = sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
-        for p in pids:
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_netns(self.ns)
         sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.ns, check=False)
         if self.inet:
-            for p in sh("ip", "netns", "pids", self.inet, check=False).stdout.split():
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", self.inet, check=False)
+            kill_netns(self.inet)
 
 
 def ssh_command(pem, connect_timeout=10):
@@ -270,6 +292,10 @@ class SplitCloud(NetCloud):
         for n, p in self.NCS.items():
             self.spawn(n, "nc", "--data-dir", str(self.root / n), "--listen", f"127.0.0.1:{p}",
                        "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://127.0.0.1:8774"\n'))
+        return self.wait_started()
+
+    def wait_started(self):
+        """Waits until the CLC answers, failing early if a role died."""
         deadline = time.time() + 60
         while time.time() < deadline:
             if (self.data / "admin" / "credentials").exists():
@@ -292,11 +318,11 @@ class SplitCloud(NetCloud):
     def stop(self):
         for proc in self.procs.values():
             if proc.poll() is None:
+                # A test may have stopped a role (SIGSTOP); let it die.
+                os.killpg(proc.pid, signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         super().stop()
-
-
 
 
 class MultiHostCloud(SplitCloud):
@@ -363,18 +389,7 @@ class MultiHostCloud(SplitCloud):
                           "--listen", f"{self.nc_ip[n]}:8775",
                           "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://{self.cc_under}:8774"\n'
                                                    'VNET_PRIVINTERFACE="priv0"\n'))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if (self.data / "admin" / "credentials").exists():
-                try:
-                    self.ec2().describe_regions()
-                    return self
-                except Exception:
-                    pass
-            for name, proc in self.procs.items():
-                assert proc.poll() is None, f"{name} exited:\n{self.log_tail(name)}"
-            time.sleep(0.3)
-        raise RuntimeError("the CLC did not start:\n" + self.log_tail("clc"))
+        return self.wait_started()
 
     def node_of(self, iid):
         """The NC host whose data dir holds the instance."""
@@ -386,9 +401,4 @@ class MultiHostCloud(SplitCloud):
     def stop(self):
         super().stop()
         for ns in [*self.hosts.values(), self.switch]:
-            for p in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            kill_netns(ns)
