@@ -281,11 +281,7 @@ class SplitCloud(NetCloud):
                    "--walrus-listen", "127.0.0.1:8780",
                    "--config", self.conf("clc", 'CC_URL="http://127.0.0.1:8774"\n'))
         self.proc = self.procs["clc"]
-        token = self.data / "keys" / "cluster.token"
-        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
-        for role in ["cc", *self.NCS]:
-            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
-            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+        self.share_token()
         nodes = " ".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.NCS.items())
         self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", "127.0.0.1:8774",
                    "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'))
@@ -293,6 +289,15 @@ class SplitCloud(NetCloud):
             self.spawn(n, "nc", "--data-dir", str(self.root / n), "--listen", f"127.0.0.1:{p}",
                        "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://127.0.0.1:8774"\n'))
         return self.wait_started()
+
+    def share_token(self):
+        """Copies the CLC's cluster token to the CC's and NCs' data dirs,
+        as an operator would to other hosts."""
+        token = self.data / "keys" / "cluster.token"
+        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
+        for role in ["cc", *self.NCS]:
+            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
+            shutil.copy(token, self.root / role / "keys" / "cluster.token")
 
     def wait_started(self):
         """Waits until the CLC answers, failing early if a role died."""
@@ -375,11 +380,7 @@ class MultiHostCloud(SplitCloud):
                    "--walrus-listen", f"{self.cc_under}:8780",
                    "--config", self.conf("clc", f'CC_URL="http://{self.cc_under}:8774"\n{net}'))
         self.proc = self.procs["clc"]
-        token = self.data / "keys" / "cluster.token"
-        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
-        for role in ["cc", *self.NCS]:
-            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
-            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+        self.share_token()
         nodes = " ".join(f"{n}=http://{self.nc_ip[n]}:8775" for n in self.NCS)
         self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", f"{self.cc_under}:8774",
                    "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'
