@@ -12,19 +12,32 @@
 #      written. Also its CPU seconds (SC, stand-in and zstd; not QEMU's),
 #      which say more than the wall time on a busy machine;
 #   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
+# Then NBD throughput of an SC export through QEMU's client against the
+# local file (example `nbdbench`, see its header for the method).
 # Needs root-free tools only: qemu-utils (qemu-storage-daemon, qemu-img),
 # zstd, gzip, dd. BENCH_DIR (default /var/tmp/ironbark-ebs-bench) must have
-# ~13 GiB free for the original's copy.
+# ~13 GiB free for the original's copy. Knobs: SIZE_GIB, DATA_MIB, NBD_MIB,
+# ONLY_NBD=1, BENCH_PROFILE, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${BENCH_DIR:-/var/tmp/ironbark-ebs-bench}
 SIZE_GIB=${SIZE_GIB:-10}
 DATA_MIB=${DATA_MIB:-1024}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build -q ${BENCH_PROFILE:+--profile $BENCH_PROFILE} -p ironbark-sc --example snapbench
+cargo build -q ${BENCH_PROFILE:+--profile $BENCH_PROFILE} -p ironbark-sc --example snapbench --example nbdbench
 BIN="$CARGO_TARGET_DIR/${BENCH_PROFILE:-debug}/examples/snapbench"
+NBD_BIN="$CARGO_TARGET_DIR/${BENCH_PROFILE:-debug}/examples/nbdbench"
 rm -rf "$DIR"; mkdir -p "$DIR"
 trap 'rm -rf "$DIR"' EXIT
+
+# 4. (printed last) NBD throughput through QEMU's client (qemu-img bench,
+#    depth 64) to a real SC export (TCP + TLS-PSK) against the local file;
+#    NBD_MIB per run. ONLY_NBD=1 runs just this part.
+nbd() {
+  printf '\nNBD: qemu-img bench, queue depth 64, %s MiB per run (4 KiB: a quarter), load %s\n' "${NBD_MIB:-1024}" "$(cut -d' ' -f1-3 /proc/loadavg)"
+  "$NBD_BIN" "$DIR/nbd" "${NBD_MIB:-1024}"
+}
+if [[ ${ONLY_NBD:-0} == 1 ]]; then nbd; exit; fi
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
@@ -71,3 +84,5 @@ printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$rea
 # Where the SC's time went: progress timestamps (copy 0-50 %, compression
 # 50-85 %, upload 85-100 %).
 for k in zstd gzip; do printf '%s progress:' "$k"; tr -s ' \n' ' ' < "$DIR/$k.progress"; echo; done
+
+nbd

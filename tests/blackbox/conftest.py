@@ -484,3 +484,12 @@ def account(cloud):
 @pytest.fixture
 def admin(cloud):
     return cloud.client()
+
+
+@pytest.fixture(scope="session")
+def test_image(tmp_path_factory):
+    """The guest image the VM tests boot, built once per session (from the
+    Debian package cache, see vmcloud.build_test_image)."""
+    from vmcloud import build_test_image
+
+    return build_test_image(tmp_path_factory.mktemp("image"))

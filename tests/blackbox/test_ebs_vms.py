@@ -10,34 +10,20 @@ Needs root, QEMU, qemu-storage-daemon, dnsmasq and nft (the test command
 installs them).
 """
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, running, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
 MIB = 4  # how much data the guests write and checksum
 
 
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory):
-    return build_test_image(tmp_path_factory.mktemp("image"))
-
-
 @pytest.fixture
 def ebscloud():
-    root = Path(tempfile.mkdtemp(prefix="ibe-", dir="/tmp"))
-    root.chmod(0o755)
-    c = NetCloud(root)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(NetCloud, "ibe-") as c:
+        yield c
 
 
 def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_path):
@@ -65,11 +51,11 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
 
     def disk_of(iid, vid):
         """The guest's block device whose virtio serial is the volume id
-        (virtio-blk keeps its first 20 characters)."""
+        without its dash, as EC2 names EBS disks."""
         out = guest(iid, "for d in /sys/block/vd*; do echo ${d##*/} $(cat $d/serial 2>/dev/null); done")
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[1] == vid[:20]:
+            if len(parts) == 2 and parts[1] == vid.replace("-", "", 1):
                 return f"/dev/{parts[0]}"
         return None
 

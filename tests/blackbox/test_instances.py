@@ -11,38 +11,20 @@ host reaches; everything else stays inside the namespace.
 """
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, SplitCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, SplitCloud, running, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
 
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory):
-    return build_test_image(tmp_path_factory.mktemp("image"))
-
-
 @pytest.fixture
 def netcloud():
-    # A short path: QEMU's QMP socket lives in the instance directory, and
-    # Unix socket paths stop at 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="ibt-", dir="/tmp"))
-    # dnsmasq drops to `nobody` and must still reach its files in the CC's
-    # state dir; mkdtemp's 0700 would hide them.
-    root.chmod(0o755)
-    c = NetCloud(root)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(NetCloud, "ibt-") as c:
+        yield c
 
 
 def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_image, tmp_path):
@@ -61,11 +43,23 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
         ec2.run_instances(ImageId=emi, MinCount=500, MaxCount=500, InstanceType="m1.small")
     assert "InsufficientInstanceCapacity" in str(e.value)
     assert ec2.describe_instances()["Reservations"] == []
+    # Bad tags start nothing either.
+    with pytest.raises(Exception) as e:
+        ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "aws:x", "Value": "y"}]}])
+    assert "InvalidParameterValue" in str(e.value)
+    assert ec2.describe_instances()["Reservations"] == []
 
     r = ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2, InstanceType="m1.small",
-                          KeyName="e2e", UserData=user_data)
+                          KeyName="e2e", UserData=user_data, TagSpecifications=[
+                              {"ResourceType": "instance", "Tags": [{"Key": "role", "Value": "e2e"}]}])
     ids = [i["InstanceId"] for i in r["Instances"]]
     assert all(i["State"]["Name"] == "pending" for i in r["Instances"])
+    assert all(i["Tags"] == [{"Key": "role", "Value": "e2e"}] for i in r["Instances"])
+    # Instances take tags like any resource, and tag filters find them.
+    ec2.create_tags(Resources=[ids[0]], Tags=[{"Key": "Name", "Value": "first"}])
+    named = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["first"]}])["Reservations"]
+    assert [i["InstanceId"] for res in named for i in res["Instances"]] == [ids[0]]
 
     wait_for("both running", lambda: all(
         s["State"]["Name"] == "running" for s in states(ec2, ids).values()), timeout=120)
@@ -155,17 +149,8 @@ def test_kill9_of_the_whole_cloud_mid_run_and_mid_terminate_converges(netcloud, 
 
 @pytest.fixture
 def splitcloud():
-    root = Path(tempfile.mkdtemp(prefix="ibs-", dir="/tmp"))
-    root.chmod(0o755)
-    c = SplitCloud(root)
-    try:
-        yield c.start()
-    finally:
-        for p in c.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGCONT)
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(SplitCloud, "ibs-") as c:
+        yield c
 
 
 def test_terminate_broadcasts_when_the_instances_nc_does_not_answer(splitcloud, test_image):

@@ -8,14 +8,11 @@ and an elastic IP replaces the public IP and gives it back.
 Needs root, QEMU, dnsmasq, nft and socat (the test command installs them).
 """
 
-import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from vmcloud import NEEDS_VMS, NetCloud, build_test_image, console, import_image, key_pair_file, ssh_command, states, wait_for
+from vmcloud import NEEDS_VMS, NetCloud, running, console, import_image, key_pair_file, ssh_command, states, wait_for
 
 pytestmark = NEEDS_VMS
 
@@ -23,23 +20,10 @@ POOL = [f"203.0.113.{n}" for n in range(10, 21)]
 CONF = 'VNET_PUBLICIPS="203.0.113.10-20"\nVNET_PUBINTERFACE="pub0"\n'
 
 
-@pytest.fixture(scope="module")
-def test_image(tmp_path_factory):
-    return build_test_image(tmp_path_factory.mktemp("image"))
-
-
 @pytest.fixture
 def pubcloud():
-    root = Path(tempfile.mkdtemp(prefix="ibn-", dir="/tmp"))
-    root.chmod(0o755)
-    c = NetCloud(root, CONF)
-    try:
-        c.setup_net()
-        c.add_internet()
-        yield c.start_cloud()
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running(NetCloud, "ibn-", CONF, internet=True) as c:
+        yield c
 
 
 def test_public_ips_rules_and_elastic_ips_on_real_vms(pubcloud, test_image, tmp_path):

@@ -99,7 +99,7 @@ def test_tag_errors_change_nothing(account):
                         Tags=[{"Key": f"x{i}", "Value": "v"} for i in range(51)])
     assert tags_of(ec2, other) == {}
 
-    for bad in ("i-12345678", "bogus", "vpc-1234abcd", "sg-xyz", "vol-xyz"):
+    for bad in ("i-xyz", "bogus", "vpc-1234abcd", "sg-xyz", "vol-xyz"):
         with raises_code("InvalidID"):
             ec2.create_tags(Resources=[bad], Tags=[{"Key": "a", "Value": "b"}])
     # A well-formed id of nothing.
@@ -111,6 +111,8 @@ def test_tag_errors_change_nothing(account):
         ec2.create_tags(Resources=["vol-1234abcd"], Tags=[{"Key": "a", "Value": "b"}])
     with raises_code("InvalidSnapshot.NotFound"):
         ec2.create_tags(Resources=["snap-1234abcd"], Tags=[{"Key": "a", "Value": "b"}])
+    with raises_code("InvalidInstanceID.NotFound"):
+        ec2.create_tags(Resources=["i-0123456789abcdef0"], Tags=[{"Key": "a", "Value": "b"}])
     # One bad resource in a list: none of them is tagged.
     with raises_code("InvalidID"):
         ec2.create_tags(Resources=[other, "bogus-1"], Tags=[{"Key": "a", "Value": "b"}])

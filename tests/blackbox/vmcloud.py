@@ -4,10 +4,12 @@ processes (SplitCloud), plus the helpers the VM tests share. Everything
 they make lives in their namespaces and is removed by stop()."""
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +39,38 @@ def build_test_image(out):
     assert (out / "vmlinuz").stat().st_size > 1_000_000
     assert (out / "initrd.img").stat().st_size > 100_000
     return out
+
+
+@contextlib.contextmanager
+def running(cls, prefix, *args, internet=False, **kw):
+    """A started cloud of class `cls` under a fresh short /tmp root (QMP
+    sockets live in instance directories and unix socket paths stop at
+    107 bytes), with the internet host if asked; stopped and removed
+    afterwards, whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    # dnsmasq drops to `nobody` and must still reach its files in the CC's
+    # state dir; mkdtemp's 0700 would hide them.
+    root.chmod(0o755)
+    c = cls(root, *args, **kw)
+    try:
+        c.setup_net()
+        if internet:
+            c.add_internet()
+        yield c.start_cloud()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_netns(ns):
+    """Kills whatever runs in namespace `ns` (QEMU and dnsmasq daemonize,
+    so they are not our children) and deletes it."""
+    for p in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:
+            os.kill(int(p), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh("ip", "netns", "del", ns, check=False)
 
 
 class NetCloud:
@@ -134,7 +168,9 @@ class NetCloud:
                             aws_access_key_id=key, aws_secret_access_key=secret, config=_retries())
 
     def admin(self, *args):
-        return sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300).stdout
+        r = sh(str(ironbark_bin()), "admin", "--data-dir", str(self.data), *args, timeout=300, check=False)
+        assert r.returncode == 0, f"ironbark admin {' '.join(args)}: {r.stderr}"
+        return r.stdout
 
     def kill9(self):
         """The whole cloud process dies at once (its VMs are their own
@@ -165,22 +201,10 @@ class NetCloud:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        # Whatever still runs in the namespace (QEMU daemonizes, dnsmasq too).
-        pids = sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
-        for p in pids:
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_netns(self.ns)
         sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.ns, check=False)
         if self.inet:
-            for p in sh("ip", "netns", "pids", self.inet, check=False).stdout.split():
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", self.inet, check=False)
+            kill_netns(self.inet)
 
 
 def ssh_command(pem, connect_timeout=10):
@@ -257,17 +281,26 @@ class SplitCloud(NetCloud):
                    "--walrus-listen", "127.0.0.1:8780",
                    "--config", self.conf("clc", 'CC_URL="http://127.0.0.1:8774"\n'))
         self.proc = self.procs["clc"]
-        token = self.data / "keys" / "cluster.token"
-        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
-        for role in ["cc", *self.NCS]:
-            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
-            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+        self.share_token()
         nodes = " ".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.NCS.items())
         self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", "127.0.0.1:8774",
                    "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'))
         for n, p in self.NCS.items():
             self.spawn(n, "nc", "--data-dir", str(self.root / n), "--listen", f"127.0.0.1:{p}",
                        "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://127.0.0.1:8774"\n'))
+        return self.wait_started()
+
+    def share_token(self):
+        """Copies the CLC's cluster token to the CC's and NCs' data dirs,
+        as an operator would to other hosts."""
+        token = self.data / "keys" / "cluster.token"
+        wait_for("the CLC's cluster token", token.exists, timeout=60, every=0.2)
+        for role in ["cc", *self.NCS]:
+            (self.root / role / "keys").mkdir(parents=True, exist_ok=True)
+            shutil.copy(token, self.root / role / "keys" / "cluster.token")
+
+    def wait_started(self):
+        """Waits until the CLC answers, failing early if a role died."""
         deadline = time.time() + 60
         while time.time() < deadline:
             if (self.data / "admin" / "credentials").exists():
@@ -290,8 +323,83 @@ class SplitCloud(NetCloud):
     def stop(self):
         for proc in self.procs.values():
             if proc.poll() is None:
+                # A test may have stopped a role (SIGSTOP); let it die.
+                os.killpg(proc.pid, signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         super().stop()
 
 
+class MultiHostCloud(SplitCloud):
+    """A CC host and two NC hosts, each a network namespace, joined by an
+    underlay switch (a bridge in a namespace of its own) on their `priv0`
+    interfaces: `ironbark clc` (with Walrus) and `ironbark cc` on the CC
+    host, one `ironbark nc` on each NC host running real QEMU guests.
+    Segments reach the NC hosts as VXLAN over the underlay; the CC host
+    also holds the public pool on `pub0`, towards the internet host
+    (add_internet)."""
+
+    def __init__(self, root: Path, network_conf: str):
+        super().__init__(root)
+        self.network_conf = network_conf
+        n = uuid.uuid4().int % 200 + 20
+        self.under = f"10.77.{n}"
+        self.cc_under = f"{self.under}.1"
+        self.hosts = {name: f"{self.ns}{i}" for i, name in enumerate(self.NCS, start=1)}
+        self.nc_ip = {name: f"{self.under}.{i + 1}" for i, name in enumerate(self.NCS, start=1)}
+        self.switch = f"{self.ns}s"
+
+    def host_run(self, nc, *args, **kw):
+        return sh("ip", "netns", "exec", self.hosts[nc], *args, **kw)
+
+    def setup_net(self):
+        super().setup_net()
+        sh("ip", "netns", "add", self.switch)
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
+        for ns, ip in [(self.ns, self.cc_under)] + [(self.hosts[n], self.nc_ip[n]) for n in self.NCS]:
+            if ns != self.ns:
+                sh("ip", "netns", "add", ns)
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            port = f"p{ns[-9:]}"
+            sh("ip", "netns", "exec", self.switch, "ip", "link", "add", port, "type", "veth",
+               "peer", "name", "priv0", "netns", ns)
+            sh("ip", "netns", "exec", self.switch, "ip", "link", "set", port, "master", "br0", "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "priv0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "priv0", "up")
+
+    def spawn_in(self, ns, name, *args):
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(ironbark_bin()), *args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start_cloud(self):
+        net = self.network_conf
+        self.spawn("clc", "clc", "--data-dir", str(self.data), "--listen", f"{self.ip}:{self.port}",
+                   "--walrus-listen", f"{self.cc_under}:8780",
+                   "--config", self.conf("clc", f'CC_URL="http://{self.cc_under}:8774"\n{net}'))
+        self.proc = self.procs["clc"]
+        self.share_token()
+        nodes = " ".join(f"{n}=http://{self.nc_ip[n]}:8775" for n in self.NCS)
+        self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", f"{self.cc_under}:8774",
+                   "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'
+                                               f'VNET_PRIVINTERFACE="priv0"\n{net}'))
+        for n in self.NCS:
+            self.spawn_in(self.hosts[n], n, "nc", "--data-dir", str(self.root / n),
+                          "--listen", f"{self.nc_ip[n]}:8775",
+                          "--config", self.conf(n, f'NC_ID="{n}"\nCC_URL="http://{self.cc_under}:8774"\n'
+                                                   'VNET_PRIVINTERFACE="priv0"\n'))
+        return self.wait_started()
+
+    def node_of(self, iid):
+        """The NC host whose data dir holds the instance."""
+        for n in self.NCS:
+            if list((self.root / n / "nc" / "instances").glob(f"*/{iid}")):
+                return n
+        return None
+
+    def stop(self):
+        super().stop()
+        for ns in [*self.hosts.values(), self.switch]:
+            kill_netns(ns)

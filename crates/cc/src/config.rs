@@ -79,6 +79,12 @@ pub struct CcConfig {
     /// their segments to. An NC whose URL names a loopback address or this
     /// one shares the CC's host and needs no tunnel.
     pub private_ip: Option<Ipv4Addr>,
+    /// The MTU of `VNET_PRIVINTERFACE`. VXLAN takes 50 bytes of each
+    /// underlay packet, so guests are told by DHCP (option 26) to send
+    /// frames that much smaller: a full-size frame would not fit the
+    /// tunnel and the bridge would drop it (TCP stalls at the first big
+    /// segment, ping works: the worst kind of failure to debug).
+    pub private_mtu: Option<u32>,
 }
 
 impl CcConfig {
@@ -111,6 +117,7 @@ impl CcConfig {
             public_ips: Vec::new(),
             private_interface: None,
             private_ip: None,
+            private_mtu: None,
         }
     }
 

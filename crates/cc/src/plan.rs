@@ -624,7 +624,13 @@ fn valid_hostname(name: &str) -> bool {
 struct DhcpOptions {
     lease_time: String,
     dns: Vec<Ipv4Addr>,
+    /// Told to guests when segments may run through VXLAN.
+    mtu: Option<u32>,
 }
+
+/// What VXLAN over IPv4 adds to each frame: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 fn dhcp_options(cfg: &CcConfig, warnings: &mut Vec<String>) -> DhcpOptions {
     let lease = cfg.lease_time.trim();
@@ -654,7 +660,16 @@ fn dhcp_options(cfg: &CcConfig, warnings: &mut Vec<String>) -> DhcpOptions {
             Err(_) => warnings.push(format!("DNS server {d:?} left out: not an IPv4 address")),
         }
     }
-    DhcpOptions { lease_time, dns }
+    let mtu = cfg
+        .private_interface
+        .as_ref()
+        .and(cfg.private_mtu)
+        .map(|m| m.saturating_sub(VXLAN_OVERHEAD));
+    DhcpOptions {
+        lease_time,
+        dns,
+        mtu,
+    }
 }
 
 fn dnsmasq_config(seg: &SegmentPlan, opts: &DhcpOptions) -> String {
@@ -686,6 +701,11 @@ fn dnsmasq_config(seg: &SegmentPlan, opts: &DhcpOptions) -> String {
     if !opts.dns.is_empty() {
         let dns: Vec<String> = opts.dns.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(c, "dhcp-option=option:dns-server,{}", dns.join(","));
+    }
+    if let Some(mtu) = opts.mtu {
+        // Forced: many DHCP clients (busybox udhcpc among them) do not ask
+        // for option 26 and would never hear of it.
+        let _ = writeln!(c, "dhcp-option-force=option:mtu,{mtu}");
     }
     let _ = writeln!(c, "dhcp-hostsfile={}", seg.dhcp.hosts_path.display());
     let _ = writeln!(c, "dhcp-leasefile={}", path(files::LEASES));
@@ -1168,6 +1188,36 @@ mod tests {
                 "no warning about {needle}"
             );
         }
+    }
+
+    #[test]
+    fn guests_are_told_the_mtu_the_tunnels_leave_only_when_there_are_tunnels() {
+        let mut c = cfg();
+        c.private_mtu = Some(1500);
+        let p = plan(&zone(), &c);
+        assert!(
+            !p.segments[0].dhcp.config.contains("option:mtu"),
+            "no underlay, no tunnels: the guests keep their MTU"
+        );
+        c.private_interface = Some("eth1".into());
+        let p = plan(&zone(), &c);
+        for seg in &p.segments {
+            assert!(
+                seg.dhcp
+                    .config
+                    .contains("dhcp-option-force=option:mtu,1450\n"),
+                "{}",
+                seg.dhcp.config
+            );
+        }
+        c.private_mtu = Some(9000);
+        let p = plan(&zone(), &c);
+        assert!(
+            p.segments[0]
+                .dhcp
+                .config
+                .contains("dhcp-option-force=option:mtu,8950\n")
+        );
     }
 
     #[test]

@@ -498,10 +498,15 @@ impl Cloud {
     /// addresses already handed out stay valid until given back.
     pub async fn check_network_layout(&self) -> Result<()> {
         let n = &self.config.network;
-        let want = format!(
+        let mut want = format!(
             "subnet={} addrs_per_net={} tag_base={}",
             n.subnet, n.addrs_per_net, n.tag_base
         );
+        // Only when set: a cloud recorded before VNET_TAGS existed keeps
+        // its layout string and starts with its instances.
+        if n.tag_max != crate::MAX_VNI {
+            want.push_str(&format!(" tag_max={}", n.tag_max));
+        }
         let had = self.store.property(NETWORK_LAYOUT).await?;
         if had.as_deref() == Some(want.as_str()) {
             return Ok(());

@@ -36,6 +36,10 @@ use crate::{Caller, Cloud};
 /// The bucket snapshots are uploaded to (the administrator's, private).
 pub const SNAPSHOT_BUCKET: &str = "ironbark-snapshots";
 
+/// How often the SC gets the whole storage desired state when nothing is
+/// in flight.
+const STORAGE_RESEND: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest volume, in GiB (EC2's standard volumes stopped at 1 TiB).
 const MAX_VOLUME_GIB: u32 = 1024;
 
@@ -684,6 +688,7 @@ impl Cloud {
     pub async fn push_storage(&self) -> Result<()> {
         let desired = self.desired_storage().await?;
         let report = self.storage.apply(desired).await?;
+        *self.storage_pushed.lock().expect("storage push lock") = Some(std::time::Instant::now());
         self.observe_storage(&report).await
     }
 
@@ -833,7 +838,16 @@ impl Cloud {
                     .as_ref()
                     .is_some_and(|a| a.state != AttachState::Attached)
         }) || snapshots.iter().any(|s| s.state == SnapshotState::Pending);
-        if !busy {
+        // Even with nothing in flight the SC gets the whole state now and
+        // then, and at once after a CLC restart: a change whose push a
+        // crash cut off (an export to close after a detach) would
+        // otherwise wait for the next EBS request.
+        let stale = self
+            .storage_pushed
+            .lock()
+            .expect("storage push lock")
+            .is_none_or(|at| at.elapsed() >= STORAGE_RESEND);
+        if !busy && !stale {
             return Ok(());
         }
         self.push_storage().await?;
@@ -959,6 +973,25 @@ mod tests {
         async fn report(&self) -> Result<StorageReport> {
             Ok(self.report.lock().unwrap().clone())
         }
+    }
+
+    #[tokio::test]
+    async fn the_sc_gets_the_whole_state_after_a_restart_and_now_and_then_when_idle() {
+        let (c, _fake, _admin, _alice, _img) = setup(1).await;
+        let sc = Arc::new(FakeSc::default());
+        let c = c.with_storage(sc.clone());
+        // Nothing in flight, but this process has not told the SC yet:
+        // its stale desired state (an export a crash kept open) goes now.
+        c.ebs_tick().await.unwrap();
+        assert!(sc.last.lock().unwrap().take().is_some());
+        // Told a moment ago and nothing in flight: no traffic each second.
+        c.ebs_tick().await.unwrap();
+        assert!(sc.last.lock().unwrap().is_none());
+        // Once the last push is old, the whole state again.
+        *c.storage_pushed.lock().unwrap() =
+            Some(std::time::Instant::now() - STORAGE_RESEND - std::time::Duration::from_secs(1));
+        c.ebs_tick().await.unwrap();
+        assert!(sc.last.lock().unwrap().is_some());
     }
 
     #[tokio::test]

@@ -89,7 +89,9 @@ fn not_found(id: &str) -> Error {
     )
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// An image name as RegisterImage accepts it (also checked by `ironbark admin
+/// image import` before it uploads anything).
+pub fn check_name(name: &str) -> Result<()> {
     let ok = (3..=128).contains(&name.len())
         && name
             .bytes()

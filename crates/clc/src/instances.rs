@@ -1379,6 +1379,100 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn segments_get_tags_from_the_operators_range_and_no_more() {
+        let (mut c, _fake, _admin, alice, img) = setup(8).await;
+        c.config.network.tag_base = 4000;
+        c.config.network.tag_max = 4001;
+        for g in ["b", "c"] {
+            c.create_security_group(&alice, g, g).await.unwrap();
+        }
+        let in_group = |g: &str| RunRequest {
+            group_names: vec![g.into()],
+            ..run(&img, 1, 1)
+        };
+        c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();
+        c.run_instances(&alice, in_group("b")).await.unwrap();
+        let err = c.run_instances(&alice, in_group("c")).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InsufficientInstanceCapacity);
+        assert!(err.message.contains("VNET_TAGS"), "{}", err.message);
+        assert_eq!(
+            c.describe_instances(&alice, &[], &[]).await.unwrap().len(),
+            2,
+            "the refused launch started nothing"
+        );
+        let tags: Vec<u32> = c
+            .desired_zone()
+            .await
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.tag)
+            .collect();
+        assert_eq!(tags, [4000, 4001]);
+    }
+
+    #[tokio::test]
+    async fn instances_take_tags_of_their_owner_only_until_they_are_buried() {
+        let (c, _fake, _admin, alice, img) = setup(4).await;
+        let bob = caller(&c, "bob").await;
+        let got = c.run_instances(&alice, run(&img, 2, 2)).await.unwrap();
+        let (a, b) = (got[0].id.to_string(), got[1].id.to_string());
+        let tag = |k: &str, v: &str| vec![(k.to_string(), Some(v.to_string()))];
+        c.create_tags(&alice, std::slice::from_ref(&a), &tag("Name", "web"))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.create_tags(&bob, std::slice::from_ref(&a), &tag("Name", "mine"))
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::InstanceNotFound,
+            "another account's instance is not there for bob"
+        );
+        assert_eq!(
+            c.create_tags(&alice, &["i-0123456789abcdef0".into()], &tag("a", "b"))
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::InstanceNotFound
+        );
+        let named = c
+            .describe_instances(
+                &alice,
+                &[],
+                &[Filter {
+                    name: "tag:Name".into(),
+                    values: vec!["web".into()],
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].0.id.as_str(), a);
+        assert_eq!(named[0].1[0].value, "web");
+        assert!(
+            c.describe_instances(&alice, std::slice::from_ref(&b), &[])
+                .await
+                .unwrap()[0]
+                .1
+                .is_empty()
+        );
+        // Terminated, then buried: its tags go with it.
+        c.terminate_instances(&alice, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        c.store.set_property(TERMINATED_TIME, "0").await.unwrap();
+        c.bury().await.unwrap();
+        assert!(
+            c.describe_tags(&alice, &[])
+                .await
+                .unwrap()
+                .iter()
+                .all(|t| t.resource_id != a)
+        );
+    }
+
+    #[tokio::test]
     async fn a_vanished_vm_is_terminated_by_the_safety_net() {
         let (c, fake, _admin, alice, img) = setup(4).await;
         let got = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap();

@@ -31,7 +31,9 @@ pub use accounts::{AccessKeyInfo, NewCredentials};
 pub use addresses::{AddressRef, AddressView};
 pub use ebs::{AttachRequest, NoStorage, SNAPSHOT_BUCKET, SnapshotPermissionChange, Storage};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
-pub use images::{LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage};
+pub use images::{
+    LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage, check_name as check_image_name,
+};
 pub use instances::{Cluster, NODE_POLL, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
 pub use keypairs::CreatedKeyPair;
 pub use zones::{RegionInfo, ZoneLine};
@@ -62,6 +64,9 @@ pub struct CloudConfig {
     pub network: NetworkConfig,
 }
 
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
 /// The managed network's operator settings (eucalyptus.conf's VNET_*).
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -71,8 +76,11 @@ pub struct NetworkConfig {
     pub addrs_per_net: u32,
     /// VNET_DNS: the DNS server DHCP hands out.
     pub dns: String,
-    /// First isolation tag (VXLAN VNI); segment i gets `tag_base + i`.
+    /// VNET_TAGS: the isolation tags (VXLAN VNIs) segments get, first to
+    /// last; segment i gets `tag_base + i`, so the range also bounds how
+    /// many groups can have running instances at once.
     pub tag_base: u32,
+    pub tag_max: u32,
     /// VNET_PUBLICIPS: the public addresses instances and elastic IPs get.
     /// Empty means instances run with private addresses only.
     pub public_ips: Vec<std::net::Ipv4Addr>,
@@ -85,16 +93,20 @@ impl Default for NetworkConfig {
             addrs_per_net: 32,
             dns: "192.0.2.53".into(),
             tag_base: 1000,
+            tag_max: MAX_VNI,
             public_ips: Vec::new(),
         }
     }
 }
 
 impl NetworkConfig {
-    /// How many segments fit in the subnet.
+    /// How many segments fit in the subnet and the tag range.
     pub fn max_segments(&self) -> u32 {
         let size = 1u64 << (32 - u32::from(self.subnet.prefix()));
-        (size / u64::from(self.addrs_per_net.max(4))).min(u64::from(u32::MAX)) as u32
+        let tags = u64::from(self.tag_max.saturating_sub(self.tag_base)) + 1;
+        (size / u64::from(self.addrs_per_net.max(4)))
+            .min(tags)
+            .min(u64::from(u32::MAX)) as u32
     }
 
     /// Segment `i`'s block, its gateway (the CC), and the host addresses
@@ -150,6 +162,9 @@ pub struct Cloud {
     storage: Arc<dyn Storage>,
     /// The SC's last report: export addresses for the NCs, progress.
     storage_report: std::sync::Mutex<Option<ironbark_sc_api::StorageReport>>,
+    /// When the SC last took the whole storage desired state (`None`:
+    /// not since this process started).
+    storage_pushed: std::sync::Mutex<Option<std::time::Instant>>,
     /// One EBS change at a time (volumes, attachments, snapshots).
     ebs_lock: tokio::sync::Mutex<()>,
     /// RunInstances places and addresses instances from what is free;
@@ -190,6 +205,7 @@ impl Cloud {
             cluster: Arc::new(NoCluster),
             storage: Arc::new(NoStorage),
             storage_report: std::sync::Mutex::new(None),
+            storage_pushed: std::sync::Mutex::new(None),
             ebs_lock: tokio::sync::Mutex::new(()),
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),

@@ -57,6 +57,7 @@ fn resource_kind(id: &str) -> Result<ResourceType> {
         ResourceType::Image => ImageId::parse(id).is_ok_and(|i| i.as_str() == id),
         ResourceType::Volume => VolumeId::parse(id).is_ok(),
         ResourceType::Snapshot => SnapshotId::parse(id).is_ok(),
+        ResourceType::Instance => InstanceId::parse(id).is_ok(),
     };
     if well_formed {
         Ok(kind)
@@ -204,11 +205,18 @@ mod tests {
             ErrorKind::GroupNotFound
         );
         assert_eq!(
-            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")])
+            c.create_tags(&a, &["i-xyz".into()], &[t("x", "y")])
                 .await
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidId
+        );
+        assert_eq!(
+            c.create_tags(&a, &["i-12345678".into()], &[t("x", "y")])
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::InstanceNotFound
         );
         assert_eq!(
             c.create_tags(&a, std::slice::from_ref(&g), &[t("aws:x", "y")])

@@ -116,7 +116,7 @@ pub struct InstanceDesired {
     pub volumes: Vec<VolumeAttachment>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZoneDesired {
     /// Only grows; a CC ignores an older view that arrives late.
     pub generation: u64,

@@ -622,6 +622,9 @@ async fn run_instances(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Respo
             "MinCount ({min}) must not be greater than MaxCount ({max})"
         )));
     }
+    // Checked before anything runs, so bad tags start nothing.
+    let tags = tag_specs(p, "instance")?;
+    cloud.check_new_tags(&tags)?;
     let made = cloud
         .run_instances(
             caller,
@@ -643,13 +646,30 @@ async fn run_instances(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Respo
             },
         )
         .await?;
+    let made_tags: Vec<Tag> = if tags.is_empty() {
+        Vec::new()
+    } else {
+        let ids: Vec<String> = made.iter().map(|i| i.id.to_string()).collect();
+        cloud.create_tags(caller, &ids, &tags).await?;
+        cloud
+            .describe_instances(caller, &ids, &[])
+            .await?
+            .into_iter()
+            .flat_map(|(_, t)| t)
+            .collect()
+    };
     let first = &made[0];
     r.w.elem("reservationId", first.reservation_id.as_str());
     r.w.elem("ownerId", first.account_id.as_str());
     group_set(&mut r.w, first);
     r.w.open("instancesSet");
     for i in &made {
-        instance_item(&mut r.w, i, &[]);
+        let mine: Vec<Tag> = made_tags
+            .iter()
+            .filter(|t| t.resource_id == i.id.as_str())
+            .cloned()
+            .collect();
+        instance_item(&mut r.w, i, &mine);
     }
     r.w.close("instancesSet");
     Ok(())

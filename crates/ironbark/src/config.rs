@@ -53,6 +53,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "public addresses for instances and elastic IPs: addresses, ranges (a.b.c.d-a.b.c.e) and blocks (a.b.c.d/n), separated by spaces or commas",
     ),
     (
+        "VNET_TAGS",
+        "isolation tags (VXLAN VNIs) for security groups' segments, FIRST-LAST (default 1000-16777215)",
+    ),
+    (
         "VNET_PRIVINTERFACE",
         "interface segment tunnels (VXLAN) between the CC and NC hosts run over",
     ),
@@ -210,9 +214,41 @@ pub fn parse_public_ips(v: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
     Ok(out)
 }
 
+/// VNET_TAGS, `FIRST-LAST`: the isolation tags segments may use. VXLAN
+/// network identifiers are 24 bits; 0 is left out (some switches treat it
+/// as "no VNI").
+pub fn parse_tags(v: &str) -> Result<(u32, u32), String> {
+    let (a, b) = v
+        .trim()
+        .split_once('-')
+        .ok_or_else(|| format!("{v:?} is not FIRST-LAST"))?;
+    let num = |s: &str| -> Result<u32, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    if a == 0 || b > ironbark_clc::MAX_VNI || a > b {
+        return Err(format!(
+            "{v:?}: tags run from 1 to {} and FIRST must not exceed LAST",
+            ironbark_clc::MAX_VNI
+        ));
+    }
+    Ok((a, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_ranges_are_checked() {
+        assert_eq!(parse_tags("100-199"), Ok((100, 199)));
+        assert_eq!(parse_tags(" 5 - 5 "), Ok((5, 5)));
+        for bad in ["", "100", "0-10", "10-5", "1-16777216", "a-b"] {
+            assert!(parse_tags(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn public_ip_pools_in_every_spelling() {

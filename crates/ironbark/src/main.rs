@@ -580,6 +580,7 @@ fn cc_network(
     if let Some(dev) = file.get("VNET_PRIVINTERFACE") {
         cc.private_interface = Some(dev.to_string());
         cc.private_ip = Some(roles::interface_ipv4(dev)?);
+        cc.private_mtu = Some(roles::interface_mtu(dev)?);
     }
     // Runs of consecutive addresses, so the CC's ownership test stays short.
     let mut ranges: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> = Vec::new();
@@ -630,6 +631,9 @@ fn network_config(file: &config::ConfigFile) -> Result<ironbark_clc::NetworkConf
     if let Some(v) = file.get("VNET_PUBLICIPS") {
         n.public_ips = config::parse_public_ips(v).map_err(|e| format!("VNET_PUBLICIPS: {e}"))?;
     }
+    if let Some(v) = file.get("VNET_TAGS") {
+        (n.tag_base, n.tag_max) = config::parse_tags(v).map_err(|e| format!("VNET_TAGS: {e}"))?;
+    }
     Ok(n)
 }
 
@@ -649,6 +653,9 @@ async fn image_import(
 ) -> ironbark_types::Result<Vec<String>> {
     use ironbark_clc::{Caller, LaunchPermissionChange, RegisterImage};
     use ironbark_types::{ADMIN_ACCOUNT, Error, ImageKind};
+    // The `emi-`'s name is checked before anything is uploaded or
+    // registered, so a bad one leaves nothing behind.
+    ironbark_clc::check_image_name(name)?;
     let objects = Arc::new(walrus::WalrusObjects::new(
         "http://127.0.0.1/",
         "eucalyptus",

@@ -176,6 +176,17 @@ pub fn interface_ipv4(dev: &str) -> std::result::Result<std::net::Ipv4Addr, Stri
         .ok_or_else(|| format!("VNET_PRIVINTERFACE: {dev} has no IPv4 address"))
 }
 
+/// The MTU of `dev` (VNET_PRIVINTERFACE), which the segments' tunnels
+/// must fit in.
+pub fn interface_mtu(dev: &str) -> std::result::Result<u32, String> {
+    let path = format!("/sys/class/net/{dev}/mtu");
+    std::fs::read_to_string(&path)
+        .map_err(|e| format!("VNET_PRIVINTERFACE: {path}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("VNET_PRIVINTERFACE: {path}: {e}"))
+}
+
 /// Starts a CC on `listen` (and its metadata listener); returns once it serves.
 pub async fn start_cc(cfg: CcConfig) -> std::result::Result<Arc<ClusterController>, String> {
     let api = tokio::net::TcpListener::bind(cfg.listen)

@@ -37,6 +37,18 @@ const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 /// virtio-blk serials are at most 20 bytes.
 const SERIAL_MAX: usize = 20;
 
+/// The disk serial a guest sees for a volume: its id without the dash, as
+/// EC2 names EBS disks (`vol-0123…` is `vol0123…`), which makes ironbark's
+/// 17-digit ids fit the 20 bytes whole, so guest tools that map disks to
+/// volumes by serial work unchanged. Longer ids are cut.
+pub fn disk_serial(volume_id: &str) -> String {
+    volume_id
+        .replacen('-', "", 1)
+        .chars()
+        .take(SERIAL_MAX)
+        .collect()
+}
+
 fn hv(what: &str) -> impl Fn(ironbark_qmp::QmpError) -> HvError + '_ {
     move |e| HvError(format!("{what}: {e}"))
 }
@@ -115,6 +127,7 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
                 "endpoint": "client",
                 "dir": keydir_s,
                 "username": v.nbd.tls_identity,
+                "priority": ironbark_sc_api::NBD_TLS_PRIORITY,
             })),
         )
         .await
@@ -135,7 +148,7 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
         )
         .await
         .map_err(hv("blockdev-add nbd"))?;
-        let serial: String = vol.chars().take(SERIAL_MAX).collect();
+        let serial = disk_serial(vol);
         q.execute(
             "device_add",
             Some(json!({
@@ -207,6 +220,13 @@ async fn write_key(dir: &Path, identity: &str, key: &str) -> Result<(), HvError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_are_ec2_style_volume_ids() {
+        assert_eq!(disk_serial("vol-0123456789abcdef0"), "vol0123456789abcdef0");
+        assert_eq!(disk_serial("vol-e2e00001"), "vole2e00001");
+        assert_eq!(disk_serial("vol-0123456789abcdef0123").len(), SERIAL_MAX);
+    }
 
     #[test]
     fn device_ids_carry_port_and_volume() {

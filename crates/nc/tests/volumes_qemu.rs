@@ -271,7 +271,7 @@ impl Guest {
 }
 
 /// The guest's block device whose serial is the volume id.
-const FIND_DEV: &str = "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = vol-e2e00001 ] && echo ${d##*/}; done; true";
+const FIND_DEV: &str = "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = vole2e00001 ] && echo ${d##*/}; done; true";
 
 fn snapshot_report(r: &StorageReport, id: &str) -> Option<ironbark_sc_api::SnapshotReport> {
     r.snapshots.iter().find(|s| s.snapshot_id == id).cloned()

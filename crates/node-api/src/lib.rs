@@ -80,7 +80,7 @@ pub struct InstanceSpec {
 
 /// The whole set of instances an NC should run; anything else it runs is
 /// terminated. `generation` only grows, so a delayed older set is ignored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredInstances {
     pub generation: u64,
     pub instances: Vec<InstanceSpec>,

@@ -33,6 +33,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ironbark_qmp::{Qmp, QmpError};
+use ironbark_sc_api::NBD_TLS_PRIORITY;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -237,7 +238,7 @@ impl Daemons {
             .args(["--monitor", "chardev=qmp0"])
             .arg("--object")
             .arg(format!(
-                "tls-creds-psk,id={TLS_ID},endpoint=server,dir={}",
+                "tls-creds-psk,id={TLS_ID},endpoint=server,dir={},priority={NBD_TLS_PRIORITY}",
                 path(&self.pskdir(vol))?
             ))
             .arg("--blockdev")

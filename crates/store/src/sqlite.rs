@@ -442,6 +442,7 @@ fn resource_type_parse(s: &str) -> Result<ResourceType> {
         "image" => Ok(ResourceType::Image),
         "volume" => Ok(ResourceType::Volume),
         "snapshot" => Ok(ResourceType::Snapshot),
+        "instance" => Ok(ResourceType::Instance),
         other => Err(Error::internal(format!(
             "unknown resource type {other} in store"
         ))),
@@ -576,6 +577,9 @@ async fn resource_owned(
         ResourceType::Snapshot => {
             "SELECT COUNT(*) FROM snapshots WHERE id = $1 AND account_id = $2"
         }
+        ResourceType::Instance => {
+            "SELECT COUNT(*) FROM instances WHERE id = $1 AND account_id = $2"
+        }
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(id)
@@ -607,6 +611,10 @@ fn not_found_for(id: &str, t: ResourceType) -> Error {
         ResourceType::Snapshot => Error::new(
             ErrorKind::SnapshotNotFound,
             format!("The snapshot '{id}' does not exist."),
+        ),
+        ResourceType::Instance => Error::new(
+            ErrorKind::InstanceNotFound,
+            format!("The instance ID '{id}' does not exist"),
         ),
     }
 }
@@ -1347,20 +1355,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_instance(&self, id: &InstanceId) -> Result<bool> {
-        let (_g, mut tx) = self.begin().await?;
-        let n = sqlx::query("DELETE FROM instances WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query("DELETE FROM tags WHERE resource_id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        self.commit(tx).await?;
-        Ok(n > 0)
+        self.delete_with_tags("instances", id.as_str()).await
     }
 
     async fn segment_of(&self, group: &SecurityGroupId, max: u32) -> Result<u32> {
@@ -1382,7 +1377,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::InsufficientInstanceCapacity,
-                    "Every network segment of this zone is in use (VNET_SUBNET is full)",
+                    "Every network segment of this zone is in use (VNET_SUBNET or VNET_TAGS is used up)",
                 )
             })?;
         sqlx::query("INSERT INTO segments (group_id, idx) VALUES ($1, $2)")

@@ -391,6 +391,7 @@ pub enum ResourceType {
     Image,
     Volume,
     Snapshot,
+    Instance,
 }
 
 impl ResourceType {
@@ -403,6 +404,8 @@ impl ResourceType {
             Some(ResourceType::Volume)
         } else if id.starts_with(SnapshotId::PREFIX) {
             Some(ResourceType::Snapshot)
+        } else if id.starts_with(InstanceId::PREFIX) {
+            Some(ResourceType::Instance)
         } else if ImageId::parse(id).is_ok()
             || id.starts_with("emi-")
             || id.starts_with("eki-")
@@ -422,6 +425,7 @@ impl ResourceType {
             ResourceType::Image => "image",
             ResourceType::Volume => "volume",
             ResourceType::Snapshot => "snapshot",
+            ResourceType::Instance => "instance",
         }
     }
 }

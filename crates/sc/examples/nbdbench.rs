@@ -1,0 +1,277 @@
+//! NBD throughput of a real SC export next to the local file:
+//! `nbdbench DIR [MIB]`. Used by benches/ebs.sh.
+//!
+//! The SC serves a MIB-sized volume (filled with random data, so reads
+//! are real) to one NC over TCP with its per-export TLS-PSK key and the
+//! TLS priority the NC uses. `qemu-img bench` cannot define the
+//! `tls-creds-psk` object a TLS connection needs, so QEMU's NBD client
+//! runs in a client-side `qemu-storage-daemon` (the NC's stand-in, same
+//! `blockdev-add` options as the NC's QEMU) that re-exports the disk on a
+//! unix socket for `qemu-img bench`. That relay hop is measured on its own
+//! too (the same relay in front of the local file), so its cost can be
+//! told apart from the SC's transport.
+//!
+//! Each row runs `qemu-img bench` (queue depth 64, the default) for one
+//! request size and direction over: the local file through the page cache
+//! (as the SC's daemon opens it) and with `O_DIRECT` (what the disk
+//! itself gives), the relay over the local file, and the SC's export
+//! through the relay.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ironbark_sc::ScSettings;
+use ironbark_sc_api::{
+    DesiredStorage, ExportSpec, ExportState, NBD_TLS_PRIORITY, NbdExport, VolumeSpec, VolumeState,
+};
+
+const VOL: &str = "vol-nbdbench";
+const NODE: &str = "nc-bench";
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = PathBuf::from(&args[1]);
+    let mib: u64 = args.get(2).map(|a| a.parse().unwrap()).unwrap_or(1024);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+
+    let mut settings = ScSettings::new(dir.join("sc"), "t", "127.0.0.1:0".parse().unwrap());
+    settings.nbd_ports = (21800, 21899);
+    let s = ironbark_sc::open(&settings).await.unwrap();
+    let gib = mib.div_ceil(1024);
+    let spec = |exports| VolumeSpec {
+        volume_id: VOL.into(),
+        size_gib: gib,
+        source: None,
+        exports,
+    };
+    s.apply(DesiredStorage {
+        generation: 1,
+        volumes: vec![spec(vec![])],
+        snapshots: vec![],
+    })
+    .await
+    .unwrap();
+    wait(&s, |r| {
+        r.volumes
+            .iter()
+            .any(|v| v.state == VolumeState::Available)
+            .then_some(())
+    })
+    .await;
+
+    // Random data over the part benched, in the volume and in a local
+    // copy with the same layout.
+    let vol_file = dir.join(format!("sc/volumes/{VOL}.raw"));
+    let local = dir.join("local.raw");
+    sh(Command::new("dd").args([
+        "if=/dev/urandom",
+        &format!("of={}", vol_file.display()),
+        "bs=1M",
+        &format!("count={mib}"),
+        "conv=notrunc,fsync",
+        "status=none",
+    ]));
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&vol_file)
+        .arg(&local));
+
+    s.apply(DesiredStorage {
+        generation: 2,
+        volumes: vec![spec(vec![ExportSpec {
+            node_id: NODE.into(),
+        }])],
+        snapshots: vec![],
+    })
+    .await
+    .unwrap();
+    let nbd = wait(&s, |r| {
+        r.volumes
+            .iter()
+            .flat_map(|v| &v.exports)
+            .find(|e| e.state == ExportState::Ready)
+            .and_then(|e| e.nbd.clone())
+    })
+    .await;
+
+    let local_relay = Relay::start(&dir.join("relay-local"), Upstream::File(&local));
+    let sc_relay = Relay::start(&dir.join("relay-sc"), Upstream::Sc(&nbd));
+
+    println!(
+        "{:>8} {:>5} {:>16} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "request",
+        "op",
+        "local (cache)",
+        "local (direct)",
+        "relay",
+        "SC export",
+        "SC/cache",
+        "SC/direct"
+    );
+    for (size, label) in [
+        (4u64 << 10, "4 KiB"),
+        (64 << 10, "64 KiB"),
+        (1 << 20, "1 MiB"),
+    ] {
+        // 4 KiB requests are many: a quarter of the bytes keeps the run short.
+        let bytes = if size == 4 << 10 {
+            (mib << 20) / 4
+        } else {
+            mib << 20
+        };
+        for write in [false, true] {
+            let count = bytes / size;
+            let l = bench(&["-f", "raw", path(&local)], size, count, write);
+            let d = bench(
+                &["-t", "none", "-f", "raw", path(&local)],
+                size,
+                count,
+                write,
+            );
+            let r = bench(&local_relay.target(), size, count, write);
+            let e = bench(&sc_relay.target(), size, count, write);
+            let rate = |secs: f64| bytes as f64 / (1 << 20) as f64 / secs;
+            println!(
+                "{:>8} {:>5} {:>10.0} MiB/s {:>10.0} MiB/s {:>4.0} MiB/s {:>4.0} MiB/s {:>9.0}% {:>9.0}%",
+                label,
+                if write { "write" } else { "read" },
+                rate(l),
+                rate(d),
+                rate(r),
+                rate(e),
+                100.0 * l / e,
+                100.0 * d / e
+            );
+        }
+    }
+    drop(local_relay);
+    drop(sc_relay);
+    s.apply(DesiredStorage {
+        generation: 3,
+        volumes: vec![],
+        snapshots: vec![],
+    })
+    .await
+    .unwrap();
+    wait(&s, |r| r.volumes.is_empty().then_some(())).await;
+}
+
+async fn wait<T>(
+    s: &ironbark_sc::Storage,
+    mut f: impl FnMut(&ironbark_sc_api::StorageReport) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        s.settle().await;
+        if let Some(t) = f(&s.report()) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "SC did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sh(c: &mut Command) {
+    let st = c.status().unwrap();
+    assert!(st.success(), "{c:?}: {st}");
+}
+
+/// Seconds `qemu-img bench` took for `count` requests of `size` bytes.
+fn bench(target: &[&str], size: u64, count: u64, write: bool) -> f64 {
+    let mut c = Command::new("qemu-img");
+    c.args([
+        "bench",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-s",
+        &size.to_string(),
+    ]);
+    if write {
+        c.args(["-w", "--pattern", "165"]);
+    }
+    c.args(target).stdout(Stdio::null());
+    let t = Instant::now();
+    sh(&mut c);
+    t.elapsed().as_secs_f64()
+}
+
+enum Upstream<'a> {
+    File(&'a Path),
+    Sc(&'a NbdExport),
+}
+
+/// A client-side `qemu-storage-daemon` re-exporting its upstream on a
+/// unix socket.
+struct Relay {
+    dir: PathBuf,
+    /// `qemu-img --image-opts` naming the relay's export.
+    opts: String,
+    pid: u32,
+}
+
+impl Relay {
+    fn start(dir: &Path, up: Upstream) -> Relay {
+        std::fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("nbd.sock").to_str().unwrap().to_string();
+        let pidfile = dir.join("pid");
+        let mut c = Command::new("qemu-storage-daemon");
+        c.args(["--daemonize", "--pidfile", path(&pidfile)]);
+        match up {
+            Upstream::File(f) => {
+                c.arg("--blockdev")
+                    .arg(format!("driver=file,node-name=up,filename={}", path(f)));
+            }
+            Upstream::Sc(nbd) => {
+                let keys = dir.join("keys");
+                std::fs::create_dir_all(&keys).unwrap();
+                std::fs::write(
+                    keys.join("keys.psk"),
+                    format!("{}:{}\n", nbd.tls_identity, nbd.psk_hex),
+                )
+                .unwrap();
+                c.arg("--object").arg(format!(
+                    "tls-creds-psk,id=tls0,endpoint=client,dir={},username={},priority={NBD_TLS_PRIORITY}",
+                    path(&keys),
+                    nbd.tls_identity
+                ));
+                c.arg("--blockdev").arg(format!(
+                    "driver=nbd,node-name=up,server.type=inet,server.host={},server.port={},export={},tls-creds=tls0",
+                    nbd.host, nbd.port, nbd.export
+                ));
+            }
+        }
+        c.args(["--nbd-server", &format!("addr.type=unix,addr.path={sock}")])
+            .args(["--export", "type=nbd,id=e,node-name=up,name=v,writable=on"]);
+        sh(&mut c);
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Relay {
+            dir: dir.to_path_buf(),
+            opts: format!("driver=nbd,server.type=unix,server.path={sock},export=v"),
+            pid,
+        }
+    }
+
+    fn target(&self) -> [&str; 2] {
+        ["--image-opts", &self.opts]
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
