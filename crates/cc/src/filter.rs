@@ -68,8 +68,6 @@ pub struct GroupRules<'a> {
 
 /// The names of the table's zone-wide sets and maps.
 pub const SETS: &[&str] = &["dst_group", "pub2priv", "priv2pub", "subnets"];
-/// Those of [`SETS`] that are maps.
-pub const MAPS: &[&str] = &["dst_group", "pub2priv", "priv2pub"];
 
 /// The chain of the group with `tag`, and its sets: everything, ports,
 /// ICMP.

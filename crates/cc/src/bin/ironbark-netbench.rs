@@ -12,8 +12,8 @@
 //!    enforcement: the planner, then the table part of the reconcile
 //!    ([`reconcile_nft`]: one element transaction, without reading the
 //!    table first), for an authorize and for a revoke, each checked with
-//!    real traffic; and the first change after a restart (the table is
-//!    read, every set reloaded);
+//!    real traffic; and the first change after a restart (the table's
+//!    state is read, the whole table replaced);
 //! 3. the per-packet cost of the forward path: a UDP flood from the
 //!    internet namespace to the instance, through the router with no
 //!    ruleset, with the CC's table at `NET_RULES` and at 100 rules, and with an
@@ -444,7 +444,7 @@ fn main() {
     println!("  authorize: {}", stats(&mut auth));
     println!("  revoke:    {}", stats(&mut revoke));
     // After a restart the CC knows nothing of the loaded table: it reads
-    // the state first, and reloads every set's elements (one transaction).
+    // the state first, and replaces the whole table (one transaction).
     let cold = LinuxHostNet::new(&cfg);
     let t = Instant::now();
     let done = rt
@@ -455,7 +455,7 @@ fn main() {
         .unwrap();
     assert!(done.len() == 1, "{done:?}");
     println!(
-        "  first change after a restart (state read, every set reloaded): {:.1} ms",
+        "  first change after a restart (state read, whole table replaced): {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
     assert!(passes(&src, &dst), "enforced after the reload");
