@@ -83,7 +83,7 @@ pub fn group_sets(tag: u32) -> [String; 3] {
 /// (`Arc`) between plans whose inputs for it did not change (see
 /// [`ElementCache`]), so a difference can skip it by pointer and keeping
 /// the last loaded elements costs no copy.
-pub type Elements = BTreeMap<String, Arc<BTreeSet<String>>>;
+pub type Elements = BTreeMap<String, SharedSet>;
 
 /// What the last plan built, by the inputs that determined it, so the next
 /// plan only rebuilds what those inputs changed: a rule change rebuilds its
@@ -94,9 +94,12 @@ pub type Elements = BTreeMap<String, Arc<BTreeSet<String>>>;
 /// recompute and compare; the elements are the expensive part.
 #[derive(Debug, Default)]
 pub struct ElementCache {
-    groups: HashMap<u32, (GroupBoxes, [Arc<BTreeSet<String>>; 3])>,
-    zone: Option<(ZoneKey, [Arc<BTreeSet<String>>; 4])>,
+    groups: HashMap<u32, (GroupBoxes, [SharedSet; 3])>,
+    zone: Option<(ZoneKey, [SharedSet; 4])>,
 }
+
+/// One set's elements, shared between plans (see [`Elements`]).
+pub type SharedSet = Arc<BTreeSet<String>>;
 
 /// A group's allow rules as boxes, in rule order (before [`disjoint`]):
 /// sources; protocol, ports and source; ICMP type, code and source. Flat,
@@ -188,7 +191,7 @@ pub fn elements_cached(
     out
 }
 
-fn zone_sets((members, subnets): &ZoneKey) -> [Arc<BTreeSet<String>>; 4] {
+fn zone_sets((members, subnets): &ZoneKey) -> [SharedSet; 4] {
     let (mut dst, mut pub2priv, mut priv2pub) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for (private, public, tag) in members {
         dst.insert(format!("{private} : jump {}", group_chain(*tag)));
@@ -263,7 +266,7 @@ fn group_boxes<'a>(
 }
 
 /// A group's `all`, `ports` and `icmp` sets from its boxes.
-fn group_elements(b: &GroupBoxes) -> [Arc<BTreeSet<String>>; 3] {
+fn group_elements(b: &GroupBoxes) -> [SharedSet; 3] {
     let all = disjoint(b.all.iter().map(|s| (vec![], *s)).collect())
         .into_iter()
         .map(|(_, src)| format!("{} . 0-255", addr_range(src)))
