@@ -319,7 +319,9 @@ pub async fn reconcile_nft(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<Stri
                 done = true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the nft table is not as last loaded; reading it");
+                // Most likely the table is not what this process loaded;
+                // whatever the cause, reading it decides what to do.
+                tracing::warn!(error = %e, "nft element transaction failed; reading the table");
             }
         }
     }
