@@ -7,7 +7,9 @@
 #
 # Knobs (environment): NET_GROUPS (1000), NET_RULES (10000), PACKETS
 # (200000 per run), RUNS (5, the best is kept), CHANGES (5 authorizes and
-# 5 revokes), SKIP_BUILD (1 to use the release binary as is).
+# 5 revokes), NFT_VIA_IP_NETNS (1: run nft through `ip netns exec`, as the
+# CC's tests do, instead of directly), SKIP_BUILD (1 to use the release
+# binary as is).
 #
 # Usage: sudo bash benches/network.sh
 set -euo pipefail

@@ -127,6 +127,9 @@ pub struct ClusterController {
     nodes: Vec<Node>,
     metadata: Arc<MetadataStore>,
     state: Mutex<State>,
+    /// Remembers the last plan's parts, so an update that changes one
+    /// group's rules re-plans that group, not the zone.
+    planner: Mutex<plan::Planner>,
     /// Serializes whole applies and re-sends, so a node never gets an older
     /// set after a newer one and the network is reconciled by one at a time.
     apply_lock: tokio::sync::Mutex<()>,
@@ -198,6 +201,7 @@ impl ClusterController {
             nodes,
             metadata: Arc::new(MetadataStore::new()),
             state: Mutex::new(State::default()),
+            planner: Mutex::new(plan::Planner::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             events,
         }))
@@ -257,8 +261,15 @@ impl ClusterController {
         Ok(self.report())
     }
 
+    fn plan(&self, zone: &ZoneDesired) -> plan::NetPlan {
+        self.planner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan(zone, &self.cfg)
+    }
+
     async fn reconcile_network(&self, zone: &ZoneDesired) -> Result<(), String> {
-        let plan = plan::plan(zone, &self.cfg);
+        let plan = self.plan(zone);
         for w in &plan.warnings {
             tracing::warn!(generation = zone.generation, "{w}");
         }
@@ -597,7 +608,7 @@ impl ClusterController {
         let mut changes = hostnet::reconcile(self.net.as_ref(), &plan::plan(&nothing, &self.cfg))
             .await
             .map_err(net)?;
-        let plan = plan::plan(&zone, &self.cfg);
+        let plan = self.plan(&zone);
         self.lock().networks = plan.nodes.clone();
         changes.extend(
             hostnet::reconcile(self.net.as_ref(), &plan)

@@ -38,6 +38,9 @@ struct State {
     bridges: BTreeMap<String, BridgeState>,
     dhcp: BTreeMap<String, DhcpState>,
     nft: Option<NftPlan>,
+    /// What the reconciler last loaded, as [`HostNet::nft_loaded`] says
+    /// (unlike `nft`, it does not follow drift).
+    remembered: Option<(String, crate::filter::Elements)>,
     /// Addresses of interfaces that are not CC bridges (the public one).
     ifaces: BTreeMap<String, Vec<String>>,
     forwarding: bool,
@@ -289,13 +292,30 @@ impl HostNet for FakeHostNet {
         Ok(self.lock().nft.as_ref().map(|n| n.state()))
     }
 
-    async fn update_nft_elements(&self, _loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
+    async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
         let mut st = self.lock();
-        self.record(&mut st, NetOp::UpdateNft(nft.elements_fingerprint.clone()))?;
-        let loaded = st.nft.as_mut().ok_or_else(|| Self::missing("table"))?;
-        loaded.elements = nft.elements.clone();
-        loaded.elements_fingerprint = nft.elements_fingerprint.clone();
+        // Like the real transaction: nothing happens unless the table is
+        // in the state the caller names.
+        if st.nft.as_ref().map(|n| n.state()).as_deref() != Some(loaded) {
+            st.remembered = None;
+            return Err(NetError::Command {
+                command: "fake update of nft elements".into(),
+                message: format!("the table is not in state {loaded}"),
+            });
+        }
+        if let Err(e) = self.record(&mut st, NetOp::UpdateNft(nft.elements_fingerprint.clone())) {
+            st.remembered = None;
+            return Err(e);
+        }
+        let table = st.nft.as_mut().ok_or_else(|| Self::missing("table"))?;
+        table.elements = nft.elements.clone();
+        table.elements_fingerprint = nft.elements_fingerprint.clone();
+        st.remembered = Some((nft.state(), nft.elements.clone()));
         Ok(())
+    }
+
+    fn nft_loaded(&self) -> Option<(String, crate::filter::Elements)> {
+        self.lock().remembered.clone()
     }
 
     async fn nat_map(&self) -> Result<BTreeMap<String, String>, NetError> {
@@ -316,6 +336,7 @@ impl HostNet for FakeHostNet {
         let mut st = self.lock();
         self.record(&mut st, NetOp::ApplyNft(nft.fingerprint.clone()))?;
         st.nft = Some(nft.clone());
+        st.remembered = Some((nft.state(), nft.elements.clone()));
         Ok(())
     }
 
@@ -323,6 +344,7 @@ impl HostNet for FakeHostNet {
         let mut st = self.lock();
         self.record(&mut st, NetOp::DeleteNft)?;
         st.nft = None;
+        st.remembered = None;
         Ok(())
     }
 }

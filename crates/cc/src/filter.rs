@@ -19,8 +19,9 @@
 //!   cost would grow with every group's rules; per group it depends only on
 //!   the destination group's own.
 //! - `pub2priv` / `priv2pub` (`ipv4_addr : ipv4_addr`): DNAT and SNAT.
-//! - `subnets` (intervals): the segments, for the hairpin masquerade of
-//!   instances that have no public address.
+//! - `subnets` (`ipv4_addr . inet_proto`, intervals, any protocol: a
+//!   concatenation for the same reason as `g<tag>_all`): the segments, for
+//!   the hairpin masquerade of instances that have no public address.
 //!
 //! Rules become elements here: a CIDR source also admits the private
 //! address of every instance whose public address lies in it (filtering
@@ -30,11 +31,14 @@
 //! addresses; members of a group always reach each other. The kernel
 //! refuses interval elements that overlap at their ends, so each group's
 //! elements are first cut into disjoint boxes ([`disjoint`]), which also
-//! makes the output canonical for golden tests and for diffing.
+//! makes the output canonical for golden tests and for diffing. That cut
+//! and the formatting are most of a plan's cost, so [`elements_cached`]
+//! redoes them only for groups whose inputs changed ([`ElementCache`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ironbark_cluster_api::{IngressRule, RuleProtocol, RuleSourceSpec};
 
@@ -75,8 +79,41 @@ pub fn group_sets(tag: u32) -> [String; 3] {
     ["all", "ports", "icmp"].map(|k| format!("g{tag}_{k}"))
 }
 
-/// Every element of every set, as `nft` text, sorted.
-pub type Elements = BTreeMap<String, BTreeSet<String>>;
+/// Every element of every set, as `nft` text, sorted. A set is shared
+/// (`Arc`) between plans whose inputs for it did not change (see
+/// [`ElementCache`]), so a difference can skip it by pointer and keeping
+/// the last loaded elements costs no copy.
+pub type Elements = BTreeMap<String, SharedSet>;
+
+/// What the last plan built, by the inputs that determined it, so the next
+/// plan only rebuilds what those inputs changed: a rule change rebuilds its
+/// own group's three sets, not the zone's thousands of elements. The key
+/// is the group's boxes before [`disjoint`] (its rules with sources
+/// resolved: CIDRs with the members whose public address is inside,
+/// source groups with their members' addresses), which are cheap to
+/// recompute and compare; the elements are the expensive part.
+#[derive(Debug, Default)]
+pub struct ElementCache {
+    groups: HashMap<u32, (GroupBoxes, [SharedSet; 3])>,
+    zone: Option<(ZoneKey, [SharedSet; 4])>,
+}
+
+/// One set's elements, shared between plans (see [`Elements`]).
+pub type SharedSet = Arc<BTreeSet<String>>;
+
+/// A group's allow rules as boxes, in rule order (before [`disjoint`]):
+/// sources; protocol, ports and source; ICMP type, code and source. Flat,
+/// so building and comparing them allocates nothing per rule.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct GroupBoxes {
+    all: Vec<Range>,
+    ports: Vec<[Range; 3]>,
+    icmp: Vec<[Range; 3]>,
+}
+
+/// What the zone-wide sets are made of: per member its private address,
+/// public address and group tag; the segments' subnets.
+type ZoneKey = (Vec<(Ipv4Addr, Option<Ipv4Addr>, u32)>, Vec<Ipv4Net>);
 
 /// The elements for `groups` (with segments here), `members` (the planned
 /// instances) and the segments' `subnets`; and warnings for rules that
@@ -87,13 +124,28 @@ pub fn elements(
     subnets: &[Ipv4Net],
     warnings: &mut Vec<String>,
 ) -> Elements {
-    let mut out: Elements = SETS
-        .iter()
-        .map(|s| (s.to_string(), BTreeSet::new()))
-        .collect();
-    let tag_of: BTreeMap<&str, u32> = groups.iter().map(|g| (g.group_id, g.tag)).collect();
+    elements_cached(
+        groups,
+        members,
+        subnets,
+        warnings,
+        &mut ElementCache::default(),
+    )
+}
+
+/// [`elements`], reusing what `cache` holds from the last call and leaving
+/// this call's results in it.
+pub fn elements_cached(
+    groups: &[GroupRules<'_>],
+    members: &[Member],
+    subnets: &[Ipv4Net],
+    warnings: &mut Vec<String>,
+    cache: &mut ElementCache,
+) -> Elements {
+    let mut out = Elements::new();
+    let tag_of: HashMap<&str, u32> = groups.iter().map(|g| (g.group_id, g.tag)).collect();
     // Indexes, so expanding a rule costs its own sources, not all members.
-    let mut by_group: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
+    let mut by_group: HashMap<&str, Vec<Range>> = HashMap::new();
     for m in members {
         let v = by_group.entry(m.group_id.as_str()).or_default();
         v.push(host(m.private));
@@ -104,108 +156,141 @@ pub fn elements(
         .filter_map(|m| Some((u32::from(m.public?), m.private)))
         .collect();
     by_public.sort_unstable();
-    let group_sources = |g: &str| by_group.get(g).cloned().unwrap_or_default();
-    for m in members {
-        let Some(tag) = tag_of.get(m.group_id.as_str()) else {
-            continue;
+    let group_sources = |g: &str| by_group.get(g).map(Vec::as_slice).unwrap_or_default();
+
+    let key: ZoneKey = (
+        members
+            .iter()
+            .filter_map(|m| Some((m.private, m.public, *tag_of.get(m.group_id.as_str())?)))
+            .collect(),
+        subnets.to_vec(),
+    );
+    let zone_sets = match cache.zone.take() {
+        Some((k, sets)) if k == key => sets,
+        _ => zone_sets(&key),
+    };
+    for (name, set) in SETS.iter().zip(&zone_sets) {
+        out.insert(name.to_string(), set.clone());
+    }
+    cache.zone = Some((key, zone_sets));
+
+    let mut fresh = HashMap::with_capacity(groups.len());
+    for g in groups {
+        let boxes = group_boxes(g, group_sources, &by_public, warnings);
+        let sets = match cache.groups.remove(&g.tag) {
+            Some((old, sets)) if old == boxes => sets,
+            _ => group_elements(&boxes),
         };
-        out.get_mut("dst_group").expect("declared").insert(format!(
-            "{} : jump {}",
-            m.private,
-            group_chain(*tag)
-        ));
-        if let Some(p) = m.public {
-            out.get_mut("pub2priv")
-                .expect("declared")
-                .insert(format!("{p} : {}", m.private));
-            out.get_mut("priv2pub")
-                .expect("declared")
-                .insert(format!("{} : {p}", m.private));
+        for (name, set) in group_sets(g.tag).into_iter().zip(&sets) {
+            out.insert(name, set.clone());
+        }
+        fresh.insert(g.tag, (boxes, sets));
+    }
+    // Groups that are gone are forgotten.
+    cache.groups = fresh;
+    out
+}
+
+fn zone_sets((members, subnets): &ZoneKey) -> [SharedSet; 4] {
+    let (mut dst, mut pub2priv, mut priv2pub) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for (private, public, tag) in members {
+        dst.insert(format!("{private} : jump {}", group_chain(*tag)));
+        if let Some(p) = public {
+            pub2priv.insert(format!("{p} : {private}"));
+            priv2pub.insert(format!("{private} : {p}"));
         }
     }
-    for s in subnets {
-        out.get_mut("subnets")
-            .expect("declared")
-            .insert(s.to_string());
-    }
+    let subnets = subnets.iter().map(|s| format!("{s} . 0-255")).collect();
+    // In the order of `SETS`.
+    [dst, pub2priv, priv2pub, subnets].map(Arc::new)
+}
 
-    for g in groups {
-        let mut all: Vec<Range> = Vec::new();
-        let mut ports: Vec<KeyedBox> = Vec::new();
-        let mut icmp: Vec<KeyedBox> = Vec::new();
-        // Members of the group reach each other on every protocol, also
-        // through their public addresses (a hairpin through the CC).
-        all.extend(group_sources(g.group_id));
-        for r in g.rules {
-            let sources = match &r.source {
-                RuleSourceSpec::Cidr(c) => match c.parse::<Ipv4Net>() {
-                    Ok(net) => sources_of_cidr(&net, &by_public),
-                    Err(e) => {
-                        warnings.push(format!("rule of {} left out: {e}", g.group_id));
-                        continue;
-                    }
-                },
-                RuleSourceSpec::Group(src) => group_sources(src),
-            };
-            match r.protocol {
-                RuleProtocol::All => all.extend(sources),
-                RuleProtocol::Tcp | RuleProtocol::Udp => {
-                    let Some(range) = port_range(r.from_port, r.to_port) else {
-                        warnings.push(format!(
-                            "rule of {} left out: bad port range {}-{}",
-                            g.group_id, r.from_port, r.to_port
-                        ));
-                        continue;
-                    };
-                    let proto = if r.protocol == RuleProtocol::Tcp {
-                        6
-                    } else {
-                        17
-                    };
-                    for s in sources {
-                        ports.push((vec![(proto, proto), range], s));
-                    }
+/// A group's rules as boxes; rules that cannot be used are left out with
+/// a warning.
+fn group_boxes<'a>(
+    g: &GroupRules<'_>,
+    group_sources: impl Fn(&str) -> &'a [Range],
+    by_public: &[(u32, Ipv4Addr)],
+    warnings: &mut Vec<String>,
+) -> GroupBoxes {
+    let mut b = GroupBoxes::default();
+    // Members of the group reach each other on every protocol, also
+    // through their public addresses (a hairpin through the CC).
+    b.all.extend_from_slice(group_sources(g.group_id));
+    for r in g.rules {
+        let cidr;
+        let sources: &[Range] = match &r.source {
+            RuleSourceSpec::Cidr(c) => match c.parse::<Ipv4Net>() {
+                Ok(net) => {
+                    cidr = sources_of_cidr(&net, by_public);
+                    &cidr
                 }
-                RuleProtocol::Icmp => {
-                    let (Some(t), Some(c)) = (icmp_range(r.from_port), icmp_range(r.to_port))
-                    else {
-                        warnings.push(format!(
-                            "rule of {} left out: bad ICMP type/code {}/{}",
-                            g.group_id, r.from_port, r.to_port
-                        ));
-                        continue;
-                    };
-                    for s in sources {
-                        icmp.push((vec![t, c], s));
-                    }
+                Err(e) => {
+                    warnings.push(format!("rule of {} left out: {e}", g.group_id));
+                    continue;
                 }
+            },
+            RuleSourceSpec::Group(src) => group_sources(src),
+        };
+        match r.protocol {
+            RuleProtocol::All => b.all.extend_from_slice(sources),
+            RuleProtocol::Tcp | RuleProtocol::Udp => {
+                let Some(range) = port_range(r.from_port, r.to_port) else {
+                    warnings.push(format!(
+                        "rule of {} left out: bad port range {}-{}",
+                        g.group_id, r.from_port, r.to_port
+                    ));
+                    continue;
+                };
+                let proto = if r.protocol == RuleProtocol::Tcp {
+                    6
+                } else {
+                    17
+                };
+                b.ports
+                    .extend(sources.iter().map(|s| [(proto, proto), range, *s]));
+            }
+            RuleProtocol::Icmp => {
+                let (Some(t), Some(c)) = (icmp_range(r.from_port), icmp_range(r.to_port)) else {
+                    warnings.push(format!(
+                        "rule of {} left out: bad ICMP type/code {}/{}",
+                        g.group_id, r.from_port, r.to_port
+                    ));
+                    continue;
+                };
+                b.icmp.extend(sources.iter().map(|s| [t, c, *s]));
             }
         }
-        let [all_set, ports_set, icmp_set] = group_sets(g.tag);
-        let set = out.entry(all_set).or_default();
-        for (_, src) in disjoint(all.into_iter().map(|s| (vec![], s)).collect()) {
-            set.insert(format!("{} . 0-255", addr_range(src)));
-        }
-        let set = out.entry(ports_set).or_default();
-        for (k, src) in disjoint(ports) {
+    }
+    b
+}
+
+/// A group's `all`, `ports` and `icmp` sets from its boxes.
+fn group_elements(b: &GroupBoxes) -> [SharedSet; 3] {
+    let all = disjoint(b.all.iter().map(|s| (vec![], *s)).collect())
+        .into_iter()
+        .map(|(_, src)| format!("{} . 0-255", addr_range(src)))
+        .collect();
+    let keyed = |v: &[[Range; 3]]| v.iter().map(|[a, b, s]| (vec![*a, *b], *s)).collect();
+    let ports = disjoint(keyed(&b.ports))
+        .into_iter()
+        .map(|(k, src)| {
             let proto = if k[0].0 == 6 { "tcp" } else { "udp" };
-            set.insert(format!(
-                "{} . {proto} . {}",
-                addr_range(src),
-                num_range(k[1])
-            ));
-        }
-        let set = out.entry(icmp_set).or_default();
-        for (k, src) in disjoint(icmp) {
-            set.insert(format!(
+            format!("{} . {proto} . {}", addr_range(src), num_range(k[1]))
+        })
+        .collect();
+    let icmp = disjoint(keyed(&b.icmp))
+        .into_iter()
+        .map(|(k, src)| {
+            format!(
                 "{} . {} . {}",
                 addr_range(src),
                 num_range(k[0]),
                 num_range(k[1])
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect();
+    [all, ports, icmp].map(Arc::new)
 }
 
 fn host(ip: Ipv4Addr) -> Range {
@@ -351,7 +436,8 @@ pub fn element_key(e: &str) -> &str {
 /// find a single value inside an interval concatenation unless it is
 /// written as a range (`a-a`), although it adds it fine either way.
 fn delete_form(set: &str, key: &str) -> String {
-    if !(set.ends_with("_all") || set.ends_with("_ports") || set.ends_with("_icmp")) {
+    let concat = set == "subnets" || ["_all", "_ports", "_icmp"].iter().any(|k| set.ends_with(k));
+    if !concat {
         return key.to_string();
     }
     key.split(" . ")
@@ -374,8 +460,14 @@ pub fn delta_script(table: &str, from: &Elements, to: &Elements) -> Option<Strin
     let mut add = String::new();
     let names: BTreeSet<&String> = from.keys().chain(to.keys()).collect();
     for set in names {
-        let old = from.get(set).unwrap_or(&empty);
-        let new = to.get(set).unwrap_or(&empty);
+        let (old, new) = match (from.get(set), to.get(set)) {
+            // The same set object: the planner reused it, nothing changed.
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => continue,
+            (a, b) => (
+                a.map_or(&empty, |s| s.as_ref()),
+                b.map_or(&empty, |s| s.as_ref()),
+            ),
+        };
         let gone: Vec<String> = old
             .difference(new)
             .map(|e| delete_form(set, element_key(e)))
@@ -458,12 +550,12 @@ mod tests {
         let mut a = Elements::new();
         a.insert(
             "pub2priv".into(),
-            ["192.0.2.1 : 10.0.0.2".to_string()].into(),
+            Arc::new(["192.0.2.1 : 10.0.0.2".to_string()].into()),
         );
         let mut b = Elements::new();
         b.insert(
             "pub2priv".into(),
-            ["192.0.2.1 : 10.0.0.3".to_string()].into(),
+            Arc::new(["192.0.2.1 : 10.0.0.3".to_string()].into()),
         );
         assert_eq!(
             delta_script("t", &a, &b).unwrap(),
@@ -474,11 +566,13 @@ mod tests {
         let mut c = Elements::new();
         c.insert(
             "g10_ports".into(),
-            [
-                "10.0.0.2 . tcp . 22".to_string(),
-                "10.0.0.0/8 . udp . 5-6".to_string(),
-            ]
-            .into(),
+            Arc::new(
+                [
+                    "10.0.0.2 . tcp . 22".to_string(),
+                    "10.0.0.0/8 . udp . 5-6".to_string(),
+                ]
+                .into(),
+            ),
         );
         assert_eq!(
             delta_script("t", &c, &Elements::new()).unwrap(),

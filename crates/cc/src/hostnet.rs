@@ -21,6 +21,9 @@
 //! segments, a new metadata port); instances, addresses and rules only
 //! change set elements, in one transaction ([`HostNet::update_nft_elements`]),
 //! which is what keeps a rule change atomic and fast at thousands of rules.
+//! A change does not even read the table first while the host net trusts
+//! its memory of what it loaded ([`reconcile_nft`]); a reconcile that
+//! changes nothing (every poll) still reads it, and repairs drift.
 //! When a public address moves (an elastic IP associated elsewhere), the
 //! conntrack entries of its old mapping are deleted, so no connection keeps
 //! running through a NAT binding the plan no longer has.
@@ -98,9 +101,18 @@ pub trait HostNet: Send + Sync + 'static {
     /// Replaces the whole table, elements included, in one transaction.
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError>;
     /// Brings the loaded table's elements to the plan's in one
-    /// transaction; its chains are already the plan's, and `loaded` is
-    /// what [`HostNet::nft_state`] just said.
+    /// transaction; its chains are already the plan's. `loaded` is the
+    /// table's state as [`HostNet::nft_state`] said it or as
+    /// [`HostNet::nft_loaded`] remembers it: the transaction fails,
+    /// changing nothing, if the table is not in that state.
     async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError>;
+    /// The state and elements this process last loaded into the table,
+    /// while it has no reason to doubt them (none after a restart or a
+    /// failed transaction). `None`, the default, makes every change read
+    /// the table first.
+    fn nft_loaded(&self) -> Option<(String, crate::filter::Elements)> {
+        None
+    }
     /// The loaded public-to-private NAT map (empty without a table).
     async fn nat_map(&self) -> Result<BTreeMap<String, String>, NetError>;
     /// Deletes the conntrack entries to or NATed to `ip`.
@@ -124,53 +136,19 @@ pub trait HostNet: Send + Sync + 'static {
 pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>, NetError> {
     let mut changes = Vec::new();
     let mut errors = Vec::new();
+    // Filtering and NAT first: a rule change is enforced as soon as its
+    // one transaction commits, before the slower checks of bridges and DHCP
+    // servers (nft names interfaces, so a bridge made after is matched).
+    match reconcile_nft(net, plan).await {
+        Ok(done) => changes.extend(done),
+        Err(NetError::Several(all)) => errors.extend(all),
+        Err(e) => errors.push(e),
+    }
     let mut step =
         |what: String, result: Result<(), NetError>, changes: &mut Vec<String>| match result {
             Ok(()) => changes.push(what),
             Err(e) => errors.push(e),
         };
-
-    // Filtering and NAT first: a rule change is enforced as soon as its
-    // one transaction commits, before the slower checks of bridges and DHCP
-    // servers (nft names interfaces, so a bridge made after is matched).
-    let loaded = net.nft_state().await?;
-    match (&plan.nft, loaded) {
-        (Some(nft), Some(state)) if state == nft.state() => {}
-        (Some(nft), loaded) => {
-            let before = net.nat_map().await.unwrap_or_default();
-            let r = match loaded {
-                Some(state) if state.split(':').next() == Some(nft.fingerprint.as_str()) => {
-                    let r = net.update_nft_elements(&state, nft).await;
-                    step(
-                        format!("update nft elements to {}", nft.elements_fingerprint),
-                        r,
-                        &mut changes,
-                    );
-                    true
-                }
-                _ => {
-                    let r = net.apply_nft(nft).await;
-                    let ok = r.is_ok();
-                    step(format!("load nft table {}", nft.state()), r, &mut changes);
-                    ok
-                }
-            };
-            if r {
-                let after = planned_nat(nft);
-                for (public, private) in &before {
-                    if after.get(public) != Some(private) {
-                        let r = net.flush_conntrack(public).await;
-                        step(format!("flush conntrack of {public}"), r, &mut changes);
-                    }
-                }
-            }
-        }
-        (None, Some(_)) => {
-            let r = net.delete_nft().await;
-            step("delete nft table".into(), r, &mut changes);
-        }
-        (None, None) => {}
-    }
 
     // Bridges and gateway addresses first: dnsmasq binds to the bridge and
     // its address, and the NCs attach taps to it.
@@ -298,12 +276,113 @@ pub async fn reconcile(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>,
     }
 }
 
+/// The table part of [`reconcile`]: brings the `ironbark` table to the
+/// plan's and deletes the conntrack entries of public addresses whose
+/// mapping changed; returns what it changed.
+///
+/// A change (the plan's state is not the one this process last loaded)
+/// goes straight to one element transaction when the host net still
+/// trusts its memory ([`HostNet::nft_loaded`]): that transaction deletes
+/// the old state's `state` element first, so it fails whole, changing
+/// nothing, if the table is not in that state any more (flushed, reloaded
+/// by someone else); then, and whenever the plan did not change (each poll
+/// is such a check), the table is read as before. Skipping the read saves
+/// one `nft` run per rule change without trusting anything the kernel does
+/// not confirm in the same transaction.
+pub async fn reconcile_nft(net: &dyn HostNet, plan: &NetPlan) -> Result<Vec<String>, NetError> {
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    let mut step =
+        |what: String, result: Result<(), NetError>, changes: &mut Vec<String>| match result {
+            Ok(()) => changes.push(what),
+            Err(e) => errors.push(e),
+        };
+    let same_table = |state: &str, nft: &NftPlan| state.split(':').next() == Some(&nft.fingerprint);
+    let known = plan.nft.as_ref().zip(net.nft_loaded());
+    let mut done = false;
+    if let Some((nft, (state, old))) =
+        known.filter(|(nft, (s, _))| *s != nft.state() && same_table(s, nft))
+    {
+        match net.update_nft_elements(&state, nft).await {
+            Ok(()) => {
+                changes.push(format!(
+                    "update nft elements to {}",
+                    nft.elements_fingerprint
+                ));
+                let after = planned_nat(nft);
+                for (public, private) in &nat_of(&old) {
+                    if after.get(public) != Some(private) {
+                        let r = net.flush_conntrack(public).await;
+                        step(format!("flush conntrack of {public}"), r, &mut changes);
+                    }
+                }
+                done = true;
+            }
+            Err(e) => {
+                // Most likely the table is not what this process loaded;
+                // whatever the cause, reading it decides what to do.
+                tracing::warn!(error = %e, "nft element transaction failed; reading the table");
+            }
+        }
+    }
+    if !done {
+        let loaded = net.nft_state().await?;
+        match (&plan.nft, loaded) {
+            (Some(nft), Some(state)) if state == nft.state() => {}
+            (Some(nft), loaded) => {
+                let before = net.nat_map().await.unwrap_or_default();
+                let r = match loaded {
+                    Some(state) if same_table(&state, nft) => {
+                        let r = net.update_nft_elements(&state, nft).await;
+                        step(
+                            format!("update nft elements to {}", nft.elements_fingerprint),
+                            r,
+                            &mut changes,
+                        );
+                        true
+                    }
+                    _ => {
+                        let r = net.apply_nft(nft).await;
+                        let ok = r.is_ok();
+                        step(format!("load nft table {}", nft.state()), r, &mut changes);
+                        ok
+                    }
+                };
+                if r {
+                    let after = planned_nat(nft);
+                    for (public, private) in &before {
+                        if after.get(public) != Some(private) {
+                            let r = net.flush_conntrack(public).await;
+                            step(format!("flush conntrack of {public}"), r, &mut changes);
+                        }
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                let r = net.delete_nft().await;
+                step("delete nft table".into(), r, &mut changes);
+            }
+            (None, None) => {}
+        }
+    }
+    match errors.len() {
+        0 => Ok(changes),
+        1 => Err(errors.pop().expect("one")),
+        _ => Err(NetError::Several(errors)),
+    }
+}
+
 /// The plan's public-to-private map.
 pub fn planned_nat(nft: &NftPlan) -> BTreeMap<String, String> {
-    nft.elements
+    nat_of(&nft.elements)
+}
+
+/// The public-to-private map among `elements`.
+pub fn nat_of(elements: &crate::filter::Elements) -> BTreeMap<String, String> {
+    elements
         .get("pub2priv")
         .into_iter()
-        .flatten()
+        .flat_map(|set| set.iter())
         .filter_map(|e| e.split_once(" : "))
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
@@ -511,6 +590,34 @@ mod tests {
         reconcile(&net, &plan(&z, &public_cfg())).await.unwrap();
         net.take_ops();
         z.segments[0].rules.pop();
+        let p = plan(&z, &public_cfg());
+        reconcile(&net, &p).await.unwrap();
+        assert_eq!(
+            net.take_ops(),
+            [NetOp::UpdateNft(
+                p.nft.as_ref().unwrap().elements_fingerprint.clone()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_after_drift_reads_the_table_instead_of_trusting_memory() {
+        let net = FakeHostNet::new();
+        let mut z = crate::testdata::zone_with_rules();
+        reconcile(&net, &plan(&z, &public_cfg())).await.unwrap();
+        // Someone flushed the ruleset: the remembered state is wrong, the
+        // element transaction that names it fails, the table is read
+        // (missing) and loaded whole.
+        net.flush_nft();
+        net.take_ops();
+        z.segments[0].rules.pop();
+        let p = plan(&z, &public_cfg());
+        reconcile(&net, &p).await.unwrap();
+        let nft = p.nft.as_ref().unwrap();
+        assert_eq!(net.take_ops(), [NetOp::ApplyNft(nft.fingerprint.clone())]);
+        assert_eq!(net.nft_elements().as_ref(), Some(&nft.elements));
+        // Trusted again: the next change is one element transaction.
+        z.segments[0].rules.clear();
         let p = plan(&z, &public_cfg());
         reconcile(&net, &p).await.unwrap();
         assert_eq!(

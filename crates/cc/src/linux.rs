@@ -20,13 +20,25 @@
 //! The nftables table is replaced in one transaction: `nft -f -` with
 //! `table ip ironbark {}` (creates it if missing), `delete table`, then the
 //! new table and its elements, so the host never has half a ruleset. The
-//! one element of the table's `state` set carries, in its comment, the
-//! plan's fingerprints ([`NftPlan::state`]), which is how the next
-//! reconcile knows whether it is current without listing thousands of
-//! elements. Element-only changes are one `nft -f -` transaction too:
-//! the difference from what this process last loaded, or, when it does not
-//! know (it restarted, someone edited the sets), a flush and reload of
-//! every set.
+//! one element of the table's `state` set is the plan's fingerprints
+//! ([`NftPlan::state`]): as its key (128 bits written as an IPv6 address,
+//! [`state_key`]) and in its comment, which is how the next reconcile knows
+//! whether the table is current without listing thousands of elements.
+//! Element-only changes are one `nft -f -` transaction too, which starts by
+//! deleting the `state` element of the state it expects: when the table
+//! holds another (flushed, reloaded by someone else) that delete fails and
+//! takes the whole transaction with it, so nothing changes. That is what
+//! lets a change be sent as the difference from what this process last
+//! loaded without reading the table first ([`HostNet::nft_loaded`]); when
+//! it does not know (it restarted, a transaction failed) the reconciler
+//! reads the state, and if that is not what this process loaded the whole
+//! table is replaced (faster than flushing and refilling every set).
+//!
+//! Each `nft` run fills its cache from the kernel first: the table, its
+//! chains and every set's declaration (about 3,000 of each at 1,000
+//! groups: most of an element transaction's CPU time), and the elements of
+//! any plain interval set, which is why no set here is one (see
+//! [`crate::filter`]). The input chain's rules are not read.
 //!
 //! Conntrack entries are deleted with `conntrack -D` (conntrack-tools).
 
@@ -70,9 +82,11 @@ impl LinuxHostNet {
         }
     }
 
-    fn remember(&self, nft: &NftPlan) {
+    /// Records what the table now holds, or (`None`) that this process
+    /// no longer knows.
+    fn remember(&self, nft: Option<&NftPlan>) {
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((nft.state(), nft.elements.clone()));
+            nft.map(|n| (n.state(), n.elements.clone()));
     }
 
     fn dhcp_root(&self) -> PathBuf {
@@ -189,34 +203,50 @@ pub fn nft_replace_script(nft: &NftPlan) -> String {
         nft_delete_script(),
         nft.table,
         filter::add_lines(NFT_TABLE, &nft.elements),
-        state_lines(nft)
+        state_add_line(nft)
     )
 }
 
-/// Replaces the `state` set's one element (flush and add in the same
-/// transaction as the change it describes).
-fn state_lines(nft: &NftPlan) -> String {
+/// Adds the `state` set's one element for the plan: its key is the state
+/// itself ([`state_key`]), its comment says it for people and for
+/// [`parse_nft_fingerprint`].
+fn state_add_line(nft: &NftPlan) -> String {
+    let state = nft.state();
+    let key = state_key(&state).expect("a plan's state is two 64-bit fingerprints");
     format!(
-        "flush set ip {NFT_TABLE} state\nadd element ip {NFT_TABLE} state {{ 0 comment \"{NFT_COMMENT_PREFIX}{}\" }}\n",
-        nft.state()
+        "add element ip {NFT_TABLE} state {{ {key} comment \"{NFT_COMMENT_PREFIX}{state}\" }}\n"
     )
 }
 
-/// The script that brings the elements from `from` (`None`: unknown) to
-/// the plan's, atomically.
-pub fn nft_elements_script(from: Option<&Elements>, nft: &NftPlan) -> String {
-    let body = match from {
-        Some(old) => filter::delta_script(NFT_TABLE, old, &nft.elements).unwrap_or_default(),
-        None => {
-            let mut s = String::new();
-            // Every set the table declares is in the plan's elements.
-            for set in nft.elements.keys() {
-                s.push_str(&format!("flush set ip {NFT_TABLE} {set}\n"));
-            }
-            s + &filter::add_lines(NFT_TABLE, &nft.elements)
-        }
+/// The `state` set's key for `state` (`<16 hex>:<16 hex>`, see
+/// [`NftPlan::state`]): the 128 bits as an IPv6 address, so a transaction
+/// can name the state it expects by deleting its element (which fails,
+/// and with it the whole transaction, when the table holds another).
+pub fn state_key(state: &str) -> Option<String> {
+    let (a, b) = state.split_once(':')?;
+    let hex = format!("{a}{b}");
+    let ok = a.len() == 16 && b.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit());
+    ok.then(|| {
+        hex.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).expect("ASCII"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// The script that brings the elements from `from` to the plan's,
+/// atomically, if the table's state is `loaded`: it starts by deleting
+/// `loaded`'s `state` element, so it changes nothing when the table holds
+/// another state (a table from an older format, whose state has no such
+/// key, gets its `state` set flushed instead).
+pub fn nft_elements_script(loaded: &str, from: &Elements, nft: &NftPlan) -> String {
+    let mut s = match state_key(loaded) {
+        Some(key) => format!("delete element ip {NFT_TABLE} state {{ {key} }}\n"),
+        None => format!("flush set ip {NFT_TABLE} state\n"),
     };
-    body + &state_lines(nft)
+    s += &filter::delta_script(NFT_TABLE, from, &nft.elements).unwrap_or_default();
+    s + &state_add_line(nft)
 }
 
 /// The elements of one set or map in `nft list` output, as written.
@@ -461,22 +491,35 @@ impl HostNet for LinuxHostNet {
     }
 
     async fn apply_nft(&self, nft: &NftPlan) -> Result<(), NetError> {
-        self.nft(&nft_replace_script(nft)).await?;
-        self.remember(nft);
-        Ok(())
+        let r = self.nft(&nft_replace_script(nft)).await;
+        self.remember(r.is_ok().then_some(nft));
+        r.map(drop)
     }
 
     async fn update_nft_elements(&self, loaded: &str, nft: &NftPlan) -> Result<(), NetError> {
         let known = self
-            .loaded
+            .nft_loaded()
+            .filter(|(state, _)| state == loaded)
+            .map(|(_, e)| e);
+        let script = match &known {
+            Some(old) => nft_elements_script(loaded, old, nft),
+            // Not what this process loaded: the whole table again, one
+            // transaction too, and twice as fast as flushing and refilling
+            // thousands of sets.
+            None => nft_replace_script(nft),
+        };
+        let r = self.nft(&script).await;
+        // After a failure the table is unchanged, but not necessarily what
+        // this process thought it was: the next change reads it.
+        self.remember(r.is_ok().then_some(nft));
+        r.map(drop)
+    }
+
+    fn nft_loaded(&self) -> Option<(String, Elements)> {
+        self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .filter(|(state, _)| state == loaded)
-            .map(|(_, e)| e);
-        self.nft(&nft_elements_script(known.as_ref(), nft)).await?;
-        self.remember(nft);
-        Ok(())
     }
 
     async fn nat_map(&self) -> Result<std::collections::BTreeMap<String, String>, NetError> {
@@ -538,6 +581,7 @@ impl HostNet for LinuxHostNet {
     }
 
     async fn delete_nft(&self) -> Result<(), NetError> {
+        self.remember(None);
         self.nft(&nft_delete_script()).await.map(drop)
     }
 }
@@ -558,34 +602,44 @@ mod tests {
     #[test]
     fn the_table_is_replaced_in_one_script() {
         let mut elements = Elements::new();
-        elements.insert("subnets".into(), ["10.0.0.0/28".to_string()].into());
+        let set = |e: &str| std::sync::Arc::new([e.to_string()].into());
+        elements.insert("subnets".into(), set("10.0.0.0/28 . 0-255"));
+        elements.insert("dst_group".into(), set("10.0.0.2 : jump g1"));
         let nft = NftPlan {
             table: "table ip ironbark {\n}\n".into(),
-            fingerprint: "ab".into(),
+            fingerprint: "00000000000000ab".into(),
             elements,
-            elements_fingerprint: "cd".into(),
+            elements_fingerprint: "00000000000000cd".into(),
         };
+        let add_state = "add element ip ironbark state { 0000:0000:0000:00ab:0000:0000:0000:00cd \
+                         comment \"ironbark:00000000000000ab:00000000000000cd\" }\n";
         assert_eq!(
             nft_replace_script(&nft),
-            "table ip ironbark {}\ndelete table ip ironbark\ntable ip ironbark {\n}\n\
-             add element ip ironbark subnets { 10.0.0.0/28 }\n\
-             flush set ip ironbark state\n\
-             add element ip ironbark state { 0 comment \"ironbark:ab:cd\" }\n"
+            format!(
+                "table ip ironbark {{}}\ndelete table ip ironbark\ntable ip ironbark {{\n}}\n\
+                 add element ip ironbark dst_group {{ 10.0.0.2 : jump g1 }}\n\
+                 add element ip ironbark subnets {{ 10.0.0.0/28 . 0-255 }}\n\
+                 {add_state}"
+            )
         );
-        // Unknown elements: every set flushed and reloaded, one transaction.
-        let all = nft_elements_script(None, &nft);
-        assert!(all.starts_with("flush set ip ironbark subnets\n"), "{all}");
-        assert!(all.contains("add element ip ironbark subnets { 10.0.0.0/28 }\n"));
+        let loaded = "00000000000000ab:0000000000000001";
         // Known: only the difference.
         let mut old = nft.elements.clone();
-        old.insert("subnets".into(), ["10.0.0.16/28".to_string()].into());
+        old.insert("subnets".into(), set("10.0.0.16/28 . 0-255"));
         assert_eq!(
-            nft_elements_script(Some(&old), &nft),
-            "delete element ip ironbark subnets { 10.0.0.16/28 }\n\
-             add element ip ironbark subnets { 10.0.0.0/28 }\n\
-             flush set ip ironbark state\n\
-             add element ip ironbark state { 0 comment \"ironbark:ab:cd\" }\n"
+            nft_elements_script(loaded, &old, &nft),
+            format!(
+                "delete element ip ironbark state {{ 0000:0000:0000:00ab:0000:0000:0000:0001 }}\n\
+                 delete element ip ironbark subnets {{ 10.0.0.16/28 . 0-255 }}\n\
+                 add element ip ironbark subnets {{ 10.0.0.0/28 . 0-255 }}\n\
+                 {add_state}"
+            )
         );
+        // A state in another format (an older table's) cannot be named.
+        assert!(
+            nft_elements_script("ab:cd", &old, &nft).starts_with("flush set ip ironbark state\n")
+        );
+        assert_eq!(state_key("ab:cd"), None);
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! a "router" namespace between an internet namespace and an instance
 //! namespace, and prints:
 //!
-//! 1. the planner's time and the table's size;
+//! 1. the planner's time, from scratch and (as the controller runs it,
+//!    with [`Planner`]'s memory) after a one-rule change, and the table's
+//!    size;
 //! 2. the time from a rule change (a new zone, as the CLC sends it) to
-//!    enforcement: plan, read the loaded state, one element transaction,
-//!    for an authorize and for a revoke, each checked with real traffic;
+//!    enforcement: the planner, then the table part of the reconcile
+//!    ([`reconcile_nft`]: one element transaction, without reading the
+//!    table first), for an authorize and for a revoke, each checked with
+//!    real traffic; and the first change after a restart (the table's
+//!    state is read, the whole table replaced);
 //! 3. the per-packet cost of the forward path: a UDP flood from the
 //!    internet namespace to the instance, through the router with no
 //!    ruleset, with the CC's table at `NET_RULES` and at 100 rules, and with an
@@ -17,15 +22,23 @@
 //!    the sender's system calls (veth delivers in the sending context), so
 //!    nanoseconds per `send` are the path's cost; best of `RUNS`.
 //!
+//! `nft` runs as on a CC host: started directly, in the router namespace
+//! (this thread enters it); `NFT_VIA_IP_NETNS=1` starts it through `ip
+//! netns exec` instead, as the CC's tests do.
+//!
 //! Knobs (environment): `NET_GROUPS` (1000), `NET_RULES` (10000), `PACKETS`
-//! (200000), `RUNS` (5), `CHANGES` (5). Namespaces are `ibnb<pid>-*` and
-//! are removed on exit, also on failure.
+//! (200000), `RUNS` (5), `CHANGES` (5), `NFT_VIA_IP_NETNS`; `DUMP=<file>`
+//! writes the table's script and exits, `PROFILE_PLAN=<n>` times n
+//! one-rule changes through one planner and exits (for `perf record`).
+//! Namespaces are `ibnb<pid>-*` and are removed on exit, also on failure.
 
 use std::fs::File;
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ironbark_cc::hostnet::reconcile_nft;
+use ironbark_cc::plan::Planner;
 use ironbark_cc::testdata::{rule, scale_zone};
 use ironbark_cc::{CcConfig, HostNet, LinuxHostNet, plan};
 use ironbark_cluster_api::{RuleProtocol, RuleSourceSpec, RuleSourceSpec::Cidr, ZoneDesired};
@@ -278,7 +291,18 @@ fn main() {
 
     let state = std::env::temp_dir().join(format!("ironbark-netbench-{pid}"));
     let mut cfg = CcConfig::new("bench", "t", &state);
-    cfg.netns = Some(rtr.clone());
+    if std::env::var("NFT_VIA_IP_NETNS").is_ok_and(|v| v == "1") {
+        // How the CC's tests run it: every `nft` through `ip netns exec`.
+        cfg.netns = Some(rtr.clone());
+    } else {
+        // As a CC runs on its host: `nft` started directly, in the router's
+        // namespace because this thread (which starts it) is there.
+        setns(
+            File::open(format!("/run/netns/{rtr}")).unwrap(),
+            CloneFlags::CLONE_NEWNET,
+        )
+        .unwrap();
+    }
     let net = LinuxHostNet::new(&cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -303,14 +327,53 @@ fn main() {
         plan_cpu = plan_cpu.min(cpu_ms() - c);
     }
     let nft = p.nft.clone().unwrap();
+    if let Some(n) = std::env::var("PROFILE_PLAN")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        // For `perf record`: n one-rule changes through one planner.
+        let mut planner = Planner::default();
+        let (with, without) = (with_probe(zone.clone()), zone.clone());
+        let (t, c) = (Instant::now(), cpu_ms());
+        for i in 0..n {
+            planner.plan(if i % 2 == 0 { &with } else { &without }, &cfg);
+        }
+        println!(
+            "{:.2} ms wall, {:.2} ms CPU per plan",
+            t.elapsed().as_secs_f64() * 1e3 / n as f64,
+            (cpu_ms() - c) / n as f64
+        );
+        return;
+    }
     if let Ok(path) = std::env::var("DUMP") {
         // For looking at the table by hand: the script, then exit.
         std::fs::write(path, ironbark_cc::linux::nft_replace_script(&nft)).unwrap();
         return;
     }
     let elements: usize = nft.elements.values().map(|s| s.len()).sum();
+    // What the controller does per update: a planner that remembers the
+    // last plan, here primed with the zone, then given one more rule.
+    let mut planner = Planner::default();
+    planner.plan(&zone, &cfg);
+    let (mut inc_ms, mut inc_cpu) = (f64::MAX, f64::MAX);
+    for i in 0..5 {
+        let next = if i % 2 == 0 {
+            with_probe(zone.clone())
+        } else {
+            zone.clone()
+        };
+        let (t, c) = (Instant::now(), cpu_ms());
+        let q = planner.plan(&next, &cfg);
+        inc_ms = inc_ms.min(t.elapsed().as_secs_f64() * 1e3);
+        inc_cpu = inc_cpu.min(cpu_ms() - c);
+        assert_eq!(q, plan(&next, &cfg), "the planner's memory changes nothing");
+    }
     println!(
-        "plan: {plan_ms:.1} ms wall, {plan_cpu:.1} ms CPU (best of 5); {} set elements ({} in the groups' allow sets); warnings {}",
+        "plan: {plan_ms:.1} ms wall, {plan_cpu:.1} ms CPU from scratch (best of 5); \
+         {inc_ms:.1} ms wall, {inc_cpu:.1} ms CPU after a one-rule change (best of 5)"
+    );
+    println!(
+        "  {} set elements ({} in the groups' allow sets); warnings {}",
         elements,
         nft.elements
             .iter()
@@ -327,10 +390,14 @@ fn main() {
         "the probe must be dropped before the rule"
     );
 
-    // Rule change to enforcement, authorize then revoke, as the CC does it.
+    // Rule change to enforcement, authorize then revoke, as the CC does it:
+    // its planner (which remembers the last plan), then the table part of
+    // the reconcile.
     let mut auth = Vec::new();
     let mut revoke = Vec::new();
     let mut z = zone.clone();
+    let mut planner = Planner::default();
+    planner.plan(&z, &cfg);
     for _ in 0..changes {
         for (list, next) in [
             (&mut auth, with_probe(z.clone())),
@@ -341,45 +408,57 @@ fn main() {
             }),
         ] {
             let (t, c, k) = (Instant::now(), cpu_ms(), children_cpu_ms());
-            let p = plan(&next, &cfg);
-            let nft = p.nft.unwrap();
+            let p = planner.plan(&next, &cfg);
             let planned = t.elapsed();
-            let loaded = rt.block_on(net.nft_state()).unwrap().unwrap();
-            assert_ne!(loaded, nft.state());
-            let read = t.elapsed();
-            rt.block_on(net.update_nft_elements(&loaded, &nft)).unwrap();
+            let done = rt.block_on(reconcile_nft(&net, &p)).unwrap();
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             list.push([
                 ms(t.elapsed()),
                 ms(planned),
-                ms(read - planned),
-                ms(t.elapsed() - read),
+                ms(t.elapsed() - planned),
                 cpu_ms() - c + children_cpu_ms() - k,
             ]);
+            assert!(
+                done.len() == 1 && done[0].starts_with("update nft elements"),
+                "{done:?}"
+            );
             z.generation = next.generation;
             let allowed = next.segments[0].rules.len() > zone.segments[0].rules.len();
             assert_eq!(passes(&src, &dst), allowed, "enforced at once");
         }
     }
-    let stats = |v: &mut Vec<[f64; 5]>| {
+    let stats = |v: &mut Vec<[f64; 4]>| {
         v.sort_by(|a, b| a[0].partial_cmp(&b[0]).unwrap());
         let m = v[v.len() / 2];
-        let cpu = v.iter().map(|x| x[4]).fold(f64::MAX, f64::min);
+        let cpu = v.iter().map(|x| x[3]).fold(f64::MAX, f64::min);
         format!(
-            "median {:.1} ms (plan {:.1}, state read {:.1}, nft transaction {:.1}), \
+            "median {:.1} ms (plan {:.1}, nft transaction {:.1}), \
              CPU {cpu:.1} ms (least), max {:.1} ms",
             m[0],
             m[1],
             m[2],
-            m[3],
             v[v.len() - 1][0]
         )
     };
-    println!(
-        "rule change to enforcement (plan + state read + one nft transaction), {changes} each:"
-    );
+    println!("rule change to enforcement (plan + one nft transaction), {changes} each:");
     println!("  authorize: {}", stats(&mut auth));
     println!("  revoke:    {}", stats(&mut revoke));
+    // After a restart the CC knows nothing of the loaded table: it reads
+    // the state first, and replaces the whole table (one transaction).
+    let cold = LinuxHostNet::new(&cfg);
+    let t = Instant::now();
+    let done = rt
+        .block_on(reconcile_nft(
+            &cold,
+            &planner.plan(&with_probe(z.clone()), &cfg),
+        ))
+        .unwrap();
+    assert!(done.len() == 1, "{done:?}");
+    println!(
+        "  first change after a restart (state read, whole table replaced): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(passes(&src, &dst), "enforced after the reload");
 
     // Per-packet cost.
     println!("per-packet cost of the forward path, UDP 64 B, best of {runs} x {packets}:");
