@@ -17,7 +17,7 @@ pub mod blob;
 mod checksum;
 pub mod meta;
 mod s3;
-mod sigv2;
+pub mod sigv2;
 
 use std::path::PathBuf;
 use std::sync::Arc;
