@@ -499,7 +499,7 @@ fn write_blob(
         // they cost one wait instead of two.
         let tmp_sum = &tmp_sum;
         let sum_file = scope.spawn(move || {
-            let mut s = std::fs::File::create(&tmp_sum)?;
+            let mut s = std::fs::File::create(tmp_sum)?;
             s.write_all(&sums)?;
             s.sync_all()
         });

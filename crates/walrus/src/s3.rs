@@ -1394,7 +1394,6 @@ impl S3 for Walrus {
                 checksum_sha1: sum.checksum_sha1,
                 checksum_sha256: sum.checksum_sha256,
                 checksum_type: kind,
-                ..Default::default()
             }),
             ..Default::default()
         }))
