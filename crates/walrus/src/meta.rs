@@ -708,3 +708,78 @@ impl Meta {
         Ok(live)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(value: &str) -> StoredChecksum {
+        StoredChecksum {
+            algorithm: "CRC32".into(),
+            kind: "FULL_OBJECT".into(),
+            value: value.into(),
+        }
+    }
+
+    /// A database made before the checksum columns existed gains them on
+    /// open; its rows read as having no checksum, new rows keep theirs.
+    #[tokio::test]
+    async fn checksum_columns_are_added_to_an_older_database() {
+        let dir = std::env::temp_dir().join(format!("walrus-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO buckets VALUES ('b', 'o', 0, '', '{\"owner_id\":\"o\",\"owner_name\":\"n\",\"grants\":[]}');
+                 INSERT INTO objects VALUES ('b', 'old', 1, 'e', '{\"user_meta\":{}}', '[]', 0, '{\"owner_id\":\"o\",\"owner_name\":\"n\",\"grants\":[]}');",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let m = Meta::open(&path).await.unwrap();
+        let old = m.object("b", "old").await.unwrap().unwrap();
+        assert_eq!(old.checksum, None);
+        let mut new = old.clone();
+        new.key = "new".into();
+        new.checksum = Some(sum("y/Q5Jg=="));
+        m.put_object(&new).await.unwrap();
+        let u = Upload {
+            upload_id: "u1".into(),
+            bucket: "b".into(),
+            key: "mp".into(),
+            initiated_ms: 0,
+            headers: StoredHeaders::default(),
+            acl: old.acl.clone(),
+            checksum: Some(sum("")),
+        };
+        m.create_upload(&u).await.unwrap();
+        let p = Part {
+            number: 1,
+            size: 1,
+            etag: "e".into(),
+            blob: "x".into(),
+            modified_ms: 0,
+            checksum: Some(sum("AAAAAA==")),
+        };
+        m.put_part("u1", &p).await.unwrap();
+        drop(m);
+        // Opening again finds the columns there and changes nothing.
+        let m = Meta::open(&path).await.unwrap();
+        assert_eq!(m.object("b", "new").await.unwrap().unwrap(), new);
+        assert_eq!(m.upload("b", "mp", "u1").await.unwrap(), u);
+        assert_eq!(m.parts("u1").await.unwrap(), vec![p]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
