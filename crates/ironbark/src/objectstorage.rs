@@ -8,8 +8,12 @@
 //! re-signs the request with the same key, time and declared payload hash
 //! for Walrus, which then checks the streamed body against that hash as
 //! for any direct request. Anonymous requests pass through unsigned.
-//! Chunk-signed streaming uploads and SigV2 are refused here (their
-//! signatures cannot be carried over); Walrus' own port takes them.
+//! SigV2 requests (euca2ools-era clients), header-signed or presigned, are
+//! checked over the path as sent and signed again without the prefix
+//! (`ironbark_walrus::sigv2::resign_under_prefix`); SigV2 signs no body,
+//! so that is all there is to carry over. Chunk-signed streaming uploads
+//! are refused here (their chunk signatures chain from the one over the
+//! prefixed path); Walrus' own port takes them.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -68,6 +72,23 @@ fn strip_presign_params(query: &str) -> String {
         .join("&")
 }
 
+/// The secret of an access key, or the S3 error answering for it.
+async fn secret_of(cloud: &Cloud, key: &str) -> Result<String, Response> {
+    match cloud.key_owner(key).await {
+        Ok(Some((secret, _account))) => Ok(secret),
+        Ok(None) => Err(s3_error(
+            StatusCode::FORBIDDEN,
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+        )),
+        Err(e) => Err(s3_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+        )),
+    }
+}
+
 pub async fn forward(cloud: &Cloud, s3: &s3s::service::S3Service, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -96,32 +117,61 @@ pub async fn forward(cloud: &Cloud, s3: &s3s::service::S3Service, req: Request) 
         body: b"",
     };
 
-    let (new_query, new_headers) = match ironbark_sigv4::claim(&sreq) {
+    let v2_key = ironbark_walrus::sigv2::access_key(&parts.headers, &query);
+    let (new_path, new_query, new_headers) = if let Some(key) = v2_key {
+        let secret = match secret_of(cloud, &key).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let Some(r) = ironbark_walrus::sigv2::resign_under_prefix(
+            parts.method.as_str(),
+            &path,
+            PREFIX,
+            &query,
+            &parts.headers,
+            &secret,
+        ) else {
+            return auth_error(AuthError::SignatureMismatch);
+        };
+        let mut h: Vec<(String, String)> = hdrs
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
+            .cloned()
+            .collect();
+        if let Some(a) = r.authorization {
+            h.push(("authorization".to_string(), a));
+        }
+        (r.path, r.query, h)
+    } else {
+        let (q, h) = match forward_v4(&sreq, cloud, &parts, &new_path, &query, &hdrs).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        (new_path, q, h)
+    };
+    send(s3, parts, body, new_path, new_query, new_headers).await
+}
+
+/// Checks a SigV4 (or anonymous) request made under the prefix and gives
+/// the query and headers signed again for `new_path`.
+async fn forward_v4(
+    sreq: &HttpRequest<'_>,
+    cloud: &Cloud,
+    parts: &axum::http::request::Parts,
+    new_path: &str,
+    query: &str,
+    hdrs: &[(String, String)],
+) -> Result<(String, Vec<(String, String)>), Response> {
+    let (query, hdrs) = (query.to_string(), hdrs.to_vec());
+    let new_path = new_path.to_string();
+    Ok(match ironbark_sigv4::claim(sreq) {
         Err(AuthError::Missing) => (query.clone(), hdrs.clone()),
-        Err(e) => return auth_error(e),
+        Err(e) => return Err(auth_error(e)),
         Ok(claim) => {
-            let (secret, _account) = match cloud.key_owner(&claim.access_key_id).await {
-                Ok(Some(k)) => k,
-                Ok(None) => {
-                    return s3_error(
-                        StatusCode::FORBIDDEN,
-                        "InvalidAccessKeyId",
-                        "The AWS Access Key Id you provided does not exist in our records.",
-                    );
-                }
-                Err(e) => {
-                    return s3_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        &e.to_string(),
-                    );
-                }
-            };
+            let secret = secret_of(cloud, &claim.access_key_id).await?;
             let now = ironbark_types::now_ms() / 1000;
-            let info = match ironbark_sigv4::verify_deferring_payload(&sreq, &claim, &secret, now) {
-                Ok(i) => i,
-                Err(e) => return auth_error(e),
-            };
+            let info = ironbark_sigv4::verify_deferring_payload(sreq, &claim, &secret, now)
+                .map_err(auth_error)?;
             if info.presigned {
                 let signed: Vec<(String, String)> = hdrs
                     .iter()
@@ -166,8 +216,18 @@ pub async fn forward(cloud: &Cloud, s3: &s3s::service::S3Service, req: Request) 
                 (query.clone(), h)
             }
         }
-    };
+    })
+}
 
+/// Hands the re-signed request to Walrus.
+async fn send(
+    s3: &s3s::service::S3Service,
+    parts: axum::http::request::Parts,
+    body: Body,
+    new_path: String,
+    new_query: String,
+    new_headers: Vec<(String, String)>,
+) -> Response {
     let uri = if new_query.is_empty() {
         new_path.clone()
     } else {

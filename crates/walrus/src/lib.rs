@@ -9,15 +9,21 @@
 //! works on two stores: [`meta::Meta`], the SQLite index of buckets,
 //! objects and uploads, and [`blob::FsBlobs`], the checksummed object data
 //! on the local filesystem. Uploads carrying S3's flexible checksums are
-//! verified against them as they stream in (`checksum.rs`). The blob layer is the seam where an external S3
-//! backend can later replace the local disk.
+//! verified against them as they stream in, and the checksums kept with
+//! the object for GET/HEAD to return (`checksum.rs`). The blob layer is
+//! the seam where an external S3 backend can later replace the local disk.
+//!
+//! `sigv2.rs` adjusts SigV2 requests before `s3s` sees them: bucket-level
+//! paths signed with a trailing slash, and, for the API port's
+//! `/services/objectstorage` front, requests signed over the prefixed
+//! path.
 
 pub mod acl;
 pub mod blob;
 mod checksum;
 pub mod meta;
 mod s3;
-mod sigv2;
+pub mod sigv2;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -84,6 +84,22 @@ pub struct Object {
     pub pieces: Vec<Piece>,
     pub modified_ms: i64,
     pub acl: Acl,
+    /// The flexible checksum of the whole object, when the client sent or
+    /// asked for one.
+    pub checksum: Option<StoredChecksum>,
+}
+
+/// A flexible checksum (`x-amz-checksum-*`) kept with an object or a part,
+/// returned on GET/HEAD with `x-amz-checksum-mode: ENABLED`; on an upload,
+/// the algorithm and type CreateMultipartUpload declared (empty value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChecksum {
+    /// `CRC32`, `CRC32C`, `CRC64NVME`, `SHA1` or `SHA256`.
+    pub algorithm: String,
+    /// `FULL_OBJECT`, or `COMPOSITE` for a checksum of the parts' checksums.
+    pub kind: String,
+    /// Base64 of the digest; `<base64>-<parts>` when composite.
+    pub value: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +110,8 @@ pub struct Upload {
     pub initiated_ms: i64,
     pub headers: StoredHeaders,
     pub acl: Acl,
+    /// The checksum algorithm (and type) the parts are to carry.
+    pub checksum: Option<StoredChecksum>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +121,7 @@ pub struct Part {
     pub etag: String,
     pub blob: String,
     pub modified_ms: i64,
+    pub checksum: Option<StoredChecksum>,
 }
 
 pub struct Meta {
@@ -149,12 +168,41 @@ CREATE TABLE IF NOT EXISTS parts (
 );
 "#;
 
+/// Columns added after the tables were first created: `CREATE TABLE IF NOT
+/// EXISTS` leaves an existing database's tables as they were, so
+/// [`Meta::open`] adds these where missing. Each holds a
+/// [`StoredChecksum`] as JSON, or NULL.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    (
+        "objects",
+        "checksum",
+        "ALTER TABLE objects ADD COLUMN checksum TEXT",
+    ),
+    (
+        "uploads",
+        "checksum",
+        "ALTER TABLE uploads ADD COLUMN checksum TEXT",
+    ),
+    (
+        "parts",
+        "checksum",
+        "ALTER TABLE parts ADD COLUMN checksum TEXT",
+    ),
+];
+
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("metadata serialises")
 }
 
 fn unjson<T: for<'a> Deserialize<'a>>(s: &str) -> MetaResult<T> {
     serde_json::from_str(s).map_err(db)
+}
+
+fn checksum_col(r: &SqliteRow) -> MetaResult<Option<StoredChecksum>> {
+    r.try_get::<Option<String>, _>("checksum")
+        .map_err(db)?
+        .map(|s| unjson(&s))
+        .transpose()
 }
 
 fn bucket_row(r: &SqliteRow) -> MetaResult<Bucket> {
@@ -177,6 +225,7 @@ fn object_row(r: &SqliteRow) -> MetaResult<Object> {
         pieces: unjson(&r.try_get::<String, _>("pieces").map_err(db)?)?,
         modified_ms: r.try_get("modified_ms").map_err(db)?,
         acl: unjson(&r.try_get::<String, _>("acl").map_err(db)?)?,
+        checksum: checksum_col(r)?,
     })
 }
 
@@ -188,6 +237,7 @@ fn upload_row(r: &SqliteRow) -> MetaResult<Upload> {
         initiated_ms: r.try_get("initiated_ms").map_err(db)?,
         headers: unjson(&r.try_get::<String, _>("headers").map_err(db)?)?,
         acl: unjson(&r.try_get::<String, _>("acl").map_err(db)?)?,
+        checksum: checksum_col(r)?,
     })
 }
 
@@ -198,6 +248,7 @@ fn part_row(r: &SqliteRow) -> MetaResult<Part> {
         etag: r.try_get("etag").map_err(db)?,
         blob: r.try_get("blob").map_err(db)?,
         modified_ms: r.try_get("modified_ms").map_err(db)?,
+        checksum: checksum_col(r)?,
     })
 }
 
@@ -206,7 +257,7 @@ async fn take_object(
     bucket: &str,
     key: &str,
 ) -> MetaResult<Option<Object>> {
-    let row = sqlx::query("SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl FROM objects WHERE bucket = $1 AND key = $2")
+    let row = sqlx::query("SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl, checksum FROM objects WHERE bucket = $1 AND key = $2")
         .bind(bucket)
         .bind(key)
         .fetch_optional(&mut **tx)
@@ -225,7 +276,7 @@ async fn take_object(
 }
 
 async fn insert_object(tx: &mut Transaction<'_, Sqlite>, o: &Object) -> MetaResult<()> {
-    sqlx::query("INSERT INTO objects (bucket, key, size, etag, headers, pieces, modified_ms, acl) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+    sqlx::query("INSERT INTO objects (bucket, key, size, etag, headers, pieces, modified_ms, acl, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .bind(&o.bucket)
         .bind(&o.key)
         .bind(o.size as i64)
@@ -234,6 +285,7 @@ async fn insert_object(tx: &mut Transaction<'_, Sqlite>, o: &Object) -> MetaResu
         .bind(json(&o.pieces))
         .bind(o.modified_ms)
         .bind(json(&o.acl))
+        .bind(o.checksum.as_ref().map(json))
         .execute(&mut **tx)
         .await
         .map_err(db)?;
@@ -270,6 +322,18 @@ impl Meta {
             .await
             .map_err(db)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db)?;
+        for (table, column, add) in ADDED_COLUMNS {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(db)?;
+            if n == 0 {
+                sqlx::raw_sql(add).execute(&pool).await.map_err(db)?;
+            }
+        }
         Ok(Meta {
             pool,
             write: Mutex::new(()),
@@ -381,7 +445,7 @@ impl Meta {
     }
 
     pub async fn object(&self, bucket: &str, key: &str) -> MetaResult<Option<Object>> {
-        let row = sqlx::query("SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl FROM objects WHERE bucket = $1 AND key = $2")
+        let row = sqlx::query("SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl, checksum FROM objects WHERE bucket = $1 AND key = $2")
             .bind(bucket)
             .bind(key)
             .fetch_optional(&self.pool)
@@ -424,7 +488,7 @@ impl Meta {
         // A range scan on the primary key; the prefix bound is checked in
         // Rust so LIKE's wildcards and case rules never apply.
         let rows = sqlx::query(
-            "SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl FROM objects \
+            "SELECT bucket, key, size, etag, headers, pieces, modified_ms, acl, checksum FROM objects \
              WHERE bucket = $1 AND key > $2 AND key >= $3 ORDER BY key LIMIT $4",
         )
         .bind(bucket)
@@ -450,13 +514,14 @@ impl Meta {
         if !bucket_exists(&mut tx, &u.bucket).await? {
             return Err(MetaError::NoSuchBucket);
         }
-        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, initiated_ms, headers, acl) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO uploads (upload_id, bucket, key, initiated_ms, headers, acl, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&u.upload_id)
             .bind(&u.bucket)
             .bind(&u.key)
             .bind(u.initiated_ms)
             .bind(json(&u.headers))
             .bind(json(&u.acl))
+            .bind(u.checksum.as_ref().map(json))
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -464,7 +529,7 @@ impl Meta {
     }
 
     pub async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> MetaResult<Upload> {
-        let row = sqlx::query("SELECT upload_id, bucket, key, initiated_ms, headers, acl FROM uploads WHERE upload_id = $1 AND bucket = $2 AND key = $3")
+        let row = sqlx::query("SELECT upload_id, bucket, key, initiated_ms, headers, acl, checksum FROM uploads WHERE upload_id = $1 AND bucket = $2 AND key = $3")
             .bind(upload_id)
             .bind(bucket)
             .bind(key)
@@ -487,7 +552,7 @@ impl Meta {
         limit: usize,
     ) -> MetaResult<Vec<Upload>> {
         let rows = sqlx::query(
-            "SELECT upload_id, bucket, key, initiated_ms, headers, acl FROM uploads \
+            "SELECT upload_id, bucket, key, initiated_ms, headers, acl, checksum FROM uploads \
              WHERE bucket = $1 AND key >= $2 AND (key > $3 OR (key = $3 AND upload_id > $4)) \
              ORDER BY key, upload_id LIMIT $5",
         )
@@ -534,13 +599,14 @@ impl Meta {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        sqlx::query("INSERT INTO parts (upload_id, number, size, etag, blob, modified_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO parts (upload_id, number, size, etag, blob, modified_ms, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(upload_id)
             .bind(i64::from(p.number))
             .bind(p.size as i64)
             .bind(&p.etag)
             .bind(&p.blob)
             .bind(p.modified_ms)
+            .bind(p.checksum.as_ref().map(json))
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -549,7 +615,7 @@ impl Meta {
     }
 
     pub async fn parts(&self, upload_id: &str) -> MetaResult<Vec<Part>> {
-        let rows = sqlx::query("SELECT number, size, etag, blob, modified_ms FROM parts WHERE upload_id = $1 ORDER BY number")
+        let rows = sqlx::query("SELECT number, size, etag, blob, modified_ms, checksum FROM parts WHERE upload_id = $1 ORDER BY number")
             .bind(upload_id)
             .fetch_all(&self.pool)
             .await
@@ -640,5 +706,80 @@ impl Meta {
             .map_err(db)?;
         live.extend(parts);
         Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(value: &str) -> StoredChecksum {
+        StoredChecksum {
+            algorithm: "CRC32".into(),
+            kind: "FULL_OBJECT".into(),
+            value: value.into(),
+        }
+    }
+
+    /// A database made before the checksum columns existed gains them on
+    /// open; its rows read as having no checksum, new rows keep theirs.
+    #[tokio::test]
+    async fn checksum_columns_are_added_to_an_older_database() {
+        let dir = std::env::temp_dir().join(format!("walrus-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO buckets VALUES ('b', 'o', 0, '', '{\"owner_id\":\"o\",\"owner_name\":\"n\",\"grants\":[]}');
+                 INSERT INTO objects VALUES ('b', 'old', 1, 'e', '{\"user_meta\":{}}', '[]', 0, '{\"owner_id\":\"o\",\"owner_name\":\"n\",\"grants\":[]}');",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let m = Meta::open(&path).await.unwrap();
+        let old = m.object("b", "old").await.unwrap().unwrap();
+        assert_eq!(old.checksum, None);
+        let mut new = old.clone();
+        new.key = "new".into();
+        new.checksum = Some(sum("y/Q5Jg=="));
+        m.put_object(&new).await.unwrap();
+        let u = Upload {
+            upload_id: "u1".into(),
+            bucket: "b".into(),
+            key: "mp".into(),
+            initiated_ms: 0,
+            headers: StoredHeaders::default(),
+            acl: old.acl.clone(),
+            checksum: Some(sum("")),
+        };
+        m.create_upload(&u).await.unwrap();
+        let p = Part {
+            number: 1,
+            size: 1,
+            etag: "e".into(),
+            blob: "x".into(),
+            modified_ms: 0,
+            checksum: Some(sum("AAAAAA==")),
+        };
+        m.put_part("u1", &p).await.unwrap();
+        drop(m);
+        // Opening again finds the columns there and changes nothing.
+        let m = Meta::open(&path).await.unwrap();
+        assert_eq!(m.object("b", "new").await.unwrap().unwrap(), new);
+        assert_eq!(m.upload("b", "mp", "u1").await.unwrap(), u);
+        assert_eq!(m.parts("u1").await.unwrap(), vec![p]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,8 +14,8 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::acl::{self, Acl, Grantee, Permission as Perm, Requester};
 use crate::blob::{BlobError, FsBlobs};
-use crate::checksum::Requested;
-use crate::meta::{self, Meta, MetaError, Piece, StoredHeaders};
+use crate::checksum::{self, Algo, Requested};
+use crate::meta::{self, Meta, MetaError, Piece, StoredChecksum, StoredHeaders};
 use crate::{Identities, WalrusConfig};
 
 /// Cheap to clone: the process keeps a handle beside the one `s3s` owns.
@@ -339,6 +339,7 @@ impl Walrus {
             }],
             modified_ms: now_ms(),
             acl: Acl::private(owner_id, owner_name),
+            checksum: None,
         };
         self.commit_object(&o, &info.id)
             .await
@@ -533,16 +534,22 @@ impl Walrus {
     /// Streams a body into a blob, checking Content-MD5 and the flexible
     /// checksum the client asked for (see [`checksum`]) when given. On a
     /// mismatch the blob is removed before anything refers to it. Returns
-    /// the checksum to echo back, if one was asked for.
+    /// the checksum to keep and echo back: the one asked for, else one of
+    /// `otherwise` (a multipart upload's declared algorithm), else none.
     async fn store_body(
         &self,
         body: Option<StreamingBlob>,
         len: Option<i64>,
         content_md5: Option<&String>,
         wanted: Option<(Requested, Option<s3s::TrailingHeaders>)>,
-    ) -> S3Result<(crate::blob::BlobInfo, Option<Checksum>)> {
+        otherwise: Option<Algo>,
+    ) -> S3Result<(crate::blob::BlobInfo, Option<StoredChecksum>)> {
         let len = len.map(|n| n.max(0) as u64);
-        let tap = wanted.as_ref().map(|(r, _)| r.hasher()).unwrap_or_default();
+        let tap = match (&wanted, otherwise) {
+            (Some((r, _)), _) => r.hasher(),
+            (None, Some(a)) => a.hasher(),
+            (None, None) => Default::default(),
+        };
         let (info, hashed) = match body {
             Some(b) => self.blobs.put_tapped(b, len, tap).await,
             None => {
@@ -570,31 +577,36 @@ impl Walrus {
                 ));
             }
         }
-        let echoed = match &wanted {
-            None => None,
+        let kept = match &wanted {
+            None => otherwise.and_then(|a| hashed.stored(a)),
             Some((r, trailers)) => match r.verify(hashed, trailers.as_ref()) {
-                Ok(c) => Some(c),
+                Ok(c) => checksum::stored(r.algo(), &c),
                 Err(e) => {
                     self.blobs.delete(&info.id).await;
                     return Err(e);
                 }
             },
         };
-        Ok((info, echoed))
+        Ok((info, kept))
     }
 
-    /// Copies a byte range of an object into a new blob.
+    /// Copies a byte range of an object into a new blob, computing `algo`'s
+    /// checksum of it on the way when given.
     async fn copy_range(
         &self,
         src: &meta::Object,
         start: u64,
         end: u64,
-    ) -> S3Result<crate::blob::BlobInfo> {
+        algo: Option<Algo>,
+    ) -> S3Result<(crate::blob::BlobInfo, Option<StoredChecksum>)> {
         let stream = Box::pin(self.object_stream(src, start, end));
-        self.blobs
-            .put(stream, Some(end - start))
+        let tap = algo.map(Algo::hasher).unwrap_or_default();
+        let (info, hashed) = self
+            .blobs
+            .put_tapped(stream, Some(end - start), tap)
             .await
-            .map_err(blob_err)
+            .map_err(blob_err)?;
+        Ok((info, algo.and_then(|a| hashed.stored(a))))
     }
 
     async fn list(
@@ -754,6 +766,23 @@ fn file_chunks(file: tokio::fs::File) -> impl Stream<Item = Result<Bytes, std::i
             Err(e) => Some((Err(e), f)),
         }
     }))
+}
+
+/// The response fields for a kept checksum (all empty without one).
+fn echo(c: Option<&StoredChecksum>) -> (Checksum, Option<ChecksumType>) {
+    c.map(checksum::to_dto).unwrap_or_default()
+}
+
+fn mode_enabled(m: &Option<ChecksumMode>) -> bool {
+    m.as_ref()
+        .is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
+}
+
+/// The algorithm an upload's parts are to be checksummed with.
+fn declared_algo(u: &meta::Upload) -> Option<Algo> {
+    u.checksum
+        .as_ref()
+        .and_then(|c| Algo::by_name(&c.algorithm))
 }
 
 fn multipart_etag(md5s: &[Vec<u8>]) -> String {
@@ -1006,7 +1035,13 @@ impl S3 for Walrus {
             .await
             .map_err(closing)?;
         let (info, sum) = self
-            .store_body(i.body, i.content_length, i.content_md5.as_ref(), wanted)
+            .store_body(
+                i.body,
+                i.content_length,
+                i.content_md5.as_ref(),
+                wanted,
+                None,
+            )
             .await?;
         let etag = hex::encode(info.md5);
         let o = meta::Object {
@@ -1029,9 +1064,10 @@ impl S3 for Walrus {
             }],
             modified_ms: now_ms(),
             acl,
+            checksum: sum,
         };
         self.commit_object(&o, &info.id).await.map_err(meta_err)?;
-        let sum = sum.unwrap_or_default();
+        let (sum, kind) = echo(o.checksum.as_ref());
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(quoted(&etag)),
             size: Some(info.size as i64),
@@ -1040,6 +1076,7 @@ impl S3 for Walrus {
             checksum_crc64nvme: sum.checksum_crc64nvme,
             checksum_sha1: sum.checksum_sha1,
             checksum_sha256: sum.checksum_sha256,
+            checksum_type: kind,
             ..Default::default()
         }))
     }
@@ -1090,6 +1127,14 @@ impl S3 for Walrus {
         };
         let body = self.object_stream(&o, range.start, range.end);
         let (ct, ce, cd, cl, cc, ex, md) = headers_out(&o.headers);
+        // S3 gives the checksum only with the whole object: a range or a
+        // part would not match it.
+        let whole = content_range.is_none();
+        let (sum, kind) = echo(
+            o.checksum
+                .as_ref()
+                .filter(|_| whole && mode_enabled(&i.checksum_mode)),
+        );
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some((range.end - range.start) as i64),
@@ -1105,6 +1150,12 @@ impl S3 for Walrus {
             expires: i.response_expires.clone().or(ex),
             metadata: md,
             parts_count: i.part_number.map(|_| o.pieces.len() as i32),
+            checksum_crc32: sum.checksum_crc32,
+            checksum_crc32c: sum.checksum_crc32c,
+            checksum_crc64nvme: sum.checksum_crc64nvme,
+            checksum_sha1: sum.checksum_sha1,
+            checksum_sha256: sum.checksum_sha256,
+            checksum_type: kind,
             ..Default::default()
         }))
     }
@@ -1141,6 +1192,12 @@ impl S3 for Walrus {
             }
             None => (o.size, None),
         };
+        let whole = content_range.is_none() && i.part_number.is_none();
+        let (sum, kind) = echo(
+            o.checksum
+                .as_ref()
+                .filter(|_| whole && mode_enabled(&i.checksum_mode)),
+        );
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(len as i64),
             content_range,
@@ -1154,6 +1211,12 @@ impl S3 for Walrus {
             cache_control: cc,
             expires: ex,
             metadata: md,
+            checksum_crc32: sum.checksum_crc32,
+            checksum_crc32c: sum.checksum_crc32c,
+            checksum_crc64nvme: sum.checksum_crc64nvme,
+            checksum_sha1: sum.checksum_sha1,
+            checksum_sha256: sum.checksum_sha256,
+            checksum_type: kind,
             ..Default::default()
         }))
     }
@@ -1277,7 +1340,32 @@ impl S3 for Walrus {
                 &b,
             )
             .await?;
-        let info = self.copy_range(&src, 0, src.size).await?;
+        // The source's whole-object checksum still holds for the copy; a
+        // composite one does not (the copy is one piece), so it is
+        // recomputed with the same algorithm, as is any other algorithm
+        // the request names.
+        let asked = match &i.checksum_algorithm {
+            Some(a) => Some(Algo::by_name(a.as_str()).ok_or_else(|| {
+                s3_error!(
+                    InvalidRequest,
+                    "Checksum algorithm {} is not supported",
+                    a.as_str()
+                )
+            })?),
+            None => None,
+        };
+        let carried = src.checksum.clone().filter(|c| {
+            c.kind == checksum::FULL_OBJECT && asked.is_none_or(|a| a.name() == c.algorithm)
+        });
+        let recompute = match (&carried, asked) {
+            (Some(_), _) => None,
+            (None, Some(a)) => Some(a),
+            (None, None) => src
+                .checksum
+                .as_ref()
+                .and_then(|c| Algo::by_name(&c.algorithm)),
+        };
+        let (info, computed) = self.copy_range(&src, 0, src.size, recompute).await?;
         let etag = hex::encode(info.md5);
         let modified = now_ms();
         let o = meta::Object {
@@ -1292,13 +1380,20 @@ impl S3 for Walrus {
             }],
             modified_ms: modified,
             acl,
+            checksum: carried.or(computed),
         };
         self.commit_object(&o, &info.id).await.map_err(meta_err)?;
+        let (sum, kind) = echo(o.checksum.as_ref());
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(quoted(&etag)),
                 last_modified: Some(ts(modified)),
-                ..Default::default()
+                checksum_crc32: sum.checksum_crc32,
+                checksum_crc32c: sum.checksum_crc32c,
+                checksum_crc64nvme: sum.checksum_crc64nvme,
+                checksum_sha1: sum.checksum_sha1,
+                checksum_sha256: sum.checksum_sha256,
+                checksum_type: kind,
             }),
             ..Default::default()
         }))
@@ -1469,6 +1564,10 @@ impl S3 for Walrus {
                 &b,
             )
             .await?;
+        let declared = checksum::declared(
+            i.checksum_algorithm.as_ref().map(|a| a.as_str()),
+            i.checksum_type.as_ref().map(|t| t.as_str()),
+        )?;
         let u = meta::Upload {
             upload_id: ironbark_types::generate_request_id().replace('-', ""),
             bucket: b.name.clone(),
@@ -1484,12 +1583,21 @@ impl S3 for Walrus {
                 i.metadata,
             ),
             acl,
+            checksum: declared,
         };
         self.meta.create_upload(&u).await.map_err(meta_err)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(b.name),
             key: Some(i.key),
             upload_id: Some(u.upload_id),
+            checksum_algorithm: u
+                .checksum
+                .as_ref()
+                .map(|c| ChecksumAlgorithm::from(c.algorithm.clone())),
+            checksum_type: u
+                .checksum
+                .as_ref()
+                .map(|c| ChecksumType::from(c.kind.clone())),
             ..Default::default()
         }))
     }
@@ -1507,12 +1615,19 @@ impl S3 for Walrus {
         self.bucket_for(&i.bucket, &who, Perm::Write)
             .await
             .map_err(closing)?;
-        self.meta
+        let u = self
+            .meta
             .upload(&i.bucket, &i.key, &i.upload_id)
             .await
             .map_err(|e| closing(meta_err(e)))?;
         let (info, sum) = self
-            .store_body(i.body, i.content_length, i.content_md5.as_ref(), wanted)
+            .store_body(
+                i.body,
+                i.content_length,
+                i.content_md5.as_ref(),
+                wanted,
+                declared_algo(&u),
+            )
             .await?;
         let etag = hex::encode(info.md5);
         let part = meta::Part {
@@ -1521,11 +1636,12 @@ impl S3 for Walrus {
             etag: etag.clone(),
             blob: info.id.clone(),
             modified_ms: now_ms(),
+            checksum: sum,
         };
         self.commit_part(&i.upload_id, &part)
             .await
             .map_err(meta_err)?;
-        let sum = sum.unwrap_or_default();
+        let (sum, _) = echo(part.checksum.as_ref());
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(quoted(&etag)),
             checksum_crc32: sum.checksum_crc32,
@@ -1564,7 +1680,8 @@ impl S3 for Walrus {
             }
         })?;
         self.bucket_for(&i.bucket, &who, Perm::Write).await?;
-        self.meta
+        let u = self
+            .meta
             .upload(&i.bucket, &i.key, &i.upload_id)
             .await
             .map_err(meta_err)?;
@@ -1572,7 +1689,7 @@ impl S3 for Walrus {
             Some(r) => parse_copy_range(r, src.size)?,
             None => (0, src.size),
         };
-        let info = self.copy_range(&src, start, end).await?;
+        let (info, sum) = self.copy_range(&src, start, end, declared_algo(&u)).await?;
         let etag = hex::encode(info.md5);
         let modified = now_ms();
         let part = meta::Part {
@@ -1581,15 +1698,21 @@ impl S3 for Walrus {
             etag: etag.clone(),
             blob: info.id.clone(),
             modified_ms: modified,
+            checksum: sum,
         };
         self.commit_part(&i.upload_id, &part)
             .await
             .map_err(meta_err)?;
+        let (sum, _) = echo(part.checksum.as_ref());
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(quoted(&etag)),
                 last_modified: Some(ts(modified)),
-                ..Default::default()
+                checksum_crc32: sum.checksum_crc32,
+                checksum_crc32c: sum.checksum_crc32c,
+                checksum_crc64nvme: sum.checksum_crc64nvme,
+                checksum_sha1: sum.checksum_sha1,
+                checksum_sha256: sum.checksum_sha256,
             }),
             ..Default::default()
         }))
@@ -1638,12 +1761,19 @@ impl S3 for Walrus {
             parts: Some(
                 shown
                     .into_iter()
-                    .map(|p| Part {
-                        part_number: Some(p.number),
-                        e_tag: Some(quoted(&p.etag)),
-                        size: Some(p.size as i64),
-                        last_modified: Some(ts(p.modified_ms)),
-                        ..Default::default()
+                    .map(|p| {
+                        let (sum, _) = echo(p.checksum.as_ref());
+                        Part {
+                            part_number: Some(p.number),
+                            e_tag: Some(quoted(&p.etag)),
+                            size: Some(p.size as i64),
+                            last_modified: Some(ts(p.modified_ms)),
+                            checksum_crc32: sum.checksum_crc32,
+                            checksum_crc32c: sum.checksum_crc32c,
+                            checksum_crc64nvme: sum.checksum_crc64nvme,
+                            checksum_sha1: sum.checksum_sha1,
+                            checksum_sha256: sum.checksum_sha256,
+                        }
                     })
                     .collect(),
             ),
@@ -1752,6 +1882,7 @@ impl S3 for Walrus {
         }
         let mut pieces = Vec::new();
         let mut md5s = Vec::new();
+        let mut sums = Vec::new();
         let mut last = 0;
         for (n, w) in wanted.iter().enumerate() {
             let num = w.part_number.ok_or_else(|| s3_error!(InvalidPart))?;
@@ -1771,6 +1902,17 @@ impl S3 for Walrus {
             {
                 return Err(s3_error!(InvalidPart, "part {num} has another ETag"));
             }
+            if let Some((algo, sent)) = checksum::sent_for_part(w)
+                && p.checksum
+                    .as_ref()
+                    .is_none_or(|c| c.algorithm != algo.name() || c.value != *sent)
+            {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "part {num}'s {} checksum is not the one it was uploaded with",
+                    algo.name()
+                ));
+            }
             if n + 1 < wanted.len() && p.size < MIN_PART {
                 return Err(s3_error!(
                     EntityTooSmall,
@@ -1782,8 +1924,33 @@ impl S3 for Walrus {
                 blob: p.blob.clone(),
                 size: p.size,
             });
+            sums.push((p.checksum.as_ref(), p.size));
         }
         let etag = multipart_etag(&md5s);
+        // Without a declared algorithm, parts that all carry the same one
+        // still give the object a checksum, in S3's default form for it.
+        let declared = match &u.checksum {
+            Some(d) => Some(d.clone()),
+            None => match sums.first() {
+                Some((Some(c), _)) => checksum::declared(Some(&c.algorithm), None)?,
+                _ => None,
+            },
+        };
+        let object_sum = match &declared {
+            Some(d) => checksum::of_parts(d, &sums)?,
+            None => None,
+        };
+        if let Some(sum) = &object_sum {
+            let sent = Checksum {
+                checksum_crc32: i.checksum_crc32.clone(),
+                checksum_crc32c: i.checksum_crc32c.clone(),
+                checksum_crc64nvme: i.checksum_crc64nvme.clone(),
+                checksum_sha1: i.checksum_sha1.clone(),
+                checksum_sha256: i.checksum_sha256.clone(),
+                ..Default::default()
+            };
+            checksum::check_whole(sum, &sent)?;
+        }
         let o = meta::Object {
             bucket: u.bucket.clone(),
             key: u.key.clone(),
@@ -1793,6 +1960,7 @@ impl S3 for Walrus {
             pieces,
             modified_ms: now_ms(),
             acl: u.acl.clone(),
+            checksum: object_sum,
         };
         let dead = self
             .meta
@@ -1800,11 +1968,18 @@ impl S3 for Walrus {
             .await
             .map_err(meta_err)?;
         self.delete_blobs(dead).await;
+        let (sum, kind) = echo(o.checksum.as_ref());
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(u.bucket.clone()),
             key: Some(u.key.clone()),
             e_tag: Some(quoted(&etag)),
             location: Some(format!("/{}/{}", u.bucket, u.key)),
+            checksum_crc32: sum.checksum_crc32,
+            checksum_crc32c: sum.checksum_crc32c,
+            checksum_crc64nvme: sum.checksum_crc64nvme,
+            checksum_sha1: sum.checksum_sha1,
+            checksum_sha256: sum.checksum_sha256,
+            checksum_type: kind,
             ..Default::default()
         }))
     }

@@ -11,6 +11,14 @@
 //! adds the slash, which routes the same and makes `s3s`' own check (still
 //! the one that authenticates) see what the client signed. Anything else
 //! passes unchanged.
+//!
+//! Under `/services/objectstorage` on the API port (where euca2ools-era
+//! clients, which sign S3 with SigV2, find Walrus) the client signed the
+//! prefixed path, which `s3s` never sees. [`resign_under_prefix`] lets that
+//! front check the signature over the path as sent (or, as Eucalyptus
+//! allowed, without the prefix) and sign the request again, with the same
+//! key and date, over the path Walrus routes on. SigV2 covers no body, so
+//! nothing about the body changes hands.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -187,6 +195,95 @@ fn sign(secret: &str, sts: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// The access key a SigV2 request (header or presigned URL) names, if it
+/// is one.
+pub fn access_key(headers: &http::HeaderMap, query: &str) -> Option<String> {
+    v2_claim(headers, query).map(|c| c.access_key)
+}
+
+/// A SigV2 request checked at a path prefix and signed again for Walrus.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resigned {
+    /// The path to forward, without the prefix.
+    pub path: String,
+    /// The query to forward (a presigned URL's `Signature` replaced).
+    pub query: String,
+    /// The `Authorization` header to forward, for a header-signed request.
+    pub authorization: Option<String>,
+}
+
+/// Verifies a SigV2 request that arrived at `path` (starting with `prefix`)
+/// with the key's `secret`, and signs it again over the path without the
+/// prefix. The client may have signed the path as sent or the path without
+/// the prefix, and a bucket-level path with or without its trailing slash
+/// (see the module docs). `None` when no variant matches. The date or
+/// expiry is left to Walrus, which checks it on the re-signed request.
+pub fn resign_under_prefix(
+    method: &str,
+    path: &str,
+    prefix: &str,
+    query: &str,
+    headers: &http::HeaderMap,
+    secret: &str,
+) -> Option<Resigned> {
+    let claim = v2_claim(headers, query)?;
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let bucket_only = rest.len() > 1 && !rest[1..].contains('/');
+    let signed_over = |resource: &str| {
+        let sts = string_to_sign(method, resource, query, headers, claim.expires.as_deref());
+        sign(secret, &sts) == claim.signature
+    };
+    // (what the client may have signed, the path Walrus gets for it)
+    let mut candidates = vec![
+        (path.to_string(), rest.to_string()),
+        (rest.to_string(), rest.to_string()),
+    ];
+    if bucket_only {
+        let slashed = format!("{rest}/");
+        candidates.push((format!("{path}/"), slashed.clone()));
+        candidates.push((slashed.clone(), slashed));
+    }
+    let (_, forward) = candidates
+        .into_iter()
+        .find(|(signed, _)| signed_over(signed))?;
+    let signature = sign(
+        secret,
+        &string_to_sign(method, &forward, query, headers, claim.expires.as_deref()),
+    );
+    if claim.expires.is_some() {
+        let query = query
+            .split('&')
+            .map(|p| {
+                if p.split_once('=').map_or(p, |(k, _)| k) == "Signature" {
+                    format!("Signature={}", query_escape(&signature))
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        Some(Resigned {
+            path: forward,
+            query,
+            authorization: None,
+        })
+    } else {
+        Some(Resigned {
+            path: forward,
+            query: query.to_string(),
+            authorization: Some(format!("AWS {}:{signature}", claim.access_key)),
+        })
+    }
+}
+
+/// Base64 in a query value: `+`, `/` and `=` escaped.
+fn query_escape(v: &str) -> String {
+    v.replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
 impl Walrus {
     /// Adds the trailing slash to a path-style bucket-level path when the
     /// client's SigV2 signature was made over `/bucket/` (see the module
@@ -282,5 +379,59 @@ mod tests {
             sign("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", sts),
             "qgk2+6Sv9/oM7G3qLEjTH1a1l1g="
         );
+    }
+
+    #[test]
+    fn requests_signed_under_the_prefix_are_signed_again_without_it() {
+        let secret = "s3cr3t";
+        let mut h = http::HeaderMap::new();
+        h.insert("date", "Tue, 27 Mar 2007 19:36:42 +0000".parse().unwrap());
+        let prefix = "/services/objectstorage";
+        for (sent, signed, forwarded) in [
+            (
+                "/services/objectstorage/b/k",
+                "/services/objectstorage/b/k",
+                "/b/k",
+            ),
+            ("/services/objectstorage/b/k", "/b/k", "/b/k"),
+            (
+                "/services/objectstorage/b",
+                "/services/objectstorage/b/",
+                "/b/",
+            ),
+            ("/services/objectstorage/b", "/b", "/b"),
+            ("/services/objectstorage", "/services/objectstorage", "/"),
+        ] {
+            let sig = sign(secret, &string_to_sign("GET", signed, "acl", &h, None));
+            let mut hh = h.clone();
+            hh.insert("authorization", format!("AWS AK:{sig}").parse().unwrap());
+            let r = resign_under_prefix("GET", sent, prefix, "acl", &hh, secret).unwrap();
+            let want = sign(secret, &string_to_sign("GET", forwarded, "acl", &h, None));
+            assert_eq!(r.path, forwarded, "{sent} signed as {signed}");
+            assert_eq!(r.authorization, Some(format!("AWS AK:{want}")));
+            // Another secret: refused.
+            assert!(resign_under_prefix("GET", sent, prefix, "acl", &hh, "other").is_none());
+        }
+        // Presigned: the Signature parameter is replaced, the rest kept.
+        let sig = sign(
+            secret,
+            &string_to_sign("GET", "/services/objectstorage/b/k", "", &h, Some("99")),
+        );
+        let q = format!(
+            "AWSAccessKeyId=AK&Expires=99&Signature={}",
+            query_escape(&sig)
+        );
+        let r = resign_under_prefix("GET", "/services/objectstorage/b/k", prefix, &q, &h, secret)
+            .unwrap();
+        let want = sign(secret, &string_to_sign("GET", "/b/k", "", &h, Some("99")));
+        assert_eq!(
+            r.query,
+            format!(
+                "AWSAccessKeyId=AK&Expires=99&Signature={}",
+                query_escape(&want)
+            )
+        );
+        assert_eq!(r.authorization, None);
+        assert_eq!(access_key(&h, &q).as_deref(), Some("AK"));
     }
 }
