@@ -769,6 +769,23 @@ fn file_chunks(file: tokio::fs::File) -> impl Stream<Item = Result<Bytes, std::i
 }
 
 /// The response fields for a kept checksum (all empty without one).
+/// A struct literal of the s3s type `$ty` whose five `checksum_*` fields
+/// come from `$sum` (a [`Checksum`]): s3s gives every output and result
+/// type its own copy of them.
+macro_rules! with_checksum {
+    ($sum:expr, $ty:ident { $($body:tt)* }) => {{
+        let s: Checksum = $sum;
+        $ty {
+            checksum_crc32: s.checksum_crc32,
+            checksum_crc32c: s.checksum_crc32c,
+            checksum_crc64nvme: s.checksum_crc64nvme,
+            checksum_sha1: s.checksum_sha1,
+            checksum_sha256: s.checksum_sha256,
+            $($body)*
+        }
+    }};
+}
+
 fn echo(c: Option<&StoredChecksum>) -> (Checksum, Option<ChecksumType>) {
     c.map(checksum::to_dto).unwrap_or_default()
 }
@@ -1068,17 +1085,15 @@ impl S3 for Walrus {
         };
         self.commit_object(&o, &info.id).await.map_err(meta_err)?;
         let (sum, kind) = echo(o.checksum.as_ref());
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(quoted(&etag)),
-            size: Some(info.size as i64),
-            checksum_crc32: sum.checksum_crc32,
-            checksum_crc32c: sum.checksum_crc32c,
-            checksum_crc64nvme: sum.checksum_crc64nvme,
-            checksum_sha1: sum.checksum_sha1,
-            checksum_sha256: sum.checksum_sha256,
-            checksum_type: kind,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksum!(
+            sum,
+            PutObjectOutput {
+                e_tag: Some(quoted(&etag)),
+                size: Some(info.size as i64),
+                checksum_type: kind,
+                ..Default::default()
+            }
+        )))
     }
 
     async fn get_object(
@@ -1135,29 +1150,27 @@ impl S3 for Walrus {
                 .as_ref()
                 .filter(|_| whole && mode_enabled(&i.checksum_mode)),
         );
-        Ok(S3Response::new(GetObjectOutput {
-            body: Some(StreamingBlob::wrap(body)),
-            content_length: Some((range.end - range.start) as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(quoted(&o.etag)),
-            last_modified: Some(ts(o.modified_ms)),
-            content_type: i.response_content_type.clone().or(ct),
-            content_encoding: i.response_content_encoding.clone().or(ce),
-            content_disposition: i.response_content_disposition.clone().or(cd),
-            content_language: i.response_content_language.clone().or(cl),
-            cache_control: i.response_cache_control.clone().or(cc),
-            expires: i.response_expires.clone().or(ex),
-            metadata: md,
-            parts_count: i.part_number.map(|_| o.pieces.len() as i32),
-            checksum_crc32: sum.checksum_crc32,
-            checksum_crc32c: sum.checksum_crc32c,
-            checksum_crc64nvme: sum.checksum_crc64nvme,
-            checksum_sha1: sum.checksum_sha1,
-            checksum_sha256: sum.checksum_sha256,
-            checksum_type: kind,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksum!(
+            sum,
+            GetObjectOutput {
+                body: Some(StreamingBlob::wrap(body)),
+                content_length: Some((range.end - range.start) as i64),
+                content_range,
+                accept_ranges: Some("bytes".into()),
+                e_tag: Some(quoted(&o.etag)),
+                last_modified: Some(ts(o.modified_ms)),
+                content_type: i.response_content_type.clone().or(ct),
+                content_encoding: i.response_content_encoding.clone().or(ce),
+                content_disposition: i.response_content_disposition.clone().or(cd),
+                content_language: i.response_content_language.clone().or(cl),
+                cache_control: i.response_cache_control.clone().or(cc),
+                expires: i.response_expires.clone().or(ex),
+                metadata: md,
+                parts_count: i.part_number.map(|_| o.pieces.len() as i32),
+                checksum_type: kind,
+                ..Default::default()
+            }
+        )))
     }
 
     async fn head_object(
@@ -1198,27 +1211,25 @@ impl S3 for Walrus {
                 .as_ref()
                 .filter(|_| whole && mode_enabled(&i.checksum_mode)),
         );
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(len as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(quoted(&o.etag)),
-            last_modified: Some(ts(o.modified_ms)),
-            content_type: ct,
-            content_encoding: ce,
-            content_disposition: cd,
-            content_language: cl,
-            cache_control: cc,
-            expires: ex,
-            metadata: md,
-            checksum_crc32: sum.checksum_crc32,
-            checksum_crc32c: sum.checksum_crc32c,
-            checksum_crc64nvme: sum.checksum_crc64nvme,
-            checksum_sha1: sum.checksum_sha1,
-            checksum_sha256: sum.checksum_sha256,
-            checksum_type: kind,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksum!(
+            sum,
+            HeadObjectOutput {
+                content_length: Some(len as i64),
+                content_range,
+                accept_ranges: Some("bytes".into()),
+                e_tag: Some(quoted(&o.etag)),
+                last_modified: Some(ts(o.modified_ms)),
+                content_type: ct,
+                content_encoding: ce,
+                content_disposition: cd,
+                content_language: cl,
+                cache_control: cc,
+                expires: ex,
+                metadata: md,
+                checksum_type: kind,
+                ..Default::default()
+            }
+        )))
     }
 
     async fn delete_object(
@@ -1385,16 +1396,14 @@ impl S3 for Walrus {
         self.commit_object(&o, &info.id).await.map_err(meta_err)?;
         let (sum, kind) = echo(o.checksum.as_ref());
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(quoted(&etag)),
-                last_modified: Some(ts(modified)),
-                checksum_crc32: sum.checksum_crc32,
-                checksum_crc32c: sum.checksum_crc32c,
-                checksum_crc64nvme: sum.checksum_crc64nvme,
-                checksum_sha1: sum.checksum_sha1,
-                checksum_sha256: sum.checksum_sha256,
-                checksum_type: kind,
-            }),
+            copy_object_result: Some(with_checksum!(
+                sum,
+                CopyObjectResult {
+                    e_tag: Some(quoted(&etag)),
+                    last_modified: Some(ts(modified)),
+                    checksum_type: kind,
+                }
+            )),
             ..Default::default()
         }))
     }
@@ -1642,15 +1651,13 @@ impl S3 for Walrus {
             .await
             .map_err(meta_err)?;
         let (sum, _) = echo(part.checksum.as_ref());
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(quoted(&etag)),
-            checksum_crc32: sum.checksum_crc32,
-            checksum_crc32c: sum.checksum_crc32c,
-            checksum_crc64nvme: sum.checksum_crc64nvme,
-            checksum_sha1: sum.checksum_sha1,
-            checksum_sha256: sum.checksum_sha256,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksum!(
+            sum,
+            UploadPartOutput {
+                e_tag: Some(quoted(&etag)),
+                ..Default::default()
+            }
+        )))
     }
 
     async fn upload_part_copy(
@@ -1705,15 +1712,13 @@ impl S3 for Walrus {
             .map_err(meta_err)?;
         let (sum, _) = echo(part.checksum.as_ref());
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                e_tag: Some(quoted(&etag)),
-                last_modified: Some(ts(modified)),
-                checksum_crc32: sum.checksum_crc32,
-                checksum_crc32c: sum.checksum_crc32c,
-                checksum_crc64nvme: sum.checksum_crc64nvme,
-                checksum_sha1: sum.checksum_sha1,
-                checksum_sha256: sum.checksum_sha256,
-            }),
+            copy_part_result: Some(with_checksum!(
+                sum,
+                CopyPartResult {
+                    e_tag: Some(quoted(&etag)),
+                    last_modified: Some(ts(modified)),
+                }
+            )),
             ..Default::default()
         }))
     }
@@ -1763,17 +1768,15 @@ impl S3 for Walrus {
                     .into_iter()
                     .map(|p| {
                         let (sum, _) = echo(p.checksum.as_ref());
-                        Part {
-                            part_number: Some(p.number),
-                            e_tag: Some(quoted(&p.etag)),
-                            size: Some(p.size as i64),
-                            last_modified: Some(ts(p.modified_ms)),
-                            checksum_crc32: sum.checksum_crc32,
-                            checksum_crc32c: sum.checksum_crc32c,
-                            checksum_crc64nvme: sum.checksum_crc64nvme,
-                            checksum_sha1: sum.checksum_sha1,
-                            checksum_sha256: sum.checksum_sha256,
-                        }
+                        with_checksum!(
+                            sum,
+                            Part {
+                                part_number: Some(p.number),
+                                e_tag: Some(quoted(&p.etag)),
+                                size: Some(p.size as i64),
+                                last_modified: Some(ts(p.modified_ms)),
+                            }
+                        )
                     })
                     .collect(),
             ),
@@ -1969,19 +1972,17 @@ impl S3 for Walrus {
             .map_err(meta_err)?;
         self.delete_blobs(dead).await;
         let (sum, kind) = echo(o.checksum.as_ref());
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(u.bucket.clone()),
-            key: Some(u.key.clone()),
-            e_tag: Some(quoted(&etag)),
-            location: Some(format!("/{}/{}", u.bucket, u.key)),
-            checksum_crc32: sum.checksum_crc32,
-            checksum_crc32c: sum.checksum_crc32c,
-            checksum_crc64nvme: sum.checksum_crc64nvme,
-            checksum_sha1: sum.checksum_sha1,
-            checksum_sha256: sum.checksum_sha256,
-            checksum_type: kind,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksum!(
+            sum,
+            CompleteMultipartUploadOutput {
+                bucket: Some(u.bucket.clone()),
+                key: Some(u.key.clone()),
+                e_tag: Some(quoted(&etag)),
+                location: Some(format!("/{}/{}", u.bucket, u.key)),
+                checksum_type: kind,
+                ..Default::default()
+            }
+        )))
     }
 
     async fn abort_multipart_upload(
