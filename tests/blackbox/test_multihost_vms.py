@@ -8,7 +8,8 @@ and every segment spans them as VXLAN (see vmcloud.MultiHostCloud).
   source-group rule allows it, and then can;
 - SSH from the internet to the public IP of an instance on an NC host
   works (DNAT at the CC, then the tunnel; the key exchange's full-size
-  packets pass because DHCP told the guest the MTU the tunnel leaves);
+  packets pass because DHCP told the guest the MTU the tunnel leaves), and
+  stops after the rule is revoked;
 - an elastic IP moves between instances on the two hosts, and each
   gets its earlier public address back;
 - when the instances go, the NC hosts' bridges and tunnels go too.
@@ -106,6 +107,11 @@ def test_groups_span_nc_hosts_with_real_vms(mhcloud, test_image, tmp_path):
     assert states(ec2, [a2])[a2]["PublicIpAddress"] == pub[a2]
     assert wait_for("a2's own address again", lambda: behind(pub[a2]) == a2, timeout=60)
     ec2.release_address(PublicIp=eip)
+
+    # Revoking tcp/22 closes the public address of a guest on an NC host.
+    ec2.revoke_security_group_ingress(GroupName="a", IpProtocol="tcp", FromPort=22, ToPort=22,
+                                      CidrIp="198.51.100.0/24")
+    wait_for("ssh refused after the revoke", lambda: behind(pub[a1]) is None, timeout=30)
 
     # Gone with the instances: the NC hosts' segment bridges and tunnels.
     ec2.terminate_instances(InstanceIds=ids)
