@@ -646,28 +646,28 @@ async fn run_instances(cloud: &Cloud, caller: &Caller, p: &Params, r: &mut Respo
             },
         )
         .await?;
-    let made_tags: Vec<Tag> = if tags.is_empty() {
-        Vec::new()
-    } else {
+    if !tags.is_empty() {
         let ids: Vec<String> = made.iter().map(|i| i.id.to_string()).collect();
         cloud.create_tags(caller, &ids, &tags).await?;
-        cloud
-            .describe_instances(caller, &ids, &[])
-            .await?
-            .into_iter()
-            .flat_map(|(_, t)| t)
-            .collect()
-    };
+    }
     let first = &made[0];
     r.w.elem("reservationId", first.reservation_id.as_str());
     r.w.elem("ownerId", first.account_id.as_str());
     group_set(&mut r.w, first);
     r.w.open("instancesSet");
     for i in &made {
-        let mine: Vec<Tag> = made_tags
-            .iter()
-            .filter(|t| t.resource_id == i.id.as_str())
-            .cloned()
+        // The tags just stored, as DescribeInstances will show them (a
+        // key given twice keeps its last value, as the store does).
+        let stored: std::collections::BTreeMap<&String, &Option<String>> =
+            tags.iter().map(|(k, v)| (k, v)).collect();
+        let mine: Vec<Tag> = stored
+            .into_iter()
+            .map(|(k, v)| Tag {
+                resource_id: i.id.to_string(),
+                resource_type: ResourceType::Instance,
+                key: k.clone(),
+                value: v.clone().unwrap_or_default(),
+            })
             .collect();
         instance_item(&mut r.w, i, &mine);
     }

@@ -190,7 +190,7 @@ impl Spooled {
             };
             loop {
                 let mut buf = vec![0u8; CHUNK];
-                let n = match read_full(&mut f, &mut buf) {
+                let n = match crate::compress::read_full(&mut f, &mut buf) {
                     Ok(0) => return,
                     Ok(n) => n,
                     Err(e) => {
@@ -208,20 +208,6 @@ impl Spooled {
         });
         rx
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
