@@ -94,10 +94,6 @@ class NetCloud:
     def ns_run(self, *args, **kw):
         return sh("ip", "netns", "exec", self.ns, *args, **kw)
 
-    def start(self):
-        self.setup_net()
-        return self.start_cloud()
-
     def setup_net(self):
         sh("ip", "netns", "add", self.ns)
         self.ns_run("ip", "link", "set", "lo", "up")
