@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 
+use ironbark_node_api::MAX_VOLUMES_PER_INSTANCE;
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, ExportState, SnapshotSource, SnapshotSpec,
     StorageReport, VolumeSpec, WalrusTarget,
@@ -300,16 +301,30 @@ impl Cloud {
                     ),
                 ));
             }
-            let taken = self.store.list_volumes(None).await?.into_iter().any(|o| {
-                o.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.instance_id == iid && same_device(&a.device, req.device))
-            });
-            if taken {
+            let on_instance: Vec<_> = self
+                .store
+                .list_volumes(None)
+                .await?
+                .into_iter()
+                .filter_map(|o| o.attachment.filter(|a| a.instance_id == iid))
+                .collect();
+            if on_instance
+                .iter()
+                .any(|a| same_device(&a.device, req.device))
+            {
                 return Err(Error::invalid_value(format!(
                     "Attachment point {} is already in use",
                     req.device
                 )));
+            }
+            if on_instance.len() >= MAX_VOLUMES_PER_INSTANCE {
+                return Err(Error::new(
+                    ErrorKind::AttachmentLimitExceeded,
+                    format!(
+                        "Instance '{}' already has {MAX_VOLUMES_PER_INSTANCE} volumes attached, the most it can have",
+                        inst.id
+                    ),
+                ));
             }
             v.attachment = Some(VolumeAttachment {
                 instance_id: iid,
@@ -992,6 +1007,50 @@ mod tests {
             Some(std::time::Instant::now() - STORAGE_RESEND - std::time::Duration::from_secs(1));
         c.ebs_tick().await.unwrap();
         assert!(sc.last.lock().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_instance_takes_as_many_volumes_as_the_nc_has_slots() {
+        let (c, _fake, _admin, alice, img) = setup(1).await;
+        let sc = Arc::new(FakeSc::default());
+        let c = c.with_storage(sc.clone());
+        let inst = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap()[0]
+            .id
+            .to_string();
+        let mut vols = Vec::new();
+        for _ in 0..=MAX_VOLUMES_PER_INSTANCE {
+            let v = c
+                .create_volume(&alice, Some("1"), None, "zone1")
+                .await
+                .unwrap();
+            vols.push(v.id.to_string());
+        }
+        c.ebs_tick().await.unwrap();
+        for (i, vol) in vols.iter().take(MAX_VOLUMES_PER_INSTANCE).enumerate() {
+            let device = format!("/dev/sd{}", (b'b' + i as u8) as char);
+            let req = AttachRequest {
+                volume_id: vol,
+                instance_id: &inst,
+                device: &device,
+            };
+            c.attach_volume(&alice, req).await.unwrap();
+        }
+        let last = &vols[MAX_VOLUMES_PER_INSTANCE];
+        let req = AttachRequest {
+            volume_id: last,
+            instance_id: &inst,
+            device: "/dev/sdz",
+        };
+        let e = c.attach_volume(&alice, req).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AttachmentLimitExceeded, "{e:?}");
+        let v = c
+            .describe_volumes(&alice, std::slice::from_ref(last), &[])
+            .await
+            .unwrap();
+        assert!(
+            v[0].0.attachment.is_none(),
+            "the refused attach changed nothing"
+        );
     }
 
     #[tokio::test]

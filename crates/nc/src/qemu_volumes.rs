@@ -5,16 +5,18 @@
 //! tls-creds-psk` (client end, the export's identity), `blockdev-add` of a
 //! raw node over QEMU's NBD client (with `reconnect-delay`, so a restarted
 //! storage daemon does not fail the guest's I/O at once), and `device_add
-//! virtio-blk-pci` with the volume id as serial on a free PCIe root port
-//! (made at launch, see [`HOTPLUG_PORTS`]).
+//! virtio-blk-pci` with the volume id as serial on the `pc` machine's root
+//! bus, which the guest learns of through ACPI hot-plug (see
+//! [`MAX_VOLUMES`]). VMs started by older NCs on `q35` have empty PCIe root
+//! ports instead (`vport<slot>`): a volume goes on its slot's port there.
 //!
 //! Detach: `device_del`, then wait for QEMU's `DEVICE_DELETED`, which comes
 //! once the guest has released the device; only then `blockdev-del` and
 //! `object-del` (QEMU refuses to delete a node a device still uses).
 //!
 //! What is plugged in is read back from QEMU (`qom-list
-//! /machine/peripheral`): device ids are `vdisk<port>-<volume id>`, so the
-//! list says both which volumes are attached and which ports are taken,
+//! /machine/peripheral`): device ids are `vdisk<slot>-<volume id>`, so the
+//! list says both which volumes are attached and which slots are taken,
 //! with nothing to keep on the NC's side.
 
 use std::path::Path;
@@ -26,11 +28,10 @@ use serde_json::json;
 
 use crate::hypervisor::HvError;
 
-/// Empty PCIe root ports each VM gets for volumes: at most this many
-/// volumes per instance.
-pub const HOTPLUG_PORTS: usize = 8;
-/// Their ids: `vport0` …
-pub const PORT_PREFIX: &str = "vport";
+/// Volume slots per VM (device ids `vdisk0-…` to `vdisk7-…`).
+const MAX_VOLUMES: usize = ironbark_node_api::MAX_VOLUMES_PER_INSTANCE;
+/// Ids of the PCIe root ports q35 VMs of older NCs were given per slot.
+const PORT_PREFIX: &str = "vport";
 const DEVICE_PREFIX: &str = "vdisk";
 /// How long a guest gets to release a device on detach.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,8 +62,8 @@ fn creds(vol: &str) -> String {
     format!("tls-{vol}")
 }
 
-/// (port, volume id) of every volume device.
-async fn devices(q: &mut Qmp) -> Result<Vec<(usize, String)>, HvError> {
+/// Ids of the VM's user-created devices.
+async fn peripherals(q: &mut Qmp) -> Result<Vec<String>, HvError> {
     let list = q
         .execute("qom-list", Some(json!({"path": "/machine/peripheral"})))
         .await
@@ -71,16 +72,40 @@ async fn devices(q: &mut Qmp) -> Result<Vec<(usize, String)>, HvError> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|p| parse_device_id(p["name"].as_str()?))
+                .filter_map(|p| Some(p["name"].as_str()?.to_string()))
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// (slot, volume id) of every volume device.
+async fn devices(q: &mut Qmp) -> Result<Vec<(usize, String)>, HvError> {
+    Ok(peripherals(q)
+        .await?
+        .iter()
+        .filter_map(|id| parse_device_id(id))
+        .collect())
 }
 
 fn parse_device_id(id: &str) -> Option<(usize, String)> {
     let rest = id.strip_prefix(DEVICE_PREFIX)?;
     let (port, vol) = rest.split_once('-')?;
     Some((port.parse().ok()?, vol.to_string()))
+}
+
+/// Where a volume goes, given the VM's device ids: its free slot and, on a
+/// q35 VM of an older NC, the root port to plug it into; `None` if it is
+/// plugged in already.
+fn placement(ids: &[String], vol: &str) -> Result<Option<(usize, Option<String>)>, HvError> {
+    let present: Vec<(usize, String)> = ids.iter().filter_map(|id| parse_device_id(id)).collect();
+    if present.iter().any(|(_, v)| v == vol) {
+        return Ok(None);
+    }
+    let slot = (0..MAX_VOLUMES)
+        .find(|s| !present.iter().any(|(used, _)| used == s))
+        .ok_or_else(|| HvError(format!("all {MAX_VOLUMES} volume slots are in use")))?;
+    let port = format!("{PORT_PREFIX}{slot}");
+    Ok(Some((slot, ids.contains(&port).then_some(port))))
 }
 
 /// Volume ids plugged into the VM.
@@ -103,13 +128,9 @@ async fn drop_backend(q: &mut Qmp, dir: &Path, vol: &str) {
 
 pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), HvError> {
     let mut q = Qmp::connect(qmp).await.map_err(hv("QMP"))?;
-    let present = devices(&mut q).await?;
-    if present.iter().any(|(_, vol)| vol == &v.volume_id) {
+    let Some((slot, legacy_port)) = placement(&peripherals(&mut q).await?, &v.volume_id)? else {
         return Ok(());
-    }
-    let port = (0..HOTPLUG_PORTS)
-        .find(|p| !present.iter().any(|(used, _)| used == p))
-        .ok_or_else(|| HvError(format!("all {HOTPLUG_PORTS} volume slots are in use")))?;
+    };
     let vol = &v.volume_id;
     drop_backend(&mut q, dir, vol).await;
 
@@ -148,19 +169,18 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
         )
         .await
         .map_err(hv("blockdev-add nbd"))?;
-        let serial = disk_serial(vol);
-        q.execute(
-            "device_add",
-            Some(json!({
-                "driver": "virtio-blk-pci",
-                "id": format!("{DEVICE_PREFIX}{port}-{vol}"),
-                "drive": node(vol),
-                "serial": serial,
-                "bus": format!("{PORT_PREFIX}{port}"),
-            })),
-        )
-        .await
-        .map_err(hv("device_add virtio-blk-pci"))?;
+        let mut dev = json!({
+            "driver": "virtio-blk-pci",
+            "id": format!("{DEVICE_PREFIX}{slot}-{vol}"),
+            "drive": node(vol),
+            "serial": disk_serial(vol),
+        });
+        if let Some(port) = &legacy_port {
+            dev["bus"] = json!(port);
+        }
+        q.execute("device_add", Some(dev))
+            .await
+            .map_err(hv("device_add virtio-blk-pci"))?;
         Ok(())
     }
     .await;
@@ -172,11 +192,11 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
 
 pub async fn detach(qmp: &Path, dir: &Path, vol: &str) -> Result<(), HvError> {
     let mut q = Qmp::connect(qmp).await.map_err(hv("QMP"))?;
-    let Some((port, _)) = devices(&mut q).await?.into_iter().find(|(_, v)| v == vol) else {
+    let Some((slot, _)) = devices(&mut q).await?.into_iter().find(|(_, v)| v == vol) else {
         drop_backend(&mut q, dir, vol).await;
         return Ok(());
     };
-    let id = format!("{DEVICE_PREFIX}{port}-{vol}");
+    let id = format!("{DEVICE_PREFIX}{slot}-{vol}");
     // A repeated device_del while the guest is still releasing the device
     // is refused; the event is what counts.
     if let Err(e) = q.execute("device_del", Some(json!({"id": id}))).await {
@@ -226,6 +246,26 @@ mod tests {
         assert_eq!(disk_serial("vol-0123456789abcdef0"), "vol0123456789abcdef0");
         assert_eq!(disk_serial("vol-e2e00001"), "vole2e00001");
         assert_eq!(disk_serial("vol-0123456789abcdef0123").len(), SERIAL_MAX);
+    }
+
+    #[test]
+    fn volumes_take_the_first_free_slot_and_old_vms_ports() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // pc: the root bus, no port.
+        assert_eq!(
+            placement(&ids(&["vdisk0-vol-a", "vdisk2-vol-b"]), "vol-c").unwrap(),
+            Some((1, None))
+        );
+        assert_eq!(placement(&ids(&["vdisk0-vol-a"]), "vol-a").unwrap(), None);
+        // q35 of an older NC: the slot's root port.
+        assert_eq!(
+            placement(&ids(&["vport0", "vport1", "vdisk0-vol-a"]), "vol-c").unwrap(),
+            Some((1, Some("vport1".to_string())))
+        );
+        let full: Vec<String> = (0..MAX_VOLUMES)
+            .map(|i| format!("vdisk{i}-vol-{i}"))
+            .collect();
+        assert!(placement(&full, "vol-x").is_err());
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub struct NbdTarget {
     pub psk_hex: String,
 }
 
+/// Volumes one instance can have attached at once: the NC's hot-plug
+/// slots, and the CLC's AttachVolume limit.
+pub const MAX_VOLUMES_PER_INSTANCE: usize = 8;
+
 /// A volume to attach to an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeAttachment {
