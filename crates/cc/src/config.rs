@@ -122,13 +122,15 @@ impl CcConfig {
     }
 
     /// The underlay address of NC `url` (`http://a.b.c.d:port/`), or
-    /// `None` when it shares the CC's host (loopback, or the CC's own
-    /// private address) or names no IPv4 address.
+    /// `None` when it shares the CC's host (loopback, the CC's own private
+    /// address, or the address the CC listens on, as with `ironbark up
+    /// --listen <host address>`) or names no IPv4 address.
     pub fn remote_node_ip(&self, url: &str) -> Option<Ipv4Addr> {
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let host = rest.split(['/', ':']).next().unwrap_or_default();
         let ip: Ipv4Addr = host.parse().ok()?;
-        (!ip.is_loopback() && !ip.is_unspecified() && Some(ip) != self.private_ip).then_some(ip)
+        let own = Some(ip) == self.private_ip || std::net::IpAddr::V4(ip) == self.listen.ip();
+        (!ip.is_loopback() && !ip.is_unspecified() && !own).then_some(ip)
     }
 
     /// The port the metadata redirect points at.
@@ -142,4 +144,24 @@ fn default_hosts_dir(state_dir: &std::path::Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
     PathBuf::from("/run/ironbark").join(format!("dhcp-{}", hex::encode(&digest[..6])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_on_the_ccs_own_addresses_need_no_tunnel() {
+        let mut c = CcConfig::new("zone1", "t", PathBuf::from("/tmp/cc"));
+        c.listen = "10.1.0.2:8774".parse().unwrap();
+        c.private_ip = Some("192.168.5.1".parse().unwrap());
+        assert_eq!(c.remote_node_ip("http://127.0.0.1:8775/"), None);
+        assert_eq!(c.remote_node_ip("http://10.1.0.2:8775/"), None);
+        assert_eq!(c.remote_node_ip("http://192.168.5.1:8775"), None);
+        assert_eq!(c.remote_node_ip("http://nc.example:8775"), None);
+        assert_eq!(
+            c.remote_node_ip("http://192.168.5.7:8775/"),
+            Some("192.168.5.7".parse().unwrap())
+        );
+    }
 }

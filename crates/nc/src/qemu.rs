@@ -327,10 +327,17 @@ impl Hypervisor for QemuHypervisor {
         for stale in [&files.pidfile, &files.qmp] {
             let _ = tokio::fs::remove_file(stale).await;
         }
-        self.create_disks(launch, &files).await?;
-        for nic in &launch.nics {
-            self.create_tap(nic).await?;
-        }
+        // Disks and taps do not depend on each other: made side by side, as
+        // every launch waits for both before QEMU can start.
+        let taps = async {
+            for nic in &launch.nics {
+                self.create_tap(nic).await?;
+            }
+            Ok::<(), HvError>(())
+        };
+        let (disks, taps) = tokio::join!(self.create_disks(launch, &files), taps);
+        disks?;
+        taps?;
         let accel = self.accelerator(&launch.kernel, &launch.dir).await;
         let args = qemu_args(launch, &files, accel)?;
         let mut c = self.command_in_netns(&self.cfg.qemu_binary);
