@@ -189,7 +189,9 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     guard.children.push(server(&web2, 8080, "web2"));
     guard.children.push(server(&db1, 5432, "db1"));
     guard.children.push(server(&inet, 9000, "inet"));
-    std::thread::sleep(Duration::from_millis(300));
+    for (ns, port) in [(&web1, 8080), (&web2, 8080), (&db1, 5432), (&inet, 9000)] {
+        wait_listening(ns, port);
+    }
 
     // One group: free. Different groups: nothing, privately or publicly.
     assert!(ping(&web1, "198.51.100.3"));
@@ -289,7 +291,7 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     let _ = guard.children[0].wait();
     let _ = &mut listener;
     guard.children.push(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&web1, 8080);
     let mut client = Command::new("ip")
         .args([
             "netns",
@@ -308,7 +310,7 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     let received = || std::fs::read_to_string(&sink).unwrap_or_default();
     to_server.write_all(b"before\n").unwrap();
     to_server.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !received().contains("before") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -343,7 +345,8 @@ async fn groups_rules_public_addresses_and_elastic_ips_on_the_real_data_path() {
     z.instances[0].public_ip = Some("203.0.113.50".into());
     z.instances[1].public_ip = Some("203.0.113.10".into());
     apply(&net, &cfg, &z).await;
-    std::thread::sleep(Duration::from_millis(200));
+    wait_listening(&web1, 8081);
+    wait_listening(&web2, 8081);
     assert_eq!(
         tcp(&inet, "203.0.113.10", 8081).as_deref(),
         Some("web2 from 192.0.2.2")

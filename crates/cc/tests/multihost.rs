@@ -327,7 +327,8 @@ async fn segments_rules_and_elastic_ips_across_hosts() {
     // nothing again after the revoke.
     guard.children.push(server(&w1, 8080, "web1"));
     guard.children.push(server(&w2, 8080, "web2"));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&w1, 8080);
+    wait_listening(&w2, 8080);
     assert_eq!(tcp(&inet, "203.0.113.10", 8080), None);
     z.generation += 1;
     z.segments[0].rules = vec![rule(

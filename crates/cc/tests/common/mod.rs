@@ -107,3 +107,21 @@ pub fn server(ns: &str, port: u16, name: &str) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// Waits (up to 10 s) until something in `ns` listens on TCP `port`: a
+/// fixed sleep after spawning a server was too short on a loaded machine.
+pub fn wait_listening(ns: &str, port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let filter = format!("sport = :{port}");
+    while std::time::Instant::now() < deadline {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Hltn", &filter])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("nothing listens on {ns}:{port} after 10 s");
+}
