@@ -407,9 +407,9 @@ fn write_batch(f: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
 /// disk write would run one after the other. A thread that calls
 /// `fdatasync` every [`FLUSH_EVERY`] bytes (every [`TAIL_FLUSH_EVERY`]
 /// near the end of a body of known length, see [`flush_due`]) overlaps
-/// them, and the closing fsync finds little left. (`sync_file_range` would start write-back
-/// without waiting, but has no safe wrapper; waiting on its own thread
-/// costs nothing.)
+/// them, and the closing fsync finds little left. (`sync_file_range`
+/// would start write-back without waiting, but has no safe wrapper;
+/// waiting on its own thread costs nothing.)
 struct Flusher<'scope> {
     ask: std::sync::mpsc::SyncSender<()>,
     thread: std::thread::ScopedJoinHandle<'scope, std::io::Result<()>>,
