@@ -6,21 +6,31 @@
 # Clients are curl processes on presigned URLs (so the client side costs
 # the same against every server). Both directions move bytes between a
 # file and the store on the same disk: PUT reads a file and the server
-# writes (and fsyncs) it; GET reads from the store and curl writes a file.
+# writes (and fsyncs) it; GET reads from the store and each client writes
+# a file and fsyncs that file (`sync FILE`) before it counts as done.
 # The baseline is the same move without a server: `dd conv=fsync` of the
-# file to a new file on that disk, with the same concurrency. Each cell is
+# file to a new file on that disk, with the same concurrency. Beside it,
+# "curl" is the client alone: curl copying the same file to a new file
+# through a file:// URL, then fsyncing it, with the same concurrency; it is
+# what a GET would take if the server cost nothing (curl starts a process
+# and writes its output in 4-12 KiB pieces, dd in 1 MiB ones). Each cell is
 # measured REPEAT times, the servers running one after the other within a
-# repeat (taking turns at going first) so they see the same load; the table gives the median MB/s with the range
-# (min-max) under it, and the median of the per-repeat ratios to the file
-# copy with their range. Ends with the peak RSS of each ironbark process.
+# repeat (taking turns at going first) so they see the same load; the table
+# gives the median MB/s with the range (min-max) under it, and the median
+# of the per-repeat ratios to the file copy (the target) and to the curl
+# copy, with their ranges. Ends with the peak RSS of each ironbark process.
 #
 # Knobs (environment): SIZES ("1 64 1024", MiB), CLIENTS ("1 4"), REPEAT
 # (3), ROUNDS (objects per client per measurement, default: 16 for 1 MiB,
-# 4 for 64 MiB, 1 for 1 GiB), VENV (.venv-bench), MOTO_VERSION (5.2.5),
-# SKIP_MOTO (1 to skip), SKIP_BUILD (1 to use the release build as is),
-# IRONBARK_BIN (the binary to bench; default the release build), OTHER_BIN
-# (a second ironbark binary benched beside it in an "other" column, to
-# compare two builds in the same run).
+# 4 for 64 MiB, 1 for 1 GiB), VENV (.venv-bench, shared with ec2_api.sh;
+# created, or completed with pip, only when moto or boto3 is missing),
+# MOTO_VERSION (5.2.5), SKIP_MOTO (1 to skip), SKIP_BUILD (1 to use the
+# release build as is), IRONBARK_BIN (the binary to bench; default the
+# release build), OTHER_BIN (a second ironbark binary benched beside it in
+# an "other" column, to compare two builds in the same run).
+#
+# moto keeps each object in memory (a 1 GiB PUT peaks at about 2.2 GB of
+# RSS), so four 1 GiB clients need about 9 GB of free RAM.
 #
 # Usage: bash benches/walrus.sh
 set -euo pipefail
@@ -69,10 +79,23 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building ironbark (release)"
     cargo build --release -q -p ironbark
 fi
-if [[ ! -x $VENV/bin/python ]]; then
-    python3 -m venv "$VENV"
+# boto3 presigns for every server; moto (its s3 and server extras) runs one.
+# The pins match ec2_api.sh's, which shares the venv. pip runs only when
+# something is missing, so a ready venv needs no network.
+PINS=(
+    "moto[s3,server]==$MOTO_VERSION"
+    "Werkzeug==3.1.9"
+    "Flask==3.1.3"
+    "botocore==1.44.8"
+    "boto3==1.44.8"
+)
+if ! "$VENV/bin/python" -c "
+import sys, boto3, moto, flask, flask_cors, yaml, py_partiql_parser
+sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    log "installing moto $MOTO_VERSION and boto3 into $VENV"
+    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PINS[@]}" >&2
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check "moto[s3,server]==$MOTO_VERSION" boto3
 
 # --- servers -----------------------------------------------------------
 # start_ironbark BIN DIR: starts it; sets STARTED_PID, STARTED_PORT, STARTED_KEY, STARTED_SECRET.
@@ -160,9 +183,13 @@ run_s3() {
     xargs -P "$clients" -I{} curl -sf -o /dev/null -T "$file" "{}" < "$WORK/put.urls"
     t1=$(now); put=$(mbps "$bytes" "$t0" "$t1")
     mkdir -p "$WORK/dl"
+    # Each client fsyncs the file it wrote, as each dd of the baseline does
+    # (conv=fsync): the same bytes made durable, and no one else's. (A
+    # syncfs of the whole disk at the end would also wait for whatever
+    # other processes had left dirty on it.)
+    paste -d '\n' "$WORK/get.urls" <(seq 1 "$n" | sed "s|^|$WORK/dl/|") > "$WORK/get.jobs"
     t0=$(now)
-    xargs -P "$clients" -I{} curl -sf --output-dir "$WORK/dl" -O "{}" < "$WORK/get.urls"
-    sync -f "$WORK/dl"
+    xargs -d '\n' -n 2 -P "$clients" sh -c 'curl -sf -o "$1" "$0" && sync "$1"' < "$WORK/get.jobs"
     t1=$(now); get=$(mbps "$bytes" "$t0" "$t1")
     rm -rf "$WORK/dl"
     empty_bucket "$ep" "$key" "$secret" "$region" "$bucket"
@@ -180,6 +207,18 @@ file_copy() {
     rm -rf "$WORK/copy"
 }
 
+# curl_copy SIZE FILE CLIENTS -> MB/s of curl copying FILE to new files
+# through file:// URLs, each fsynced: the GET client's own cost, no server.
+curl_copy() {
+    local size=$1 file=$2 clients=$3 rounds n t0 t1 bytes
+    rounds=$(rounds_for "$size"); n=$((clients * rounds)); bytes=$((n * size * 1048576))
+    mkdir -p "$WORK/ccopy"
+    t0=$(now)
+    seq 1 "$n" | xargs -P "$clients" -I{} sh -c "curl -sf -o '$WORK/ccopy/{}' 'file://$file' && sync '$WORK/ccopy/{}'"
+    t1=$(now); mbps "$bytes" "$t0" "$t1"
+    rm -rf "$WORK/ccopy"
+}
+
 # stats V1 V2 ... -> "median min-max"
 stats() { python3 -c 'import sys, statistics as st; v=[float(x) for x in sys.argv[1:]]; print(f"{st.median(v):.0f} {min(v):.0f}-{max(v):.0f}")' "$@"; }
 # ratios NUMS... / DENOMS... (same count) -> "median% min-max%"
@@ -193,19 +232,20 @@ print(f"{st.median(r):.0f}% {min(r):.0f}-{max(r):.0f}%")' "$@"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -h "$WORK" | awk 'NR==2{print $1}'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "clients: concurrent curl processes on presigned URLs; servers and clients share the cores"
-echo "each cell: median MB/s of $REPEAT runs, range below; ib/file: median of per-run ratios"
+echo "each cell: median MB/s of $REPEAT runs, range below; ib/file, ib/curl: median of per-run ratios"
 other_col=""; [[ -n $OTHER_BIN ]] && other_col="other"
-printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' size cl dir "file" ironbark "$other_col" moto "ib/file"
+printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' size cl dir "file" curl ironbark "$other_col" moto "ib/file" "ib/curl"
 for size in $SIZES; do
     file="$WORK/data-$size"
     head -c $((size * 1048576)) /dev/urandom > "$file"
     for clients in $CLIENTS; do
-        fc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
+        fc=(); cc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
         servers=(ib)
         [[ -n $OTHER_BIN ]] && servers+=(ob)
         [[ -n $MOTO_PID ]] && servers+=(mo)
         for rep in $(seq 1 "$REPEAT"); do
             fc+=("$(file_copy "$size" "$file" "$clients")")
+            cc+=("$(curl_copy "$size" "$file" "$clients")")
             # Whoever runs first after the file copy meets its write-back
             # and file deletions: take turns at going first.
             for k in $(seq 0 $((${#servers[@]} - 1))); do
@@ -222,13 +262,15 @@ for size in $SIZES; do
         for dir in PUT GET; do
             if [[ $dir == PUT ]]; then ib=("${iw[@]}"); ob=("${ow[@]}"); mo=("${mw[@]}"); else ib=("${ir[@]}"); ob=("${or[@]}"); mo=("${mr[@]}"); fi
             read -r fm fs < <(stats "${fc[@]}")
+            read -r cm cs < <(stats "${cc[@]}")
             read -r im is < <(stats "${ib[@]}")
             om=""; os=""; mm=-; ms=""
             if [[ -n $OTHER_BIN ]]; then read -r om os < <(stats "${ob[@]}"); fi
             if [[ -n $MOTO_PID ]]; then read -r mm ms < <(stats "${mo[@]}"); fi
             read -r rm rs < <(ratios "${ib[@]}" "${fc[@]}")
-            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$im" "$om" "$mm" "$rm"
-            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$is" "$os" "$ms" "$rs"
+            read -r qm qs < <(ratios "${ib[@]}" "${cc[@]}")
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$cm" "$im" "$om" "$mm" "$rm" "$qm"
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$cs" "$is" "$os" "$ms" "$rs" "$qs"
         done
     done
     rm -f "$file"
