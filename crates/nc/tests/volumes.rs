@@ -26,6 +26,7 @@ fn att(vol: &str) -> VolumeAttachment {
             export: format!("{vol}.nc-test"),
             tls_identity: format!("nc-test.{vol}"),
             psk_hex: "ab".repeat(32),
+            socket: None,
         },
     }
 }
