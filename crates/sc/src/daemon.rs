@@ -80,6 +80,18 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 ";
 
+/// glibc malloc settings for the daemons. QEMU reads each NBD request into
+/// a bounce buffer from `posix_memalign`; glibc serves the large ones
+/// (1 MiB requests and up) with a fresh `mmap` and gives the memory back
+/// on free, so every such request page-faults and zeroes its buffer again
+/// (`perf`: `exc_page_fault` and `clear_page_erms` were a fifth of the
+/// daemon's time under 1 MiB reads). Keeping buffers up to NBD's 32 MiB
+/// request limit on the heap, and up to 64 MiB of freed heap for the next
+/// requests, roughly halved 1 MiB read and write times over the Unix
+/// socket; the daemon's RSS stayed under 30 MiB after the bench.
+pub const DAEMON_MALLOC: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864";
+
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub binary: PathBuf,
@@ -318,6 +330,7 @@ impl Daemons {
             ))
             .arg("--nbd-server")
             .arg(nbd_server)
+            .env("GLIBC_TUNABLES", DAEMON_MALLOC)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
