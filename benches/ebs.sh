@@ -12,8 +12,10 @@
 #      written. Also its CPU seconds (SC, stand-in and zstd; not QEMU's),
 #      which say more than the wall time on a busy machine;
 #   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
-# Then NBD throughput of an SC export through QEMU's client against the
-# local file (example `nbdbench`, see its header for the method).
+# Then NBD throughput of SC exports through QEMU's client against the
+# local file (example `nbdbench`, see its header for the method): the
+# same-host export a single-host install's VMs use (Unix socket, measured
+# directly) and the remote one (TCP + TLS-PSK, through a measuring relay).
 # Needs root-free tools only: qemu-utils (qemu-storage-daemon, qemu-img),
 # zstd, gzip, dd. BENCH_DIR (default /var/tmp/ironbark-ebs-bench) must have
 # ~13 GiB free for the original's copy. Knobs: SIZE_GIB, DATA_MIB, NBD_MIB,
@@ -31,8 +33,11 @@ rm -rf "$DIR"; mkdir -p "$DIR"
 trap 'rm -rf "$DIR"' EXIT
 
 # 4. (printed last) NBD throughput through QEMU's client (qemu-img bench,
-#    depth 64) to a real SC export (TCP + TLS-PSK) against the local file;
-#    NBD_MIB per run. ONLY_NBD=1 runs just this part.
+#    depth 64) to real SC exports against the local file, with the page
+#    cache and O_DIRECT: the same-host export (Unix socket, no TLS, what
+#    `ironbark up`'s VMs use) directly, and the remote export (TCP +
+#    TLS-PSK) through a relay, next to the relay alone; NBD_MIB per run.
+#    ONLY_NBD=1 runs just this part.
 nbd() {
   printf '\nNBD: qemu-img bench, queue depth 64, %s MiB per run (4 KiB: a quarter), load %s\n' "${NBD_MIB:-1024}" "$(cut -d' ' -f1-3 /proc/loadavg)"
   "$NBD_BIN" "$DIR/nbd" "${NBD_MIB:-1024}"

@@ -1,6 +1,7 @@
 """EBS volumes on real VMs, end to end through the AWS API: a volume is
 attached to a running guest (hot-plugged over QMP as a virtio disk whose
-serial is the volume id, served by the SC over NBD with TLS-PSK), written
+serial is the volume id, served by the SC over NBD on a Unix socket only
+root can reach, as the NC shares the SC's host), written
 and checksummed inside the guest, detached, attached to a second guest
 where the checksum matches; a snapshot of it restored into a new volume
 holds the same data, from the SC's raw copy and from Walrus alike; terminating an instance leaves its volume available
@@ -11,6 +12,10 @@ installs them).
 """
 
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
 from vmcloud import NEEDS_VMS, NetCloud, running, console, import_image, key_pair_file, ssh_command, states, wait_for
@@ -18,6 +23,20 @@ from vmcloud import NEEDS_VMS, NetCloud, running, console, import_image, key_pai
 pytestmark = NEEDS_VMS
 
 MIB = 4  # how much data the guests write and checksum
+
+
+def nbd_server_of(vid):
+    """The --nbd-server option of the qemu-storage-daemon serving vid."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            args = [a.decode() for a in (p / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if args and "qemu-storage-daemon" in args[0] and any(f"/{vid}.raw" in a for a in args):
+            return args[args.index("--nbd-server") + 1]
+    return None
 
 
 @pytest.fixture
@@ -79,6 +98,13 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
     assert att["State"] in ("attaching", "attached") and att["Device"] == "/dev/sdb"
     wait_for("attached to a", lambda: attached(vid, a), timeout=90)
     dev = wait_for("disk in a", lambda: disk_of(a, vid), timeout=60)
+    # ironbark up's NC shares the SC's host: the export is a Unix socket
+    # only root can reach, no TCP listener, no TLS.
+    server = nbd_server_of(vid)
+    assert server and server.startswith("addr.type=unix,") and "tls-creds" not in server, server
+    sock = Path(server.split("addr.path=")[1].split(",")[0])
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700 and sock.parent.stat().st_uid == os.geteuid()
     guest(a, f"dd if=/dev/urandom of={dev} bs=1M count={MIB} 2>/dev/null && sync")
     written = md5_of(a, dev)
     with pytest.raises(Exception) as e:

@@ -12,11 +12,16 @@ and every segment spans them as VXLAN (see vmcloud.MultiHostCloud).
   stops after the rule is revoked;
 - an elastic IP moves between instances on the two hosts, and each
   gets its earlier public address back;
+- a volume attached to a guest on an NC host is served by the SC over
+  TCP with TLS-PSK (never the same-host Unix socket) and holds what the
+  guest wrote;
 - when the instances go, the NC hosts' bridges and tunnels go too.
 
 Needs root, QEMU, dnsmasq and nft (the test command installs them).
 """
 
+
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +79,37 @@ def test_groups_span_nc_hosts_with_real_vms(mhcloud, test_image, tmp_path):
     wait_for("ssh to a1's public IP", lambda: on(a1, "true")[0] == 0, timeout=90)
     mtu = on(a1, "cat /sys/class/net/eth0/mtu")[1]
     assert mtu == "1450", f"DHCP gave the guest MTU {mtu}, not the tunnel's 1450"
+
+    # A volume on a guest of an NC host: TCP + TLS-PSK from the SC's host.
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    vid = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+
+    def vol():
+        return ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+
+    wait_for("volume available", lambda: vol()["State"] == "available", timeout=60)
+    ec2.attach_volume(VolumeId=vid, InstanceId=a1, Device="/dev/sdb")
+    wait_for("volume attached", lambda: vol()["Attachments"]
+             and vol()["Attachments"][0]["State"] == "attached", timeout=90)
+    serial = vid.replace("-", "", 1)
+    find = f"for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = {serial} ] && echo /dev/${{d##*/}}; done"
+    dev = wait_for("the disk in a1", lambda: on(a1, find)[1] or None, timeout=60)
+    code, out = on(a1, f"dd if=/dev/urandom of={dev} bs=1M count=4 2>/dev/null && sync && "
+                       f"dd if={dev} bs=1M count=4 2>/dev/null | md5sum")
+    assert code == 0 and len(out.split()[0]) == 32, out
+    server = None
+    for p in Path("/proc").iterdir():
+        try:
+            args = [a.decode() for a in (p / "cmdline").read_bytes().split(b"\0")] if p.name.isdigit() else []
+        except OSError:
+            continue
+        if args and "qemu-storage-daemon" in args[0] and any(f"/{vid}.raw" in a for a in args):
+            server = args[args.index("--nbd-server") + 1]
+    assert server and server.startswith(f"addr.type=inet,addr.host={c.cc_under},") \
+        and "tls-creds=" in server, server
+    ec2.detach_volume(VolumeId=vid)
+    wait_for("volume detached", lambda: vol()["State"] == "available", timeout=90)
+    ec2.delete_volume(VolumeId=vid)
 
     def ping(src, dst):
         return on(src, f"ping -c 2 -W 2 {priv[dst]} >/dev/null 2>&1; echo $?")[1] == "0"

@@ -329,8 +329,10 @@ class SplitCloud(NetCloud):
 class MultiHostCloud(SplitCloud):
     """A CC host and two NC hosts, each a network namespace, joined by an
     underlay switch (a bridge in a namespace of its own) on their `priv0`
-    interfaces: `ironbark clc` (with Walrus) and `ironbark cc` on the CC
-    host, one `ironbark nc` on each NC host running real QEMU guests.
+    interfaces: `ironbark clc` (with Walrus), `ironbark cc` and `ironbark
+    sc` on the CC host (the SC's NBD exports on its underlay address, no
+    NC of its own), one `ironbark nc` on each NC host running real QEMU
+    guests.
     Segments reach the NC hosts as VXLAN over the underlay; the CC host
     also holds the public pool on `pub0`, towards the internet host
     (add_internet)."""
@@ -374,9 +376,14 @@ class MultiHostCloud(SplitCloud):
         net = self.network_conf
         self.spawn("clc", "clc", "--data-dir", str(self.data), "--listen", f"{self.ip}:{self.port}",
                    "--walrus-listen", f"{self.cc_under}:8780",
-                   "--config", self.conf("clc", f'CC_URL="http://{self.cc_under}:8774"\n{net}'))
+                   "--config", self.conf("clc", f'CC_URL="http://{self.cc_under}:8774"\n'
+                                                'SC_URL="http://127.0.0.1:8776"\n' + net))
         self.proc = self.procs["clc"]
         self.share_token()
+        (self.root / "sc" / "keys").mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.data / "keys" / "cluster.token", self.root / "sc" / "keys" / "cluster.token")
+        self.spawn("sc", "sc", "--data-dir", str(self.root / "sc"), "--listen", "127.0.0.1:8776",
+                   "--config", self.conf("sc", f'SC_NBD_HOST="{self.cc_under}"\n'))
         nodes = " ".join(f"{n}=http://{self.nc_ip[n]}:8775" for n in self.NCS)
         self.spawn("cc", "cc", "--data-dir", str(self.root / "cc"), "--listen", f"{self.cc_under}:8774",
                    "--config", self.conf("cc", f'NODES="{nodes}"\nCLC_URL="http://{self.ip}:{self.port}"\n'

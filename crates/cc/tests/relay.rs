@@ -369,6 +369,7 @@ fn volume(id: &str, device: &str) -> ironbark_node_api::VolumeAttachment {
             export: format!("{id}.nc1"),
             tls_identity: format!("nc1.{id}"),
             psk_hex: "ab".into(),
+            socket: None,
         },
     }
 }

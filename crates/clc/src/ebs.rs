@@ -935,6 +935,7 @@ mod tests {
                             export: format!("{}.{}", v.volume_id, e.node_id),
                             tls_identity: e.node_id.clone(),
                             psk_hex: "00".into(),
+                            socket: None,
                         }),
                         error: None,
                     })

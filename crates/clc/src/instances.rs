@@ -541,6 +541,7 @@ impl Cloud {
                                 export: e.export,
                                 tls_identity: e.tls_identity,
                                 psk_hex: e.psk_hex,
+                                socket: e.socket,
                             },
                         })
                     })

@@ -79,6 +79,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
         "the address the SC's NBD exports listen on and NCs connect to (default 127.0.0.1)",
     ),
     (
+        "SC_LOCAL_NODES",
+        "`ironbark sc`: ids of the NCs on the SC's own host, space-separated; their volumes go over a root-only Unix socket without TLS (`ironbark up` does this for its own NC)",
+    ),
+    (
         "CC_ZONE",
         "`ironbark cc`: the availability zone it runs (default: the first of ZONES)",
     ),

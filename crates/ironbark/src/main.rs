@@ -348,6 +348,13 @@ fn nbd_host(file: &config::ConfigFile) -> Option<String> {
     file.get("SC_NBD_HOST").map(str::to_string)
 }
 
+/// SC_LOCAL_NODES: the NCs on the SC's host, which get Unix-socket exports.
+fn sc_local_nodes(file: &config::ConfigFile) -> Vec<String> {
+    file.get("SC_LOCAL_NODES")
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// `ironbark sc`: one storage controller.
 async fn serve_sc(a: RoleArgs) -> Result<(), String> {
     let file = load_config(a.config.as_deref())?;
@@ -356,6 +363,7 @@ async fn serve_sc(a: RoleArgs) -> Result<(), String> {
         .listen
         .unwrap_or_else(|| SocketAddr::new([0, 0, 0, 0].into(), ironbark_sc_api::DEFAULT_PORT));
     let mut sc = ironbark_sc::ScSettings::new(a.data_dir.join("sc"), &token, listen);
+    sc.local_nodes = sc_local_nodes(&file);
     if let Some(h) = nbd_host(&file) {
         sc.nbd_listen_host = h.clone();
         sc.nbd_advertise_host = h;
@@ -523,6 +531,9 @@ async fn serve(a: ServeArgs, all_roles: bool) -> Result<(), String> {
     if all_roles {
         let mut sc = ironbark_sc::ScSettings::new(a.data_dir.join("sc"), &token, ports.sc);
         sc.nbd_ports = ports.nbd;
+        // This host's NC shares the SC's filesystem: its volumes go over a
+        // Unix socket. NCs that join from other hosts keep TCP + TLS.
+        sc.local_nodes = vec![node_id.clone()];
         if let Some(h) = nbd_host(&file) {
             sc.nbd_listen_host = h.clone();
             sc.nbd_advertise_host = h;

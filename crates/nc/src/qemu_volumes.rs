@@ -9,6 +9,9 @@
 //! bus, which the guest learns of through ACPI hot-plug (see
 //! [`MAX_VOLUMES`]). VMs started by older NCs on `q35` have empty PCIe root
 //! ports instead (`vport<slot>`): a volume goes on its slot's port there.
+//! An export of the SC on this host comes as a Unix socket instead of TCP:
+//! no key, no credentials object, the NBD client dials the socket (root's,
+//! like this QEMU).
 //!
 //! Detach: `device_del`, then wait for QEMU's `DEVICE_DELETED`, which comes
 //! once the guest has released the device; only then `blockdev-del` and
@@ -134,38 +137,46 @@ pub async fn attach(qmp: &Path, dir: &Path, v: &VolumeAttachment) -> Result<(), 
     let vol = &v.volume_id;
     drop_backend(&mut q, dir, vol).await;
 
-    let keydir = dir.join("volumes").join(vol);
-    write_key(&keydir, &v.nbd.tls_identity, &v.nbd.psk_hex).await?;
-    let keydir_s = keydir
-        .to_str()
-        .ok_or_else(|| HvError("instance directory is not UTF-8".into()))?;
     let result = async {
-        q.execute(
-            "object-add",
-            Some(json!({
-                "qom-type": "tls-creds-psk",
-                "id": creds(vol),
-                "endpoint": "client",
-                "dir": keydir_s,
-                "username": v.nbd.tls_identity,
-                "priority": ironbark_sc_api::NBD_TLS_PRIORITY,
-            })),
-        )
-        .await
-        .map_err(hv("object-add tls-creds-psk"))?;
-        q.execute(
-            "blockdev-add",
-            Some(json!({
-                "driver": "raw",
-                "node-name": node(vol),
-                "file": {
+        let nbd = match &v.nbd.socket {
+            // The SC on this host: its socket, no TLS (see NbdTarget).
+            Some(path) => json!({
+                "driver": "nbd",
+                "server": {"type": "unix", "path": path},
+                "export": v.nbd.export,
+                "reconnect-delay": 10,
+            }),
+            None => {
+                let keydir = dir.join("volumes").join(vol);
+                write_key(&keydir, &v.nbd.tls_identity, &v.nbd.psk_hex).await?;
+                let keydir_s = keydir
+                    .to_str()
+                    .ok_or_else(|| HvError("instance directory is not UTF-8".into()))?;
+                q.execute(
+                    "object-add",
+                    Some(json!({
+                        "qom-type": "tls-creds-psk",
+                        "id": creds(vol),
+                        "endpoint": "client",
+                        "dir": keydir_s,
+                        "username": v.nbd.tls_identity,
+                        "priority": ironbark_sc_api::NBD_TLS_PRIORITY,
+                    })),
+                )
+                .await
+                .map_err(hv("object-add tls-creds-psk"))?;
+                json!({
                     "driver": "nbd",
                     "server": {"type": "inet", "host": v.nbd.host, "port": v.nbd.port.to_string()},
                     "export": v.nbd.export,
                     "tls-creds": creds(vol),
                     "reconnect-delay": 10,
-                },
-            })),
+                })
+            }
+        };
+        q.execute(
+            "blockdev-add",
+            Some(json!({"driver": "raw", "node-name": node(vol), "file": nbd})),
         )
         .await
         .map_err(hv("blockdev-add nbd"))?;

@@ -216,7 +216,25 @@ fn validate(v: &VolumeAttachment) -> Result<(), String> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
     };
-    if !clean(&v.nbd.host) || !clean(&v.nbd.export) || !clean(&v.nbd.tls_identity) {
+    if !clean(&v.nbd.export) {
+        return Err(format!("NBD target of {} has bad characters", v.volume_id));
+    }
+    if let Some(sock) = &v.nbd.socket {
+        // The SC's socket directory: an absolute path QEMU can take as an
+        // option value, to a socket named like the SC names them.
+        let ok = sock.starts_with('/')
+            && sock.ends_with(".nbd")
+            && !sock.contains("/../")
+            && sock
+                .split('/')
+                .skip(1)
+                .all(|part| clean(part) && part != "." && part != "..");
+        if !ok {
+            return Err(format!("NBD socket of {} is malformed", v.volume_id));
+        }
+        return Ok(());
+    }
+    if !clean(&v.nbd.host) || !clean(&v.nbd.tls_identity) {
         return Err(format!("NBD target of {} has bad characters", v.volume_id));
     }
     if v.nbd.tls_identity.contains(':') || !v.nbd.psk_hex.chars().all(|c| c.is_ascii_hexdigit()) {

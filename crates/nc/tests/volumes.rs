@@ -26,6 +26,7 @@ fn att(vol: &str) -> VolumeAttachment {
             export: format!("{vol}.nc-test"),
             tls_identity: format!("nc-test.{vol}"),
             psk_hex: "ab".repeat(32),
+            socket: None,
         },
     }
 }
@@ -134,6 +135,18 @@ async fn volumes_follow_the_desired_set() {
     let mut bad = volumes(3, &["vol-3"]);
     bad.instances.get_mut(A).unwrap()[0].nbd.tls_identity = "a:b".into();
     assert!(node.apply_volumes(bad).await.is_err());
+    // A same-host export's socket must be an absolute path QEMU can take
+    // as an option, to a socket named as the SC names them.
+    for sock in [
+        "run/x.nbd",
+        "/run/ironbark/../x.nbd",
+        "/run/x.nbd,server.type=inet",
+        "/run/x.qmp",
+    ] {
+        let mut bad = volumes(3, &["vol-3"]);
+        bad.instances.get_mut(A).unwrap()[0].nbd.socket = Some(sock.into());
+        assert!(node.apply_volumes(bad).await.is_err(), "{sock} accepted");
+    }
 
     // Detach one; a restarted NC keeps the desired set and the VM's disks.
     node.apply_volumes(volumes(4, &["vol-2"])).await.unwrap();

@@ -433,6 +433,7 @@ async fn a_volume_moves_between_guests_and_snapshots_are_point_in_time() {
             export: e.export,
             tls_identity: e.tls_identity,
             psk_hex: e.psk_hex,
+            socket: e.socket,
         },
     };
     let attach_to = |generation: u64, id: Option<&str>| DesiredVolumes {

@@ -154,7 +154,8 @@ pub struct TerminateAck {
 }
 
 /// An SC's NBD export, as the SC reported it for this NC (ironbark-sc-api's
-/// `NbdExport`): QEMU's NBD client connects with TLS-PSK.
+/// `NbdExport`): QEMU's NBD client connects over TCP with TLS-PSK, or over
+/// `socket` when the SC runs on this NC's host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NbdTarget {
     pub host: String,
@@ -163,6 +164,10 @@ pub struct NbdTarget {
     pub tls_identity: String,
     /// The pre-shared key, hex. A secret.
     pub psk_hex: String,
+    /// The export's Unix socket on this host; set, QEMU connects there
+    /// without TLS and the TCP and TLS fields are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 /// Volumes one instance can have attached at once: the NC's hot-plug

@@ -184,17 +184,27 @@ pub enum SnapshotState {
     Error,
 }
 
-/// How an NC reaches an export: QEMU's NBD client over TLS-PSK.
+/// How an NC reaches an export: QEMU's NBD client over TCP with TLS-PSK,
+/// or, for an NC on the SC's own host, over a Unix socket without TLS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NbdExport {
+    /// TCP address; unused (empty, 0) when `socket` is set.
     pub host: String,
     pub port: u16,
     /// NBD export name.
     pub export: String,
-    /// TLS-PSK identity (QEMU's `tls-creds-psk` `username`).
+    /// TLS-PSK identity (QEMU's `tls-creds-psk` `username`); empty with
+    /// `socket`.
     pub tls_identity: String,
-    /// The pre-shared key, hex. A secret: only for the NC named.
+    /// The pre-shared key, hex. A secret: only for the NC named. Empty with
+    /// `socket`.
     pub psk_hex: String,
+    /// Set for an NC on the SC's host (the SC's `local_nodes`): the path of
+    /// the volume's NBD Unix socket, in a directory only root can enter.
+    /// Filesystem permissions are the access check there, and no other
+    /// host can reach the socket at all, so there is no TLS to pay for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,21 +1,29 @@
-//! NBD throughput of a real SC export next to the local file:
+//! NBD throughput of real SC exports next to the local file:
 //! `nbdbench DIR [MIB]`. Used by benches/ebs.sh.
 //!
-//! The SC serves a MIB-sized volume (filled with random data, so reads
-//! are real) to one NC over TCP with its per-export TLS-PSK key and the
-//! TLS priority the NC uses. `qemu-img bench` cannot define the
-//! `tls-creds-psk` object a TLS connection needs, so QEMU's NBD client
-//! runs in a client-side `qemu-storage-daemon` (the NC's stand-in, same
-//! `blockdev-add` options as the NC's QEMU) that re-exports the disk on a
-//! unix socket for `qemu-img bench`. That relay hop is measured on its own
-//! too (the same relay in front of the local file), so its cost can be
-//! told apart from the SC's transport.
+//! The SC serves two MIB-sized volumes (filled with random data, so reads
+//! are real), one to each kind of NC:
+//!
+//! - **same host**: the NC on the SC's host (`local_nodes`, as `ironbark
+//!   up` sets it), which gets the volume's Unix socket without TLS. This is
+//!   exactly what a single-host install's VMs use, and `qemu-img bench`
+//!   connects to it directly: no measuring artefact.
+//! - **remote**: an NC on another host, TCP with its per-export TLS-PSK key
+//!   and the TLS priority the NC uses. `qemu-img bench` cannot define the
+//!   `tls-creds-psk` object a TLS connection needs, so QEMU's NBD client
+//!   runs in a client-side `qemu-storage-daemon` (the NC's stand-in, same
+//!   `blockdev-add` options as the NC's QEMU) that re-exports the disk on
+//!   a unix socket for `qemu-img bench`. That relay costs much on its own,
+//!   so it is measured alone too (the same relay in front of the local
+//!   file), and the remote column is compared with that, not with the
+//!   local file: the ratio is the TCP + TLS hop's share, the artefact cut
+//!   out as far as a ratio can.
 //!
 //! Each row runs `qemu-img bench` (queue depth 64, the default) for one
 //! request size and direction over: the local file through the page cache
-//! (as the SC's daemon opens it) and with `O_DIRECT` (what the disk
-//! itself gives), the relay over the local file, and the SC's export
-//! through the relay.
+//! (the way the SC's daemon opens volumes, so the like-for-like baseline)
+//! and with `O_DIRECT` (what the disk itself gives), the same-host export,
+//! the relay over the local file and the remote export through the relay.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,8 +34,10 @@ use ironbark_sc_api::{
     DesiredStorage, ExportSpec, ExportState, NBD_TLS_PRIORITY, NbdExport, VolumeSpec, VolumeState,
 };
 
-const VOL: &str = "vol-nbdbench";
-const NODE: &str = "nc-bench";
+const LOCAL_VOL: &str = "vol-nbdlocal";
+const REMOTE_VOL: &str = "vol-nbdremote";
+const LOCAL_NODE: &str = "nc-here";
+const REMOTE_NODE: &str = "nc-there";
 
 #[tokio::main]
 async fn main() {
@@ -39,77 +49,98 @@ async fn main() {
 
     let mut settings = ScSettings::new(dir.join("sc"), "t", "127.0.0.1:0".parse().unwrap());
     settings.nbd_ports = (21800, 21899);
+    settings.local_nodes = vec![LOCAL_NODE.into()];
     let s = ironbark_sc::open(&settings).await.unwrap();
     let gib = mib.div_ceil(1024);
-    let spec = |exports| VolumeSpec {
-        volume_id: VOL.into(),
+    let spec = |id: &str, node: Option<&str>| VolumeSpec {
+        volume_id: id.into(),
         size_gib: gib,
         source: None,
-        exports,
+        exports: node
+            .map(|n| ExportSpec { node_id: n.into() })
+            .into_iter()
+            .collect(),
     };
     s.apply(DesiredStorage {
         generation: 1,
-        volumes: vec![spec(vec![])],
+        volumes: vec![spec(LOCAL_VOL, None), spec(REMOTE_VOL, None)],
         snapshots: vec![],
     })
     .await
     .unwrap();
     wait(&s, |r| {
-        r.volumes
-            .iter()
-            .any(|v| v.state == VolumeState::Available)
+        (r.volumes.len() == 2 && r.volumes.iter().all(|v| v.state == VolumeState::Available))
             .then_some(())
     })
     .await;
 
-    // Random data over the part benched, in the volume and in a local
+    // Random data over the part benched, in both volumes and in a local
     // copy with the same layout.
-    let vol_file = dir.join(format!("sc/volumes/{VOL}.raw"));
     let local = dir.join("local.raw");
+    let vol_file = |id: &str| dir.join(format!("sc/volumes/{id}.raw"));
     sh(Command::new("dd").args([
         "if=/dev/urandom",
-        &format!("of={}", vol_file.display()),
+        &format!("of={}", vol_file(LOCAL_VOL).display()),
         "bs=1M",
         &format!("count={mib}"),
         "conv=notrunc,fsync",
         "status=none",
     ]));
-    sh(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&vol_file)
-        .arg(&local));
+    for to in [vol_file(REMOTE_VOL), local.clone()] {
+        sh(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(vol_file(LOCAL_VOL))
+            .arg(&to));
+    }
 
     s.apply(DesiredStorage {
         generation: 2,
-        volumes: vec![spec(vec![ExportSpec {
-            node_id: NODE.into(),
-        }])],
+        volumes: vec![
+            spec(LOCAL_VOL, Some(LOCAL_NODE)),
+            spec(REMOTE_VOL, Some(REMOTE_NODE)),
+        ],
         snapshots: vec![],
     })
     .await
     .unwrap();
-    let nbd = wait(&s, |r| {
-        r.volumes
-            .iter()
-            .flat_map(|v| &v.exports)
-            .find(|e| e.state == ExportState::Ready)
-            .and_then(|e| e.nbd.clone())
-    })
-    .await;
+    let export_of = |vol: &'static str| {
+        move |r: &ironbark_sc_api::StorageReport| {
+            r.volumes
+                .iter()
+                .find(|v| v.volume_id == vol)?
+                .exports
+                .iter()
+                .find(|e| e.state == ExportState::Ready)
+                .and_then(|e| e.nbd.clone())
+        }
+    };
+    let same_host = wait(&s, export_of(LOCAL_VOL)).await;
+    let remote = wait(&s, export_of(REMOTE_VOL)).await;
+    let sock = same_host
+        .socket
+        .as_deref()
+        .expect("the same-host export is a Unix socket");
+    assert!(remote.socket.is_none(), "the remote export is not TCP");
+    let direct = format!(
+        "driver=nbd,server.type=unix,server.path={sock},export={}",
+        same_host.export
+    );
 
     let local_relay = Relay::start(&dir.join("relay-local"), Upstream::File(&local));
-    let sc_relay = Relay::start(&dir.join("relay-sc"), Upstream::Sc(&nbd));
+    let sc_relay = Relay::start(&dir.join("relay-sc"), Upstream::Sc(&remote));
 
     println!(
-        "{:>8} {:>5} {:>16} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "{:>8} {:>5} {:>15} {:>15} {:>15} {:>7} {:>7} {:>15} {:>15} {:>7}",
         "request",
         "op",
         "local (cache)",
         "local (direct)",
-        "relay",
-        "SC export",
-        "SC/cache",
-        "SC/direct"
+        "same host",
+        "/cache",
+        "/direct",
+        "relay (local)",
+        "remote (relay)",
+        "/relay"
     );
     for (size, label) in [
         (4u64 << 10, "4 KiB"),
@@ -131,19 +162,24 @@ async fn main() {
                 count,
                 write,
             );
+            let h = bench(&["--image-opts", &direct], size, count, write);
             let r = bench(&local_relay.target(), size, count, write);
             let e = bench(&sc_relay.target(), size, count, write);
             let rate = |secs: f64| bytes as f64 / (1 << 20) as f64 / secs;
+            let mibs = |secs: f64| format!("{:.0} MiB/s", rate(secs));
+            let pct = |base: f64, secs: f64| format!("{:.0}%", 100.0 * base / secs);
             println!(
-                "{:>8} {:>5} {:>10.0} MiB/s {:>10.0} MiB/s {:>4.0} MiB/s {:>4.0} MiB/s {:>9.0}% {:>9.0}%",
+                "{:>8} {:>5} {:>15} {:>15} {:>15} {:>7} {:>7} {:>15} {:>15} {:>7}",
                 label,
                 if write { "write" } else { "read" },
-                rate(l),
-                rate(d),
-                rate(r),
-                rate(e),
-                100.0 * l / e,
-                100.0 * d / e
+                mibs(l),
+                mibs(d),
+                mibs(h),
+                pct(l, h),
+                pct(d, h),
+                mibs(r),
+                mibs(e),
+                pct(r, e)
             );
         }
     }
@@ -223,6 +259,9 @@ impl Relay {
         let sock = dir.join("nbd.sock").to_str().unwrap().to_string();
         let pidfile = dir.join("pid");
         let mut c = Command::new("qemu-storage-daemon");
+        // The relay is the measuring artefact: its bounce buffers get the
+        // malloc settings the SC gives its daemons, to keep it small.
+        c.env("GLIBC_TUNABLES", ironbark_sc::daemon::DAEMON_MALLOC);
         c.args(["--daemonize", "--pidfile", path(&pidfile)]);
         match up {
             Upstream::File(f) => {

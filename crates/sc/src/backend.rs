@@ -22,7 +22,7 @@ use ironbark_sc_api::{Compression, NbdExport, SnapshotSource, SnapshotSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::Codec;
-use crate::daemon::{Daemons, Grant};
+use crate::daemon::{Daemons, Grant, Transport};
 use crate::error::ScError;
 use crate::sparse;
 use crate::walrus;
@@ -326,16 +326,50 @@ impl Backend for FileBackend {
         if !file.is_file() {
             return Err(ScError::Invalid(format!("volume {id} does not exist")));
         }
-        let running = self.daemons.ensure(id, &file).await?;
+        // A Unix socket only when every NC named is on this host: one
+        // remote NC needs TCP + TLS, and a daemon has one NBD server.
+        let cfg = self.daemons.config();
+        let unix = grants.iter().all(|g| cfg.is_local(&g.node_id));
+        let mut running = self.daemons.ensure(id, &file, unix).await?;
+        let is_unix = matches!(running.transport, Transport::Unix(_));
+        if is_unix != unix {
+            // A restart cuts every connection, and an attached NC keeps
+            // the address it attached with. TCP + TLS serves local NCs
+            // too, so a TCP daemon with a still-wanted export open stays
+            // (e.g. one started before an upgrade that brought Unix
+            // sockets); otherwise it was started for a snapshot, or the
+            // volume moves between a local and a remote NC. A Unix daemon
+            // serving a local NC while a remote one is added is restarted
+            // too: the CLC exports a volume to one NC at a time, so that
+            // only happens when asked for by hand.
+            let open = self.daemons.exports(id).await.unwrap_or_default();
+            let keeps = grants.iter().any(|g| open.contains(&g.export));
+            if is_unix || !keeps {
+                tracing::info!(volume = %id, unix, "restarting the daemon for another transport");
+                self.daemons.stop(id).await?;
+                running = self.daemons.ensure(id, &file, unix).await?;
+            }
+        }
         self.daemons.set_exports(id, grants).await?;
         Ok(grants
             .iter()
-            .map(|g| NbdExport {
-                host: self.daemons.config().advertise_host.clone(),
-                port: running.port,
-                export: g.export.clone(),
-                tls_identity: g.identity.clone(),
-                psk_hex: g.psk_hex.clone(),
+            .map(|g| match &running.transport {
+                Transport::Tcp(port) => NbdExport {
+                    host: cfg.advertise_host.clone(),
+                    port: *port,
+                    export: g.export.clone(),
+                    tls_identity: g.identity.clone(),
+                    psk_hex: g.psk_hex.clone(),
+                    socket: None,
+                },
+                Transport::Unix(path) => NbdExport {
+                    host: String::new(),
+                    port: 0,
+                    export: g.export.clone(),
+                    tls_identity: String::new(),
+                    psk_hex: String::new(),
+                    socket: Some(path.to_string_lossy().into_owned()),
+                },
             })
             .collect())
     }
@@ -405,7 +439,8 @@ impl Backend for FileBackend {
             .await?;
             // The daemon that serves the volume takes the copy, so guest
             // writes during it are handled by its copy-before-write filter.
-            self.daemons.ensure(vol, &file).await?;
+            // A daemon started for the copy alone needs no TCP port or TLS.
+            self.daemons.ensure(vol, &file, true).await?;
             let backup = self.daemons.backup(vol, &meta, &part, &*progress).await;
             // A daemon started just for this one goes away again.
             if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {

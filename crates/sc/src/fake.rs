@@ -150,6 +150,7 @@ impl Backend for FakeBackend {
                 export: g.export.clone(),
                 tls_identity: g.identity.clone(),
                 psk_hex: g.psk_hex.clone(),
+                socket: None,
             })
             .collect())
     }

@@ -12,7 +12,8 @@
 //!   downloaded from Walrus, checked and decompressed);
 //! - an export is an NBD export of a per-volume `qemu-storage-daemon`
 //!   ([`daemon`]) that only the NC named can open (TLS-PSK, one identity and
-//!   key per volume and NC); the NC hot-plugs it into its VM;
+//!   key per volume and NC; an NC on the SC's own host gets a Unix socket
+//!   only root can reach instead); the NC hot-plugs it into its VM;
 //! - a snapshot is a point-in-time copy made by that daemon while the guest
 //!   writes (`blockdev-backup` into a qcow2 whose external data file is the
 //!   sparse raw copy), kept as `<data>/snapshots/<snap>.raw`, then
@@ -79,6 +80,9 @@ pub struct ScSettings {
     pub nbd_listen_host: String,
     pub nbd_advertise_host: String,
     pub nbd_ports: (u16, u16),
+    /// Node ids of the NCs on this host: their exports go over a Unix
+    /// socket, without TLS (see [`daemon`]).
+    pub local_nodes: Vec<String>,
     pub netns: Option<String>,
 }
 
@@ -92,6 +96,7 @@ impl ScSettings {
             nbd_listen_host: "127.0.0.1".into(),
             nbd_advertise_host: "127.0.0.1".into(),
             nbd_ports: (10900, 10999),
+            local_nodes: Vec::new(),
             netns: None,
         }
     }
@@ -111,6 +116,7 @@ pub async fn open(s: &ScSettings) -> Result<Arc<Storage>, ScError> {
         ports: s.nbd_ports,
         run_dir: data_dir.join("run"),
         socket_dir: runtime_dir(&data_dir),
+        local_nodes: s.local_nodes.clone(),
     })?;
     let backend = FileBackend::new(
         FileBackendConfig {

@@ -111,6 +111,7 @@ fn backend(dir: &Path) -> FileBackend {
         ports: (1, 1),
         run_dir: dir.join("run"),
         socket_dir: dir.join("sock"),
+        local_nodes: vec![],
     })
     .unwrap();
     FileBackend::new(

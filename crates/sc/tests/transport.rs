@@ -1,0 +1,260 @@
+//! Which transport an export gets, with real `qemu-storage-daemon`s and
+//! QEMU's NBD client (`qemu-io`): an NC on the SC's host (`local_nodes`)
+//! gets a Unix socket only root can reach, without TLS; any other NC gets
+//! TCP with its own TLS-PSK key, and nothing else gets in. A volume moving
+//! between the two kinds of NC switches transport, but never under an NC
+//! that keeps its export.
+//!
+//! Runs only with `IRONBARK_QEMU_TESTS=1` (needs `qemu-utils`).
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ironbark_sc::{ScSettings, Storage};
+use ironbark_sc_api::{
+    DesiredStorage, ExportSpec, ExportState, NbdExport, StorageReport, VolumeSpec, VolumeState,
+};
+
+const LOCAL: &str = "nc-here";
+const REMOTE: &str = "nc-there";
+
+fn enabled() -> bool {
+    if std::env::var("IRONBARK_QEMU_TESTS").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped: set IRONBARK_QEMU_TESTS=1 (with qemu-utils) to run");
+    false
+}
+
+/// Removes the scratch directory, daemons first (they hold the files).
+struct Tmp(PathBuf);
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.0.join("sc/run")) {
+            for e in rd.flatten() {
+                if !e.file_name().to_string_lossy().ends_with(".pid") {
+                    continue;
+                }
+                if let Ok(p) = std::fs::read_to_string(e.path()) {
+                    let cmd =
+                        std::fs::read(format!("/proc/{}/cmdline", p.trim())).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmd).contains("qemu-storage-daemon") {
+                        let _ = Command::new("kill").args(["-9", p.trim()]).status();
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn desired(generation: u64, exports: &[&str]) -> DesiredStorage {
+    DesiredStorage {
+        generation,
+        volumes: vec![VolumeSpec {
+            volume_id: "vol-t".into(),
+            size_gib: 1,
+            source: None,
+            exports: exports
+                .iter()
+                .map(|n| ExportSpec {
+                    node_id: n.to_string(),
+                })
+                .collect(),
+        }],
+        snapshots: vec![],
+    }
+}
+
+/// The exports once all are ready, by node.
+async fn ready(s: &Arc<Storage>, nodes: &[&str]) -> Vec<NbdExport> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        s.settle().await;
+        s.reconcile().await;
+        let r: StorageReport = s.report();
+        let v = &r.volumes[0];
+        let got: Vec<NbdExport> = nodes
+            .iter()
+            .filter_map(|n| {
+                let e = v.exports.iter().find(|e| e.node_id == *n)?;
+                (e.state == ExportState::Ready).then(|| e.nbd.clone())?
+            })
+            .collect();
+        if v.state == VolumeState::Available && got.len() == nodes.len() {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "exports never ready: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn qemu_io(opts: &str, object: Option<String>, cmd: &str) -> Output {
+    let mut c = Command::new("qemu-io");
+    if let Some(o) = object {
+        c.arg("--object").arg(o);
+    }
+    c.args(["--image-opts", opts, "-c", cmd]).output().unwrap()
+}
+
+fn ok(out: &Output) -> bool {
+    // qemu-io reports some failures on stdout with status 0.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success() && !text.contains("failed") && !text.contains("error")
+}
+
+fn over_unix(nbd: &NbdExport, cmd: &str) -> Output {
+    let sock = nbd.socket.as_deref().expect("a Unix export");
+    qemu_io(
+        &format!(
+            "driver=nbd,server.type=unix,server.path={sock},export={}",
+            nbd.export
+        ),
+        None,
+        cmd,
+    )
+}
+
+fn over_tls(scratch: &Path, nbd: &NbdExport, cmd: &str) -> Output {
+    let dir = scratch.join(&nbd.tls_identity);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("keys.psk"),
+        format!("{}:{}\n", nbd.tls_identity, nbd.psk_hex),
+    )
+    .unwrap();
+    qemu_io(
+        &format!(
+            "driver=nbd,server.type=inet,server.host={},server.port={},export={},tls-creds=tls0",
+            nbd.host, nbd.port, nbd.export
+        ),
+        Some(format!(
+            "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
+            dir.display(),
+            nbd.tls_identity
+        )),
+        cmd,
+    )
+}
+
+fn plain_tcp(nbd: &NbdExport) -> Output {
+    qemu_io(
+        &format!(
+            "driver=nbd,server.type=inet,server.host={},server.port={},export={}",
+            nbd.host, nbd.port, nbd.export
+        ),
+        None,
+        "read 0 4k",
+    )
+}
+
+/// The command line of the daemon serving the volume.
+fn daemon_cmdline(data: &Path) -> String {
+    let pid = std::fs::read_to_string(data.join("run/vol-t.pid")).unwrap();
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap())
+        .replace('\0', " ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
+    if !enabled() {
+        return;
+    }
+    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-tr-{}", std::process::id())));
+    let scratch = root.0.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut settings = ScSettings::new(root.0.join("sc"), "token", "127.0.0.1:0".parse().unwrap());
+    let base = 23000 + (std::process::id() % 200) as u16 * 10;
+    settings.nbd_ports = (base, base + 9);
+    settings.local_nodes = vec![LOCAL.into()];
+    let s = ironbark_sc::open(&settings).await.unwrap();
+    let data = root.0.join("sc").canonicalize().unwrap();
+
+    // 1. The NC on this host: a Unix socket, no TCP, no key.
+    s.apply(desired(1, &[LOCAL])).await.unwrap();
+    let local = ready(&s, &[LOCAL]).await.remove(0);
+    let sock = PathBuf::from(local.socket.clone().expect("a Unix socket"));
+    assert!(local.psk_hex.is_empty() && local.tls_identity.is_empty() && local.port == 0);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode");
+    let dir = std::fs::metadata(sock.parent().unwrap()).unwrap();
+    assert_eq!(dir.mode() & 0o777, 0o700, "socket directory mode");
+    assert_eq!(dir.uid(), meta.uid());
+    assert_eq!(dir.uid(), euid(), "the socket directory is not ours");
+    let cmd = daemon_cmdline(&data);
+    assert!(
+        !cmd.contains("addr.type=inet") && !cmd.contains("tls-creds"),
+        "a local-only daemon listens on TCP: {cmd}"
+    );
+    let w = over_unix(&local, "write -P 0x5a 0 1M");
+    assert!(ok(&w), "write over the socket: {w:?}");
+    let rd = over_unix(&local, "read -P 0x5a 0 1M");
+    assert!(ok(&rd), "read over the socket: {rd:?}");
+
+    // 2. The volume moves to an NC on another host: TCP with its key only;
+    //    the socket is gone.
+    s.apply(desired(2, &[REMOTE])).await.unwrap();
+    let remote = ready(&s, &[REMOTE]).await.remove(0);
+    assert_eq!(remote.socket, None);
+    assert_eq!(remote.tls_identity, format!("{REMOTE}.vol-t"));
+    assert!(remote.port >= base && remote.port <= base + 9);
+    assert!(!sock.exists(), "the Unix socket outlived the local export");
+    let rd = over_tls(&scratch, &remote, "read -P 0x5a 0 1M");
+    assert!(ok(&rd), "read over TLS: {rd:?}");
+    let plain = plain_tcp(&remote);
+    assert!(!ok(&plain), "a client without TLS got in: {plain:?}");
+    let mut stolen = remote.clone();
+    stolen.tls_identity = format!("{LOCAL}.vol-t");
+    let bad = over_tls(&scratch, &stolen, "read 0 4k");
+    assert!(!ok(&bad), "another NC's identity got in: {bad:?}");
+
+    // 3. Both at once (not something the CLC asks for): one NBD server per
+    //    daemon, so the remote NC's need wins and both go over TLS.
+    s.apply(desired(3, &[LOCAL, REMOTE])).await.unwrap();
+    let both = ready(&s, &[LOCAL, REMOTE]).await;
+    assert!(
+        both.iter()
+            .all(|e| e.socket.is_none() && !e.psk_hex.is_empty())
+    );
+    let rd = over_tls(&scratch, &both[0], "read -P 0x5a 0 1M");
+    assert!(ok(&rd), "the local NC over TLS: {rd:?}");
+
+    // 4. The remote NC goes: the local one keeps the TCP connection it
+    //    has (a restart would cut it, and an attached NC keeps its address).
+    s.apply(desired(4, &[LOCAL])).await.unwrap();
+    let kept = ready(&s, &[LOCAL]).await.remove(0);
+    assert_eq!(kept, both[0], "the local NC's export changed under it");
+    let rd = over_tls(&scratch, &kept, "read -P 0x5a 0 1M");
+    assert!(
+        ok(&rd),
+        "the local NC over TLS after the remote left: {rd:?}"
+    );
+
+    // 5. Detached, then attached again: back on the socket, no TCP.
+    s.apply(desired(5, &[])).await.unwrap();
+    s.settle().await;
+    s.apply(desired(6, &[LOCAL])).await.unwrap();
+    let local = ready(&s, &[LOCAL]).await.remove(0);
+    assert!(local.socket.is_some());
+    let plain = plain_tcp(&kept);
+    assert!(!ok(&plain), "TCP still served: {plain:?}");
+    let rd = over_unix(&local, "read -P 0x5a 0 1M");
+    assert!(ok(&rd), "read over the socket again: {rd:?}");
+
+    s.apply(desired(7, &[])).await.unwrap();
+    s.settle().await;
+    s.shutdown();
+}
+
+fn euid() -> u32 {
+    // /proc/self is ours: its owner is the effective uid.
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
