@@ -353,7 +353,7 @@ mod tests {
             let v = gib * GIB;
             let p = plan_parts(v);
             assert!(u64::from(p.parts) <= MAX_PARTS, "{gib} GiB: {p:?}");
-            assert!(p.part_size >= MIN_PART_SIZE && p.part_size % (1 << 20) == 0);
+            assert!(p.part_size >= MIN_PART_SIZE && p.part_size.is_multiple_of(1 << 20));
             // Room for the worst case, and not a part more.
             let bound = max_compressed_size(v);
             assert!(u64::from(p.parts) * p.part_size >= bound, "{gib} GiB");
