@@ -901,8 +901,34 @@ impl Cloud {
         if !busy && !stale {
             return Ok(());
         }
+        if snapshots
+            .iter()
+            .any(|s| s.state == SnapshotState::Pending && s.upload_id.is_none())
+        {
+            self.give_uploads().await?;
+        }
         self.push_storage().await?;
         self.push_desired().await
+    }
+
+    /// Pending snapshots recorded before snapshots had multipart uploads
+    /// get one, so their SC has somewhere to upload. Under the EBS lock,
+    /// so two ticks do not make two.
+    async fn give_uploads(&self) -> Result<()> {
+        let _serial = self.ebs_lock.lock().await;
+        for mut s in self.store.list_snapshots().await? {
+            if s.state != SnapshotState::Pending || s.upload_id.is_some() {
+                continue;
+            }
+            let Some((b, k)) = s.location.split_once('/') else {
+                continue;
+            };
+            self.objects.ensure_system_bucket(b).await?;
+            s.upload_id = Some(self.objects.create_upload(b, k).await?);
+            self.store.put_snapshot(&s).await?;
+            tracing::info!(snapshot = %s.id, "snapshot given a multipart upload");
+        }
+        Ok(())
     }
 }
 
