@@ -45,6 +45,14 @@ pub struct SnapshotRecord {
     pub raw_digest: String,
 }
 
+/// A snapshot whose parts are all in Walrus, about to be completed.
+#[derive(Serialize, Deserialize)]
+struct Completing {
+    record: SnapshotRecord,
+    crc32: u32,
+    parts: Vec<multipart::Uploaded>,
+}
+
 /// Reports fractions done (0.0-1.0) of a long step.
 pub type Progress = Arc<dyn Fn(f64) + Send + Sync>;
 
@@ -145,6 +153,36 @@ impl FileBackend {
 
     fn record_path(&self, id: &str) -> PathBuf {
         self.snapshots.join(format!("{id}.json"))
+    }
+
+    /// `<data>/snapshots/<id>.completing`: the record to be and the parts
+    /// listed, written before CompleteMultipartUpload (see
+    /// [`crate::multipart`] on the window it closes).
+    fn completing_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.completing"))
+    }
+
+    /// Sends the completion and, once Walrus has the object, writes the
+    /// record (and drops the marker).
+    async fn finish_upload(
+        &self,
+        url: &str,
+        mut pending: Completing,
+    ) -> Result<SnapshotRecord, ScError> {
+        let id = pending.record.snapshot_id.clone();
+        let crc = pending.crc32;
+        let etag = match multipart::complete(&self.http, url, &pending.parts, crc).await? {
+            multipart::Completion::Done(etag) => etag,
+            multipart::Completion::Gone => multipart::multipart_etag(&pending.parts)
+                .ok_or_else(|| ScError::Io(format!("snapshot {id}: a part's ETag is not hex")))?,
+        };
+        pending.record.md5 = etag;
+        let record = pending.record;
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| ScError::io("record", e))?;
+        crate::daemon::write_private(&self.record_path(&id), &json)?;
+        sparse::sync_dir(&self.snapshots).map_err(|e| ScError::io("snapshots dir", e))?;
+        remove(&self.completing_path(&id)).await?;
+        Ok(record)
     }
 
     async fn qemu_img(&self, args: &[&str]) -> Result<(), ScError> {
@@ -440,11 +478,29 @@ impl Backend for FileBackend {
         if let Some(r) = self.snapshots().await?.remove(id) {
             return Ok(r);
         }
+        let target = &spec.target;
+        // An earlier attempt listed its parts and may have completed.
+        let marker = self.completing_path(id);
+        if let Some(pending) = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Completing>(&b).ok())
+        {
+            match self.finish_upload(&target.complete_url, pending).await {
+                Ok(record) => {
+                    progress(1.0);
+                    tracing::info!(snapshot = %id, "snapshot completion confirmed after a restart");
+                    return Ok(record);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "completing the earlier upload failed; uploading again");
+                    remove(&marker).await?;
+                }
+            }
+        }
         let raw = self.snapshot_path(id);
         let volume_size = std::fs::metadata(&raw)
             .map_err(|e| ScError::io(raw.display(), e))?
             .len();
-        let target = &spec.target;
         if target.part_size == 0 || target.part_urls.is_empty() || target.complete_url.is_empty() {
             return Err(ScError::Invalid(format!(
                 "snapshot {id}: the desired state gives no multipart upload to fill"
@@ -483,29 +539,34 @@ impl Backend for FileBackend {
         // The record is written only after Walrus confirmed the whole
         // object: a crash or error before leaves no record, so the
         // snapshot is not completed and the saga starts over (sending every
-        // part again, which replaces them).
-        let etag =
-            multipart::complete(&self.http, &target.complete_url, &parts, packed.crc32).await?;
-        let record = SnapshotRecord {
-            snapshot_id: id.clone(),
-            volume_id: spec.volume_id.clone(),
-            volume_size,
-            compression: spec.compression,
-            sha256: hex::encode(packed.sha256),
-            md5: etag,
-            compressed_size: packed.size,
-            raw_digest: packed.raw_digest,
+        // part again, which replaces them), or, once the parts are listed
+        // in the marker, completes them again.
+        let pending = Completing {
+            record: SnapshotRecord {
+                snapshot_id: id.clone(),
+                volume_id: spec.volume_id.clone(),
+                volume_size,
+                compression: spec.compression,
+                sha256: hex::encode(packed.sha256),
+                md5: String::new(),
+                compressed_size: packed.size,
+                raw_digest: packed.raw_digest,
+            },
+            crc32: packed.crc32,
+            parts,
         };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| ScError::io("record", e))?;
-        crate::daemon::write_private(&self.record_path(id), &json)?;
-        sparse::sync_dir(&self.snapshots).map_err(|e| ScError::io("snapshots dir", e))?;
+        let json = serde_json::to_vec(&pending).map_err(|e| ScError::io("completion", e))?;
+        crate::daemon::write_private(&marker, &json)?;
+        let parts = pending.parts.len();
+        let record = self.finish_upload(&target.complete_url, pending).await?;
         progress(1.0);
-        tracing::info!(snapshot = %id, size = record.compressed_size, parts = parts.len(), "snapshot uploaded and verified");
+        tracing::info!(snapshot = %id, size = record.compressed_size, parts, "snapshot uploaded and verified");
         Ok(record)
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<(), ScError> {
         remove(&self.record_path(id)).await?;
+        remove(&self.completing_path(id)).await?;
         remove(&self.snapshot_path(id)).await?;
         Ok(())
     }

@@ -19,7 +19,13 @@
 //! Restarting is idempotent: an UploadPart replaces the part of that
 //! number, so an SC that restarts mid-upload compresses again and sends
 //! every part again. The SC never aborts an upload: the CLC, which created
-//! it, aborts it when the snapshot fails or is deleted.
+//! it, aborts it when the snapshot fails or is deleted, and only then.
+//! That makes the one window a retry cannot redo safe too: if the SC dies
+//! after Walrus completed the upload but before the SC wrote its record,
+//! the backend finds the parts it had listed (kept beside the raw copy
+//! before completing) and completes again; `NoSuchUpload` for a snapshot
+//! the CLC still wants pending can only mean the earlier completion, of
+//! those very parts, succeeded ([`Completion::Gone`]).
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -50,7 +56,7 @@ pub struct Part {
 }
 
 /// A part Walrus holds: what CompleteMultipartUpload names it by.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Uploaded {
     pub number: u32,
     pub etag: String,
@@ -216,6 +222,27 @@ async fn put_part(http: &HttpClient, url: &str, part: Part) -> Result<Uploaded, 
     }
 }
 
+/// What a completion request found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Walrus made the object and confirmed its CRC-32; its ETag.
+    Done(String),
+    /// The upload no longer exists (`NoSuchUpload`): an earlier completion
+    /// made the object, or the upload was aborted.
+    Gone,
+}
+
+/// The ETag S3 gives the object completed from `parts`: the MD5 of their
+/// MD5s, then `-N`.
+pub fn multipart_etag(parts: &[Uploaded]) -> Option<String> {
+    use md5::Digest as _;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        h.update(hex::decode(&p.etag).ok()?);
+    }
+    Some(format!("{}-{}", hex::encode(h.finalize()), parts.len()))
+}
+
 /// Completes the upload with `parts` (all of them, in order) and `crc32`,
 /// the whole object's. Returns the object's ETag once Walrus confirmed the
 /// whole object's CRC-32.
@@ -224,7 +251,7 @@ pub async fn complete(
     url: &str,
     parts: &[Uploaded],
     crc32: u32,
-) -> Result<String, ScError> {
+) -> Result<Completion, ScError> {
     let uri = parse(url)?;
     let what = format!("POST {}", redact(url));
     let body = complete_xml(parts);
@@ -237,6 +264,11 @@ pub async fn complete(
         .map_err(|e| ScError::io("building the completion", e))?;
     let (status, _, body) = send(http, request, &what).await?;
     let text = String::from_utf8_lossy(&body);
+    if status == hyper::StatusCode::NOT_FOUND
+        && xml_field(&text, "Code").as_deref() == Some("NoSuchUpload")
+    {
+        return Ok(Completion::Gone);
+    }
     // S3 may answer 200 and an <Error> body once it has started answering.
     if !status.is_success() || text.contains("<Error>") {
         return Err(refused(&what, status, &body));
@@ -248,7 +280,9 @@ pub async fn complete(
         )));
     }
     match xml_field(&text, "ETag") {
-        Some(etag) if !etag.is_empty() => Ok(etag.trim_matches('"').to_ascii_lowercase()),
+        Some(etag) if !etag.is_empty() => Ok(Completion::Done(
+            etag.trim_matches('"').to_ascii_lowercase(),
+        )),
         _ => Err(ScError::Io(format!("{what}: the store answered no ETag"))),
     }
 }

@@ -45,6 +45,9 @@ pub enum Mode {
     /// Fails the third part after reading some of it: a store or network
     /// dying mid-upload.
     DiesMidway,
+    /// Completes the upload but its answer is lost (a 500 instead): as if
+    /// the SC had died right after sending the completion.
+    LosesCompletion,
 }
 
 struct StoredPart {
@@ -341,6 +344,9 @@ impl StandIn {
         st.uploads.remove(&upload);
         st.objects.insert(path.clone(), (data, etag.clone()));
         st.log.push(Event::Completed(Instant::now()));
+        if mode == Mode::LosesCompletion {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
         let sum = if mode == Mode::Careless {
             String::new()
         } else {

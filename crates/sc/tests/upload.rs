@@ -141,3 +141,39 @@ async fn a_store_that_does_not_confirm_the_checksum_does_not_complete_a_snapshot
     assert_eq!(leftovers(&dir), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_completion_whose_answer_was_lost_is_confirmed_by_the_next_attempt() {
+    let dir = tmp("lost");
+    let b = backend(&dir);
+    let store = StandIn::start(Mode::LosesCompletion, true).await;
+    raw_copy(&b, "snap-c");
+    let target = spec("snap-c", &store);
+    // Walrus made the object, the SC never heard: no record, the parts it
+    // listed kept beside the raw copy.
+    let err = b
+        .publish_snapshot(&target, Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    eprintln!("failed as it should: {err}");
+    assert!(b.snapshots().await.unwrap().is_empty());
+    assert_eq!(leftovers(&dir), vec!["snap-c.completing".to_string()]);
+    let (obj, etag) = store.object("snapshots/snap-c.zst").unwrap();
+    assert_eq!(store.open_uploads(), 0);
+    // The next attempt (after a restart, say) completes again, learns the
+    // upload is gone, and records the object those parts made.
+    *store.mode.lock().unwrap() = Mode::Walrus;
+    let r = b.publish_snapshot(&target, Arc::new(|_| {})).await.unwrap();
+    assert_eq!(r.md5, etag);
+    assert_eq!(r.sha256, hex::encode(sha2::Sha256::digest(&obj)));
+    assert_eq!(r.compressed_size, obj.len() as u64);
+    assert_eq!(leftovers(&dir), vec!["snap-c.json".to_string()]);
+    // Only the completion was sent again, no part.
+    let completions = store
+        .log()
+        .iter()
+        .filter(|e| matches!(e, ironbark_sc::standin::Event::Completed(_)))
+        .count();
+    assert_eq!(completions, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
