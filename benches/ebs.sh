@@ -6,10 +6,11 @@
 #   2. the SC (crates/sc, example `snapbench`), gzip and zstd, timed from the
 #      CreateSnapshot (desired state applied) to `completed`: point-in-time
 #      copy by the volume's qemu-storage-daemon straight into the sparse raw
-#      copy kept on the SC, compression and hashing of the data segments,
-#      PUT to an in-process Walrus stand-in that, like Walrus, computes the
-#      MD5 (ETag) and checks the named checksum on one thread, record
-#      written. Also its CPU seconds (SC, stand-in and zstd; not QEMU's),
+#      copy kept on the SC, compression and hashing of the data segments
+#      with each 16 MiB multipart part uploaded as soon as it is made to an
+#      in-process Walrus stand-in that, like Walrus, computes each part's
+#      MD5 (ETag) and checks its CRC-32 on one thread, completion (the
+#      object's CRC-32 checked against the parts'), record written. Also its CPU seconds (SC, stand-in and zstd; not QEMU's),
 #      which say more than the wall time on a busy machine;
 #   3. the floor: reading the 1 GiB of data from disk (O_DIRECT).
 # Then NBD throughput of SC exports through QEMU's client against the
@@ -87,7 +88,8 @@ printf '%-52s %8s %10s %8s\n' "SC snapshot, gzip (${gzip_b} B), through complete
 printf '%-52s %8s %10s %8s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')" "$zstd_cpu"
 printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$read_s" "$(echo "$orig_s / $read_s" | bc -l | xargs printf '%.1fx')"
 # Where the SC's time went: progress timestamps (copy 0-50 %, compression
-# 50-85 %, upload 85-100 %).
+# with the parts' upload 50-95 %, the last part and completion 95-100 %),
+# and when the upload's first and last parts and its completion arrived.
 for k in zstd gzip; do printf '%s progress:' "$k"; tr -s ' \n' ' ' < "$DIR/$k.progress"; echo; done
 
 nbd

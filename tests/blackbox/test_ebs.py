@@ -4,9 +4,19 @@ from pending to completed, sharing a snapshot with another account, and
 every refusal with EC2's error code and no change. Attaching to real VMs
 is in test_ebs_vms.py."""
 
+import re
 import time
 
+import botocore.exceptions
 from conftest import creds_of, raises_code
+from s3util import s3_client
+
+SNAPSHOTS = "ironbark-snapshots"
+
+
+def open_uploads(s3, key):
+    listed = s3.list_multipart_uploads(Bucket=SNAPSHOTS).get("Uploads", [])
+    return [u for u in listed if u["Key"] == key]
 
 
 def wait_until(what, fn, timeout=120, every=0.5):
@@ -81,6 +91,15 @@ def test_volume_life_cycle_and_refusals(cloud):
                == "completed")
     snap = alice.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
     assert snap["Progress"] == "100%" and snap["VolumeId"] == vid
+    # The object reached Walrus through the multipart upload the CLC made
+    # and the SC filled part by part: complete (a multipart ETag, the whole
+    # object's CRC-32 kept), and no upload left open.
+    s3 = s3_client(cloud)
+    key = f"{sid}.raw.gz"
+    head = s3.head_object(Bucket=SNAPSHOTS, Key=key, ChecksumMode="ENABLED")
+    assert re.fullmatch(r'"[0-9a-f]{32}-[0-9]+"', head["ETag"]), head["ETag"]
+    assert head.get("ChecksumCRC32"), head
+    assert open_uploads(s3, key) == []
     assert [x["SnapshotId"] for x in alice.describe_snapshots(OwnerIds=["self"])["Snapshots"]] == [sid]
     assert bob.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
     with raises_code("InvalidSnapshot.NotFound"):
@@ -109,6 +128,12 @@ def test_volume_life_cycle_and_refusals(cloud):
     alice.delete_snapshot(SnapshotId=sid)
     with raises_code("InvalidSnapshot.NotFound"):
         alice.delete_snapshot(SnapshotId=sid)
+    try:
+        s3.head_object(Bucket=SNAPSHOTS, Key=key)
+        raise AssertionError("the deleted snapshot's object is still in Walrus")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] in ("404", "NoSuchKey"), e.response
+    assert open_uploads(s3, key) == []
     for ec2, v_id in [(alice, vid), (bob, restored["VolumeId"])]:
         ec2.delete_volume(VolumeId=v_id)
         wait_until("deleted", lambda ec2=ec2: ec2.describe_volumes()["Volumes"] == [])

@@ -16,6 +16,13 @@
 //! snapshot:   pending --SC uploaded, checksummed--> completed      (or error)
 //! ```
 //!
+//! A snapshot's object reaches Walrus as a multipart upload the CLC creates
+//! with the record (Walrus runs in this process, see
+//! [`crate::ObjectSource`]) and keeps the id of while pending; every desired
+//! state presigns its parts and completion for the SC, which holds no
+//! Walrus secret and uploads parts while it still compresses. A failed or
+//! deleted snapshot's upload is aborted here, so no parts are left behind.
+//!
 //! Requests change records under the EBS lock and then send both desired
 //! states; a lost send or a crash is repaired by the next tick, which sends
 //! them again from the records. Nothing is reported `available` or
@@ -28,7 +35,7 @@ use std::collections::HashMap;
 use ironbark_node_api::MAX_VOLUMES_PER_INSTANCE;
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, ExportState, SnapshotSource, SnapshotSpec,
-    StorageReport, VolumeSpec, WalrusTarget,
+    StorageReport, VolumeSpec, WalrusTarget, plan_parts,
 };
 use ironbark_types::*;
 
@@ -459,8 +466,11 @@ impl Cloud {
             }
             let id = SnapshotId::generate();
             let compression = Compression::default();
+            let key = snapshot_key(&id, compression);
+            self.objects.ensure_system_bucket(SNAPSHOT_BUCKET).await?;
+            let upload_id = self.objects.create_upload(SNAPSHOT_BUCKET, &key).await?;
             let s = Snapshot {
-                location: format!("{SNAPSHOT_BUCKET}/{}", snapshot_key(&id, compression)),
+                location: format!("{SNAPSHOT_BUCKET}/{key}"),
                 id,
                 account_id: caller.account.id.clone(),
                 volume_id: v.id.clone(),
@@ -476,11 +486,14 @@ impl Cloud {
                 sha256: None,
                 raw_digest: None,
                 error: None,
+                upload_id: Some(upload_id),
                 public: false,
                 shared_with: Vec::new(),
             };
-            self.objects.ensure_system_bucket(SNAPSHOT_BUCKET).await?;
-            self.store.put_snapshot(&s).await?;
+            if let Err(e) = self.store.put_snapshot(&s).await {
+                self.abort_upload_logged(&s).await;
+                return Err(e);
+            }
             s
         };
         tracing::info!(snapshot = %s.id, volume = %s.volume_id, "snapshot started");
@@ -497,12 +510,29 @@ impl Cloud {
             s
         };
         self.push_storage_logged().await;
+        self.abort_upload_logged(&s).await;
         if let Some((b, k)) = s.location.split_once('/')
             && let Err(e) = self.objects.remove(b, k).await
         {
             tracing::warn!(snapshot = %s.id, error = %e, "removing the snapshot's object failed");
         }
         Ok(())
+    }
+
+    /// Aborts the snapshot's multipart upload, if it has one; whether it
+    /// worked is only logged (an upload left behind costs disk, not
+    /// correctness). Returns whether the upload is gone.
+    async fn abort_upload_logged(&self, s: &Snapshot) -> bool {
+        let (Some(upload), Some((b, k))) = (&s.upload_id, s.location.split_once('/')) else {
+            return true;
+        };
+        match self.objects.abort_upload(b, k, upload).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(snapshot = %s.id, error = %e, "aborting the snapshot's upload failed");
+                false
+            }
+        }
     }
 
     /// DescribeSnapshots: what the caller may restore (its own, shared
@@ -679,13 +709,29 @@ impl Cloud {
         let mut specs = Vec::new();
         for s in snapshots.iter().filter(|s| s.state != SnapshotState::Error) {
             let (b, k) = s.location.split_once('/').unwrap_or((&s.location, ""));
+            // Only a pending snapshot's SC needs where to upload: the URLs
+            // are presigned anew each time, cheap next to the resend, and
+            // the upload id stays, so the SC may use any generation's.
+            let target = match (&s.upload_id, s.state) {
+                (Some(upload), SnapshotState::Pending) => {
+                    let plan = plan_parts(u64::from(s.volume_size_gib) << 30);
+                    let (part_urls, complete_url) = self
+                        .objects
+                        .presign_upload(b, k, upload, plan.parts, PRESIGN_SECS)
+                        .await?;
+                    WalrusTarget {
+                        part_size: plan.part_size,
+                        part_urls,
+                        complete_url,
+                    }
+                }
+                _ => WalrusTarget::default(),
+            };
             specs.push(SnapshotSpec {
                 snapshot_id: s.id.to_string(),
                 volume_id: s.volume_id.to_string(),
                 compression: compression_of(s),
-                target: WalrusTarget {
-                    put_url: self.objects.presign_put(b, k, PRESIGN_SECS).await?,
-                },
+                target,
             });
         }
         let generation = self
@@ -780,12 +826,17 @@ impl Cloud {
                     s.progress = 100;
                     s.sha256 = r.sha256.clone();
                     s.raw_digest = r.raw_digest.clone();
+                    // Completing it consumed the upload.
+                    s.upload_id = None;
                     tracing::info!(snapshot = %s.id, "snapshot completed");
                 }
                 Sc::Completed => {}
                 Sc::Error => {
                     s.state = SnapshotState::Error;
                     s.error = r.error.clone();
+                    if self.abort_upload_logged(&s).await {
+                        s.upload_id = None;
+                    }
                     tracing::warn!(snapshot = %s.id, error = ?s.error, "snapshot failed");
                 }
             }
@@ -865,8 +916,34 @@ impl Cloud {
         if !busy && !stale {
             return Ok(());
         }
+        if snapshots
+            .iter()
+            .any(|s| s.state == SnapshotState::Pending && s.upload_id.is_none())
+        {
+            self.give_uploads().await?;
+        }
         self.push_storage().await?;
         self.push_desired().await
+    }
+
+    /// Pending snapshots recorded before snapshots had multipart uploads
+    /// get one, so their SC has somewhere to upload. Under the EBS lock,
+    /// so two ticks do not make two.
+    async fn give_uploads(&self) -> Result<()> {
+        let _serial = self.ebs_lock.lock().await;
+        for mut s in self.store.list_snapshots().await? {
+            if s.state != SnapshotState::Pending || s.upload_id.is_some() {
+                continue;
+            }
+            let Some((b, k)) = s.location.split_once('/') else {
+                continue;
+            };
+            self.objects.ensure_system_bucket(b).await?;
+            s.upload_id = Some(self.objects.create_upload(b, k).await?);
+            self.store.put_snapshot(&s).await?;
+            tracing::info!(snapshot = %s.id, "snapshot given a multipart upload");
+        }
+        Ok(())
     }
 }
 
@@ -1266,7 +1343,24 @@ mod tests {
         let s = c.create_snapshot(&alice, &vid, "first").await.unwrap();
         assert_eq!(s.state, SnapshotState::Pending);
         let d = sc.last.lock().unwrap().clone().unwrap();
-        assert!(d.snapshots[0].target.put_url.contains(SNAPSHOT_BUCKET));
+        // The SC gets the upload the CLC made: every part it may need and
+        // the completion, presigned; the record keeps the upload's id.
+        let t = &d.snapshots[0].target;
+        let upload = s.upload_id.clone().unwrap();
+        let plan = plan_parts(u64::from(s.volume_size_gib) << 30);
+        assert_eq!(
+            (t.part_size, t.part_urls.len()),
+            (plan.part_size, plan.parts as usize)
+        );
+        assert!(
+            t.part_urls[0].contains(SNAPSHOT_BUCKET) && t.part_urls[0].contains("partNumber=1&")
+        );
+        assert!(t.part_urls.iter().all(|u| u.contains(&upload)));
+        assert!(t.complete_url.contains(&format!("uploadId={upload}")));
+        // Resent: the same upload.
+        c.push_storage().await.unwrap();
+        let again = sc.last.lock().unwrap().clone().unwrap();
+        assert_eq!(again.snapshots[0].target, *t);
         let listed = c
             .describe_snapshots(&alice, &[], &["self".into()], &[], &[])
             .await
@@ -1281,6 +1375,49 @@ mod tests {
             .unwrap()[0]
             .0;
         assert_eq!((done.state, done.progress), (SnapshotState::Completed, 100));
+        // Completing consumed the upload: nothing to abort, no URLs sent.
+        assert_eq!(done.upload_id, None);
+        c.push_storage().await.unwrap();
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        assert_eq!(d.snapshots[0].target, WalrusTarget::default());
+
+        // A snapshot that fails, and one deleted while pending, have their
+        // uploads aborted.
+        *sc.hold.lock().unwrap() = true;
+        let failing = c.create_snapshot(&alice, &vid, "fails").await.unwrap();
+        let deleted = c.create_snapshot(&alice, &vid, "deleted").await.unwrap();
+        let mut report = sc.report().await.unwrap();
+        for r in &mut report.snapshots {
+            if r.snapshot_id == failing.id.as_str() {
+                r.state = ironbark_sc_api::SnapshotState::Error;
+                r.error = Some("disk on fire".into());
+            }
+        }
+        c.observe_storage(&report).await.unwrap();
+        c.delete_snapshot(&alice, deleted.id.as_str())
+            .await
+            .unwrap();
+        let aborted = crate::instances::tests::ABORTED.lock().unwrap().clone();
+        for s in [&failing, &deleted] {
+            assert!(
+                aborted.contains(s.upload_id.as_ref().unwrap()),
+                "{aborted:?}"
+            );
+        }
+        let failed = c
+            .describe_snapshots(&alice, &[failing.id.to_string()], &[], &[], &[])
+            .await
+            .unwrap()[0]
+            .0
+            .clone();
+        assert_eq!(
+            (failed.state, failed.upload_id),
+            (SnapshotState::Error, None)
+        );
+        c.delete_snapshot(&alice, failing.id.as_str())
+            .await
+            .unwrap();
+        *sc.hold.lock().unwrap() = false;
 
         // Sharing: bob sees it only once shared, and restores from it.
         assert!(

@@ -21,12 +21,32 @@ pub trait ObjectSource: Send + Sync + 'static {
     async fn digest(&self, account: &AccountId, bucket: &str, key: &str) -> Result<(u64, String)>;
     /// A URL valid for `secs` seconds that GETs the object without credentials.
     async fn presign_get(&self, bucket: &str, key: &str, secs: u32) -> Result<String>;
-    /// A URL valid for `secs` seconds that PUTs the object (into one of the
-    /// cloud's own buckets: snapshots).
-    async fn presign_put(&self, bucket: &str, key: &str, _secs: u32) -> Result<String> {
+    /// Starts a multipart upload of an object into one of the cloud's own
+    /// buckets (snapshots), its parts to carry CRC-32s that Walrus combines
+    /// into the object's; returns the upload id.
+    async fn create_upload(&self, bucket: &str, key: &str) -> Result<String> {
         Err(Error::internal(format!(
             "{bucket}/{key}: this object store takes no uploads"
         )))
+    }
+    /// URLs valid for `secs` seconds, without credentials: UploadPart for
+    /// parts 1 to `parts` of the upload, then CompleteMultipartUpload.
+    async fn presign_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        _upload_id: &str,
+        _parts: u32,
+        _secs: u32,
+    ) -> Result<(Vec<String>, String)> {
+        Err(Error::internal(format!(
+            "{bucket}/{key}: this object store takes no uploads"
+        )))
+    }
+    /// Aborts an upload and drops its parts (one already completed or
+    /// aborted is fine).
+    async fn abort_upload(&self, _bucket: &str, _key: &str, _upload_id: &str) -> Result<()> {
+        Ok(())
     }
     /// Makes the cloud's own private bucket if it does not exist.
     async fn ensure_system_bucket(&self, bucket: &str) -> Result<()> {

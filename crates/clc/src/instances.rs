@@ -837,6 +837,9 @@ pub(crate) mod tests {
 
     pub(crate) struct Objects;
 
+    /// Upload ids [`Objects`] was told to abort (ids are unique per test).
+    pub(crate) static ABORTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
     #[async_trait::async_trait]
     impl ObjectSource for Objects {
         async fn digest(&self, _a: &AccountId, _b: &str, _k: &str) -> Result<(u64, String)> {
@@ -845,8 +848,27 @@ pub(crate) mod tests {
         async fn presign_get(&self, b: &str, k: &str, _s: u32) -> Result<String> {
             Ok(format!("http://walrus/{b}/{k}"))
         }
-        async fn presign_put(&self, b: &str, k: &str, _s: u32) -> Result<String> {
-            Ok(format!("http://walrus/{b}/{k}?put"))
+        async fn create_upload(&self, b: &str, k: &str) -> Result<String> {
+            Ok(format!("up-{b}-{k}"))
+        }
+        async fn presign_upload(
+            &self,
+            b: &str,
+            k: &str,
+            u: &str,
+            parts: u32,
+            _s: u32,
+        ) -> Result<(Vec<String>, String)> {
+            Ok((
+                (1..=parts)
+                    .map(|n| format!("http://walrus/{b}/{k}?partNumber={n}&uploadId={u}"))
+                    .collect(),
+                format!("http://walrus/{b}/{k}?uploadId={u}"),
+            ))
+        }
+        async fn abort_upload(&self, _b: &str, _k: &str, u: &str) -> Result<()> {
+            ABORTED.lock().unwrap().push(u.to_string());
+            Ok(())
         }
         async fn ensure_system_bucket(&self, _b: &str) -> Result<()> {
             Ok(())

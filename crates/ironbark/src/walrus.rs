@@ -47,9 +47,11 @@ impl Identities for CloudIdentities {
     }
 }
 
-/// The CLC's view of Walrus for images: digests read as the registering
-/// account, and presigned URLs (signed with the administrator's key) that
-/// NCs fetch images from. Both halves exist only once the process has
+/// The CLC's view of Walrus for images and snapshots: digests read as the
+/// registering account, presigned URLs (signed with the administrator's
+/// key) that NCs fetch images from and the SC restores snapshots from, and
+/// snapshots' multipart uploads, which the CLC creates and aborts here and
+/// the SC fills through presigned part URLs (so it holds no secret). Both halves exist only once the process has
 /// built the cloud and Walrus, which need each other, hence the cells.
 #[derive(Default)]
 pub struct WalrusObjects {
@@ -87,11 +89,58 @@ impl ObjectSource for WalrusObjects {
     }
 
     async fn presign_get(&self, bucket: &str, key: &str, secs: u32) -> Result<String> {
-        self.presign("GET", bucket, key, secs).await
+        let (id, secret) = self.cloud()?.system_credentials().await?;
+        Ok(self.presign(
+            &(id.as_str(), secret.as_str()),
+            "GET",
+            bucket,
+            key,
+            "",
+            secs,
+        ))
     }
 
-    async fn presign_put(&self, bucket: &str, key: &str, secs: u32) -> Result<String> {
-        self.presign("PUT", bucket, key, secs).await
+    async fn create_upload(&self, bucket: &str, key: &str) -> Result<String> {
+        let admin = self.cloud()?.account_named(ADMIN_ACCOUNT).await?;
+        self.walrus()?
+            .create_system_upload(admin.id.as_str(), &admin.name, bucket, key)
+            .await
+            .map_err(Error::internal)
+    }
+
+    async fn presign_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: u32,
+        secs: u32,
+    ) -> Result<(Vec<String>, String)> {
+        let (id, secret) = self.cloud()?.system_credentials().await?;
+        let creds = (id.as_str(), secret.as_str());
+        let upload = ironbark_sigv4::uri_encode(upload_id.as_bytes());
+        let part_urls = (1..=parts)
+            .map(|n| {
+                let q = format!("partNumber={n}&uploadId={upload}");
+                self.presign(&creds, "PUT", bucket, key, &q, secs)
+            })
+            .collect();
+        let complete = self.presign(
+            &creds,
+            "POST",
+            bucket,
+            key,
+            &format!("uploadId={upload}"),
+            secs,
+        );
+        Ok((part_urls, complete))
+    }
+
+    async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        self.walrus()?
+            .abort_system_upload(bucket, key, upload_id)
+            .await
+            .map_err(Error::internal)
     }
 
     async fn ensure_system_bucket(&self, bucket: &str) -> Result<()> {
@@ -124,10 +173,18 @@ impl WalrusObjects {
             .ok_or_else(|| Error::internal("the cloud is shutting down"))
     }
 
-    /// A presigned SigV4 URL made with the administrator's key, which may
-    /// read every object and write the cloud's own buckets.
-    async fn presign(&self, method: &str, bucket: &str, key: &str, secs: u32) -> Result<String> {
-        let (id, secret) = self.cloud()?.system_credentials().await?;
+    /// A presigned SigV4 URL made with the administrator's key
+    /// (`creds`: access key id and secret), which may read every object and
+    /// write the cloud's own buckets. `query` (encoded) is signed with it.
+    fn presign(
+        &self,
+        (id, secret): &(&str, &str),
+        method: &str,
+        bucket: &str,
+        key: &str,
+        query: &str,
+        secs: u32,
+    ) -> String {
         let host = self
             .base_url
             .split_once("://")
@@ -146,16 +203,16 @@ impl WalrusObjects {
         let query = ironbark_sigv4::presign_v4(
             method,
             &path,
-            "",
+            query,
             &[("host".to_string(), host)],
-            id.as_str(),
-            &secret,
+            id,
+            secret,
             &self.region,
             "s3",
             now_ms() / 1000,
             secs,
         );
-        Ok(format!("{}{path}?{query}", self.base_url))
+        format!("{}{path}?{query}", self.base_url)
     }
 }
 

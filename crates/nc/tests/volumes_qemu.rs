@@ -14,11 +14,10 @@
 //! Runs only with `IRONBARK_QEMU_TESTS=1`, as root, with QEMU, dnsmasq,
 //! zstd and an ssh client.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -31,7 +30,7 @@ use ironbark_node_api::{
 use ironbark_sc::{ScSettings, Storage};
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, SnapshotSource, SnapshotSpec, SnapshotState,
-    StorageReport, VolumeSpec, VolumeState, WalrusTarget,
+    StorageReport, VolumeSpec, VolumeState,
 };
 
 const A: &str = "i-000000aa";
@@ -151,77 +150,6 @@ impl Drop for Net {
     }
 }
 
-/// A presigned-URL bucket stand-in: PUT and GET. A PUT's
-/// `x-amz-checksum-crc32` is checked and echoed, as Walrus does.
-#[derive(Clone, Default)]
-struct Bucket(Arc<Mutex<HashMap<String, Vec<u8>>>>);
-
-impl Bucket {
-    async fn start(&self) -> SocketAddr {
-        use axum::body::Bytes;
-        use axum::http::{Method, StatusCode, Uri};
-        use axum::response::IntoResponse;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let me = self.clone();
-        let app = axum::Router::new()
-            .fallback(
-                move |m: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
-                    let me = me.clone();
-                    async move {
-                        let key = uri.path().to_string();
-                        if m == Method::PUT {
-                            use base64::Engine;
-                            use md5::Digest;
-                            let etag = hex::encode(md5::Md5::digest(&body));
-                            let crc = base64::engine::general_purpose::STANDARD
-                                .encode(crc32(&body).to_be_bytes());
-                            let given = headers
-                                .get("x-amz-checksum-crc32")
-                                .and_then(|v| v.to_str().ok());
-                            if given.is_some_and(|g| g != crc) {
-                                return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-                            }
-                            me.0.lock().unwrap().insert(key, body.to_vec());
-                            return (
-                                StatusCode::OK,
-                                [
-                                    ("etag", format!("\"{etag}\"")),
-                                    ("x-amz-checksum-crc32", crc),
-                                ],
-                            )
-                                .into_response();
-                        }
-                        match me.0.lock().unwrap().get(&key) {
-                            Some(b) => b.clone().into_response(),
-                            None => StatusCode::NOT_FOUND.into_response(),
-                        }
-                    }
-                },
-            )
-            .layer(axum::extract::DefaultBodyLimit::disable());
-        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        addr
-    }
-}
-
-/// CRC-32 (IEEE, as S3's `x-amz-checksum-crc32`), bit by bit: the
-/// objects here are small.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for b in data {
-        crc ^= u32::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 async fn until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -327,8 +255,9 @@ async fn a_volume_moves_between_guests_and_snapshots_are_point_in_time() {
     );
 
     // The SC, its daemons in the namespace next to the VMs.
-    let bucket = Bucket::default();
-    let waddr = bucket.start().await;
+    let bucket =
+        ironbark_sc::standin::StandIn::start(ironbark_sc::standin::Mode::Walrus, true).await;
+    let waddr = bucket.addr();
     let mut sc = ScSettings::new(root.join("sc"), "t", "127.0.0.1:0".parse().unwrap());
     sc.netns = Some(net.ns.clone());
     let base = 22000 + (std::process::id() % 100) as u16 * 20;
@@ -526,9 +455,7 @@ async fn a_volume_moves_between_guests_and_snapshots_are_point_in_time() {
         snapshot_id: "snap-e2e1".into(),
         volume_id: VOL.into(),
         compression: Compression::Zstd,
-        target: WalrusTarget {
-            put_url: format!("http://{waddr}/snaps/snap-e2e1.zst?sig=1"),
-        },
+        target: bucket.target("snaps/snap-e2e1.zst", 1 << 30),
     };
     storage
         .apply(DesiredStorage {

@@ -28,14 +28,22 @@
 //!   wait), then remove the export here.
 //! - **DeleteVolume**: remove the volume (refuse while attached: the SC
 //!   would close the exports under a running guest).
-//! - **CreateSnapshot**: add a [`SnapshotSpec`] with a [`WalrusTarget`]
-//!   (presigned PUT URL of the object the SC uploads). It is `completed`
-//!   once [`SnapshotReport::state`] is [`SnapshotState::Completed`]: the
-//!   point-in-time raw copy is on the SC and the compressed object is in
-//!   Walrus, its CRC-32 checked by Walrus and its SHA-256 reported. Keep the
-//!   spec listed for as long as the snapshot exists (the SC keeps the raw
-//!   copy while it is listed); presigned URLs may be refreshed in later
-//!   generations, the SC only uses the one of the current state.
+//! - **CreateSnapshot**: create a multipart upload in Walrus for the
+//!   snapshot's object (CRC-32, full-object checksum type) and add a
+//!   [`SnapshotSpec`] with a [`WalrusTarget`]: the part size
+//!   ([`plan_parts`]), presigned UploadPart URLs for every part the object
+//!   may need and a presigned CompleteMultipartUpload URL. The SC uploads
+//!   each part, with its `x-amz-checksum-crc32`, as soon as compression has
+//!   produced it, then completes the upload with the whole object's CRC-32.
+//!   It is `completed` once [`SnapshotReport::state`] is
+//!   [`SnapshotState::Completed`]: the point-in-time raw copy is on the SC
+//!   and the compressed object is whole in Walrus, every part's CRC-32 and
+//!   the object's checked by Walrus, its SHA-256 reported. Keep the spec
+//!   listed for as long as the snapshot exists (the SC keeps the raw copy
+//!   while it is listed); presigned URLs may be refreshed in later
+//!   generations (the SC uses those of the state it started with, valid
+//!   for hours), and once completed the target may be left empty. A failed
+//!   or deleted snapshot's upload is the CLC's to abort.
 //! - **CreateVolume from a snapshot** the SC no longer holds: give
 //!   [`SnapshotSource::download_url`] (presigned GET) with the compression
 //!   and checksums from the snapshot's completed report.
@@ -143,13 +151,65 @@ pub struct SnapshotSpec {
     pub target: WalrusTarget,
 }
 
-/// A Walrus (S3) object the SC writes with one HTTP PUT.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A Walrus (S3) multipart upload the SC fills: the CLC created it (the
+/// SC holds no Walrus credentials) and presigned every request the SC
+/// makes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalrusTarget {
-    /// Presigned PUT URL (`http://…/bucket/key?X-Amz-…`), valid long enough
-    /// for the upload. The SC sends `x-amz-checksum-crc32`, which Walrus
-    /// checks, and requires it echoed in the answer.
-    pub put_url: String,
+    /// Every part but the last has exactly this many bytes
+    /// ([`PartPlan::part_size`]).
+    #[serde(default)]
+    pub part_size: u64,
+    /// Presigned UploadPart URLs (`PUT …/bucket/key?partNumber=N&uploadId=…
+    /// &X-Amz-…`), part 1 first; as many as the largest object the volume
+    /// can compress to needs ([`PartPlan::parts`]). The SC sends each part
+    /// with `x-amz-checksum-crc32`, which Walrus checks, and requires it
+    /// echoed.
+    #[serde(default)]
+    pub part_urls: Vec<String>,
+    /// Presigned CompleteMultipartUpload URL (`POST …?uploadId=…&X-Amz-…`).
+    /// The SC sends the parts' ETags and CRC-32s and the whole object's
+    /// CRC-32, which Walrus combines from the parts' and compares.
+    #[serde(default)]
+    pub complete_url: String,
+}
+
+/// How a snapshot's object is cut into multipart parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartPlan {
+    pub part_size: u64,
+    pub parts: u32,
+}
+
+/// S3's limits on a multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// The part size when the count allows it: a segment, so a part leaves
+/// for Walrus about as often as compression finishes a segment, and the
+/// last part, the only one not overlapped with compression, is short.
+pub const PREFERRED_PART_SIZE: u64 = SEGMENT_SIZE;
+
+/// The largest object a volume of `volume_size` bytes compresses to.
+/// Both codecs give up on data that does not compress and store it, which
+/// costs a few bytes per 64 KiB (deflate's stored blocks) or 128 KiB (zstd
+/// raw blocks); level-1 deflate and zstd's worst cases are under 1/256 of
+/// the input; a hole segment is at most one reused ~16 KiB piece. Twice
+/// those margins, and a MiB for headers.
+pub fn max_compressed_size(volume_size: u64) -> u64 {
+    let segments = volume_size.div_ceil(SEGMENT_SIZE);
+    volume_size + volume_size / 128 + segments * (64 << 10) + (1 << 20)
+}
+
+/// The parts for a volume of `volume_size` bytes: [`PREFERRED_PART_SIZE`],
+/// or larger (whole MiB) when that would take more than [`MAX_PARTS`].
+pub fn plan_parts(volume_size: u64) -> PartPlan {
+    let bound = max_compressed_size(volume_size);
+    let needed = bound.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    let part_size = needed.max(PREFERRED_PART_SIZE).max(MIN_PART_SIZE);
+    PartPlan {
+        part_size,
+        parts: bound.div_ceil(part_size) as u32,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,8 +296,8 @@ pub struct SnapshotReport {
     pub volume_size: u64,
     pub compression: Compression,
     /// Once completed: hex SHA-256 (computed by the SC), the ETag Walrus
-    /// answered (the hex MD5 of a single PUT) and length of the object in
-    /// Walrus.
+    /// answered (multipart: `hex-N`, the MD5 of the parts' MD5s) and length
+    /// of the object in Walrus.
     pub sha256: Option<String>,
     pub md5: Option<String>,
     pub compressed_size: Option<u64>,
@@ -294,6 +354,29 @@ mod tests {
         assert_eq!(d.generation, 3);
         assert!(d.snapshots.is_empty());
         assert!(d.volumes[0].exports.is_empty() && d.volumes[0].source.is_none());
+    }
+
+    #[test]
+    fn parts_cover_the_worst_case_within_s3_limits() {
+        const GIB: u64 = 1 << 30;
+        for gib in [1u64, 10, 100, 1024, 4096, 16 * 1024] {
+            let v = gib * GIB;
+            let p = plan_parts(v);
+            assert!(u64::from(p.parts) <= MAX_PARTS, "{gib} GiB: {p:?}");
+            assert!(p.part_size >= MIN_PART_SIZE && p.part_size.is_multiple_of(1 << 20));
+            // Room for the worst case, and not a part more.
+            let bound = max_compressed_size(v);
+            assert!(u64::from(p.parts) * p.part_size >= bound, "{gib} GiB");
+            assert!(u64::from(p.parts - 1) * p.part_size < bound, "{gib} GiB");
+            // Incompressible data stored whole, with its overheads, fits.
+            assert!(bound > v + v / 1000 + v.div_ceil(SEGMENT_SIZE) * 20 * 1024);
+        }
+        // Small volumes keep segment-sized parts; a 10 GiB one needs 648.
+        assert_eq!(plan_parts(10 * GIB).part_size, SEGMENT_SIZE);
+        assert_eq!(plan_parts(10 * GIB).parts, 648);
+        // Beyond ~1.5 TiB the count limit makes parts larger.
+        let big = plan_parts(16 * 1024 * GIB);
+        assert!(big.part_size > SEGMENT_SIZE && u64::from(big.parts) <= MAX_PARTS);
     }
 
     #[test]

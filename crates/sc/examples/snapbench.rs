@@ -2,36 +2,32 @@
 //! SIZE_GIB DATA_MIB gzip|zstd`. Makes a volume of SIZE_GIB in DIR, fills
 //! DATA_MIB of it (spread over the volume in 64 MiB runs) from
 //! /dev/urandom, then takes a snapshot: point-in-time copy by the volume's
-//! qemu-storage-daemon, raw copy kept, compression, PUT to an in-process
-//! Walrus stand-in and the record written. Prints one line:
-//! `snapshot <kind> <seconds> <compressed bytes> <CPU seconds>`, and
-//! progress on stderr. The CPU seconds are this process's (the SC and the
+//! qemu-storage-daemon, raw copy kept, compression with each multipart
+//! part uploaded to an in-process Walrus stand-in as soon as it is made,
+//! completion, and the record written. Prints one line:
+//! `snapshot <kind> <seconds> <compressed bytes> <CPU seconds>`, and on
+//! stderr the progress and when the upload's first and last parts and the
+//! completion arrived (how much of the upload overlapped compression). The CPU seconds are this process's (the SC and the
 //! stand-in) and its `zstd` children's, not the volume's
 //! qemu-storage-daemon's: on a shared machine they say what the snapshot
 //! costs when the wall time says mostly how busy the machine was.
 //! Used by benches/ebs.sh.
 //!
-//! The stand-in does the work Walrus does for a PUT, minus the disk write:
-//! the body streams to one hashing thread that computes the MD5 (the ETag)
-//! and the checksum the client named (`x-amz-checksum-crc32` or `-sha256`),
-//! a mismatch is refused, and the checksum is echoed.
+//! The stand-in ([`ironbark_sc::standin`]) does the work Walrus does for
+//! a multipart upload, minus the disk write: each part's body streams to
+//! one hashing thread that computes its MD5 (the part's ETag) and CRC-32,
+//! a mismatch with `x-amz-checksum-crc32` is refused, and the completion
+//! checks the parts and combines their CRC-32s.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::put;
-use base64::Engine;
-use futures_util::StreamExt;
 use ironbark_sc::ScSettings;
+use ironbark_sc::standin::{Event, Mode, StandIn};
 use ironbark_sc_api::{
-    Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState, WalrusTarget,
+    Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState,
 };
-use md5::Digest as _;
 
 #[tokio::main]
 async fn main() {
@@ -44,12 +40,7 @@ async fn main() {
         _ => Compression::Gzip,
     };
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let waddr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .fallback(put(walrus_put))
-        .layer(axum::extract::DefaultBodyLimit::disable());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let walrus = StandIn::start(Mode::Walrus, false).await;
 
     let mut settings = ScSettings::new(&dir, "t", "127.0.0.1:0".parse().unwrap());
     settings.nbd_ports = (21900, 21999);
@@ -103,9 +94,7 @@ async fn main() {
             snapshot_id: "snap-bench".into(),
             volume_id: "vol-bench".into(),
             compression: kind,
-            target: WalrusTarget {
-                put_url: format!("http://{waddr}/snapshots/snap-bench?sig=x"),
-            },
+            target: walrus.target("snapshots/snap-bench", gib << 30),
         }],
     })
     .await
@@ -131,6 +120,26 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let wall = started.elapsed().as_secs_f64();
+    let at = |t: &Instant| t.duration_since(started).as_secs_f64();
+    let parts: Vec<f64> = walrus
+        .log()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Part(_, t) => Some(at(t)),
+            Event::Completed(_) => None,
+        })
+        .collect();
+    let completed = walrus.log().iter().find_map(|e| match e {
+        Event::Completed(t) => Some(at(t)),
+        Event::Part(..) => None,
+    });
+    eprintln!(
+        "  upload: {} parts, first in at {:.2}s, last at {:.2}s, completed at {:.2}s",
+        parts.len(),
+        parts.first().copied().unwrap_or(0.0),
+        parts.last().copied().unwrap_or(0.0),
+        completed.unwrap_or(0.0)
+    );
     println!(
         "snapshot {} {:.2} {} {:.2}",
         kind.extension(),
@@ -138,79 +147,6 @@ async fn main() {
         report.compressed_size.unwrap_or(0),
         cpu_seconds() - cpu0
     );
-}
-
-async fn walrus_put(headers: HeaderMap, body: Body) -> axum::response::Response {
-    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-    let given = |h: &str| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    // As Walrus: the one checksum the client named, on the thread that
-    // computes the MD5.
-    let (want_crc, want_sha) = (
-        given("x-amz-checksum-crc32"),
-        given("x-amz-checksum-sha256"),
-    );
-    let (do_crc, do_sha) = (want_crc.is_some(), want_sha.is_some());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut md5 = md5::Md5::new();
-        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
-        let mut crc = crc32fast::Hasher::new();
-        while let Some(b) = rx.blocking_recv() {
-            md5.update(&b);
-            if do_crc {
-                crc.update(&b);
-            }
-            if do_sha {
-                sha2::Digest::update(&mut sha, &b);
-            }
-        }
-        (
-            md5.finalize(),
-            crc.finalize().to_be_bytes(),
-            sha2::Digest::finalize(sha),
-        )
-    });
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            return StatusCode::BAD_REQUEST.into_response();
-        };
-        if tx.send(chunk).await.is_err() {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-    }
-    drop(tx);
-    let (md5, crc, sha) = hasher.await.unwrap();
-    let mut echo = Vec::new();
-    if let Some(w) = want_crc {
-        if w != b64(&crc) {
-            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-        }
-        echo.push(("x-amz-checksum-crc32", w));
-    }
-    if let Some(w) = want_sha {
-        if w != b64(&sha) {
-            return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-        }
-        echo.push(("x-amz-checksum-sha256", w));
-    }
-    if given("content-md5").is_some_and(|g| g != b64(&md5)) {
-        return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-    }
-    let mut response = (
-        StatusCode::OK,
-        [("etag", format!("\"{}\"", hex::encode(md5)))],
-    )
-        .into_response();
-    for (k, v) in echo {
-        response.headers_mut().insert(k, v.parse().unwrap());
-    }
-    response
 }
 
 /// User + system CPU seconds of this process and its waited-for children

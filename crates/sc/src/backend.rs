@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::compress::Codec;
 use crate::daemon::{Daemons, Grant, Transport};
 use crate::error::ScError;
+use crate::multipart;
 use crate::sparse;
 use crate::walrus;
 
@@ -37,11 +38,19 @@ pub struct SnapshotRecord {
     pub compression: Compression,
     /// Hex SHA-256 of the object (Walrus verified the upload's CRC-32).
     pub sha256: String,
-    /// The object's ETag as Walrus answered it (the MD5 of a single PUT);
-    /// the field keeps its name for the API's `md5`.
+    /// The object's ETag as Walrus answered it (multipart: the MD5 of the
+    /// parts' MD5s and `-N`); the field keeps its name for the API's `md5`.
     pub md5: String,
     pub compressed_size: u64,
     pub raw_digest: String,
+}
+
+/// A snapshot whose parts are all in Walrus, about to be completed.
+#[derive(Serialize, Deserialize)]
+struct Completing {
+    record: SnapshotRecord,
+    crc32: u32,
+    parts: Vec<multipart::Uploaded>,
 }
 
 /// Reports fractions done (0.0-1.0) of a long step.
@@ -144,6 +153,36 @@ impl FileBackend {
 
     fn record_path(&self, id: &str) -> PathBuf {
         self.snapshots.join(format!("{id}.json"))
+    }
+
+    /// `<data>/snapshots/<id>.completing`: the record to be and the parts
+    /// listed, written before CompleteMultipartUpload (see
+    /// [`crate::multipart`] on the window it closes).
+    fn completing_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.completing"))
+    }
+
+    /// Sends the completion and, once Walrus has the object, writes the
+    /// record (and drops the marker).
+    async fn finish_upload(
+        &self,
+        url: &str,
+        mut pending: Completing,
+    ) -> Result<SnapshotRecord, ScError> {
+        let id = pending.record.snapshot_id.clone();
+        let crc = pending.crc32;
+        let etag = match multipart::complete(&self.http, url, &pending.parts, crc).await? {
+            multipart::Completion::Done(etag) => etag,
+            multipart::Completion::Gone => multipart::multipart_etag(&pending.parts)
+                .ok_or_else(|| ScError::Io(format!("snapshot {id}: a part's ETag is not hex")))?,
+        };
+        pending.record.md5 = etag;
+        let record = pending.record;
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| ScError::io("record", e))?;
+        crate::daemon::write_private(&self.record_path(&id), &json)?;
+        sparse::sync_dir(&self.snapshots).map_err(|e| ScError::io("snapshots dir", e))?;
+        remove(&self.completing_path(&id)).await?;
+        Ok(record)
     }
 
     async fn qemu_img(&self, args: &[&str]) -> Result<(), ScError> {
@@ -474,65 +513,95 @@ impl Backend for FileBackend {
         if let Some(r) = self.snapshots().await?.remove(id) {
             return Ok(r);
         }
+        let target = &spec.target;
+        // An earlier attempt listed its parts and may have completed.
+        let marker = self.completing_path(id);
+        if let Some(pending) = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Completing>(&b).ok())
+        {
+            match self.finish_upload(&target.complete_url, pending).await {
+                Ok(record) => {
+                    progress(1.0);
+                    tracing::info!(snapshot = %id, "snapshot completion confirmed after a restart");
+                    return Ok(record);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "completing the earlier upload failed; uploading again");
+                    remove(&marker).await?;
+                }
+            }
+        }
         let raw = self.snapshot_path(id);
         let volume_size = std::fs::metadata(&raw)
             .map_err(|e| ScError::io(raw.display(), e))?
             .len();
-        let packed_path = self
-            .snapshots
-            .join(format!("{id}.{}.part", spec.compression.extension()));
-        let result = async {
-            let (codec, kind, from, to, p) = (
-                self.cfg.codec.clone(),
-                spec.compression,
-                raw.clone(),
-                packed_path.clone(),
-                progress.clone(),
-            );
-            let (packed, spooled) = tokio::task::spawn_blocking(move || {
-                codec.compress(&from, &to, kind, &|f| p(f * 0.7))
-            })
+        if target.part_size == 0 || target.part_urls.is_empty() || target.complete_url.is_empty() {
+            return Err(ScError::Invalid(format!(
+                "snapshot {id}: the desired state gives no multipart upload to fill"
+            )));
+        }
+        // Compression runs on blocking threads and hands each part to the
+        // uploader as soon as it is full (see crate::multipart).
+        let (tx, rx) = multipart::channel();
+        let writer =
+            multipart::PartWriter::new(tx, target.part_size, target.part_urls.len() as u32);
+        let (codec, kind, from, p) = (
+            self.cfg.codec.clone(),
+            spec.compression,
+            raw.clone(),
+            progress.clone(),
+        );
+        let compressing = tokio::task::spawn_blocking(move || {
+            let (packed, w) = codec.compress(&from, writer, kind, &|f| p(f * 0.95))?;
+            w.finish()?;
+            Ok::<_, std::io::Error>(packed)
+        });
+        let uploaded = multipart::upload_parts(&self.http, target, rx, |_| {}).await;
+        let packed = compressing
             .await
-            .map_err(|e| ScError::io("compress task", e))?
-            .map_err(|e| ScError::io(format!("compressing {id}"), e))?;
-            let p = progress.clone();
-            // The record is written only after Walrus confirmed the whole
-            // object: a crash or error before leaves no record, so the
-            // snapshot is not completed and the saga starts over.
-            let etag = walrus::put_file(
-                &self.http,
-                &spec.target.put_url,
-                spooled,
-                packed.crc32,
-                Arc::new(move |f| p(0.7 + 0.3 * f)),
-            )
-            .await?;
-            let record = SnapshotRecord {
+            .map_err(|e| ScError::io("compress task", e))?;
+        // An upload error stops the compressor too; it is the one to tell.
+        let parts = uploaded?;
+        let packed = packed.map_err(|e| ScError::io(format!("compressing {id}"), e))?;
+        let sent: u64 = parts.iter().map(|p| p.size).sum();
+        if sent != packed.size {
+            return Err(ScError::Io(format!(
+                "snapshot {id}: {sent} bytes uploaded for an object of {}",
+                packed.size
+            )));
+        }
+        // The record is written only after Walrus confirmed the whole
+        // object: a crash or error before leaves no record, so the
+        // snapshot is not completed and the saga starts over (sending every
+        // part again, which replaces them), or, once the parts are listed
+        // in the marker, completes them again.
+        let pending = Completing {
+            record: SnapshotRecord {
                 snapshot_id: id.clone(),
                 volume_id: spec.volume_id.clone(),
                 volume_size,
                 compression: spec.compression,
                 sha256: hex::encode(packed.sha256),
-                md5: etag,
+                md5: String::new(),
                 compressed_size: packed.size,
                 raw_digest: packed.raw_digest,
-            };
-            let json = serde_json::to_vec_pretty(&record).map_err(|e| ScError::io("record", e))?;
-            crate::daemon::write_private(&self.record_path(id), &json)?;
-            sparse::sync_dir(&self.snapshots).map_err(|e| ScError::io("snapshots dir", e))?;
-            progress(1.0);
-            Ok(record)
-        }
-        .await;
-        let _ = remove(&packed_path).await;
-        if let Ok(r) = &result {
-            tracing::info!(snapshot = %id, size = r.compressed_size, "snapshot uploaded and verified");
-        }
-        result
+            },
+            crc32: packed.crc32,
+            parts,
+        };
+        let json = serde_json::to_vec(&pending).map_err(|e| ScError::io("completion", e))?;
+        crate::daemon::write_private(&marker, &json)?;
+        let parts = pending.parts.len();
+        let record = self.finish_upload(&target.complete_url, pending).await?;
+        progress(1.0);
+        tracing::info!(snapshot = %id, size = record.compressed_size, parts, "snapshot uploaded and verified");
+        Ok(record)
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<(), ScError> {
         remove(&self.record_path(id)).await?;
+        remove(&self.completing_path(id)).await?;
         remove(&self.snapshot_path(id)).await?;
         Ok(())
     }

@@ -19,15 +19,16 @@
 //! # Data flow and hashes
 //!
 //! raw image → (per data segment: SHA-256 for the raw digest, compression)
-//! → writer (in order; SHA-256 and CRC-32 of the object) → a
-//! [`crate::spool`] (memory, overflowing to a file), which
-//! [`crate::walrus::put_file`] uploads once its length and checksum are
-//! known (a presigned PUT needs both before the body). Nothing is read
-//! twice. The SHA-256 is the snapshot's checksum in the API (the
+//! → writer (in order; SHA-256 and CRC-32 of the object) → the output the
+//! caller gives, for a snapshot a [`crate::multipart::PartWriter`] that
+//! hands each multipart part to the uploader as soon as it is full, so
+//! Walrus receives the object while it is being compressed. Nothing is
+//! read twice. The SHA-256 is the snapshot's checksum in the API (the
 //! CLC keeps it, a restore checks the download against it); Walrus checks
-//! the upload against the CRC-32 (`x-amz-checksum-crc32`), which it
-//! computes at a tenth of a SHA-256's cost on the same cores while it also
-//! computes the MD5 for the ETag. No MD5 is computed here.
+//! each part against its CRC-32 (`x-amz-checksum-crc32`) and the object
+//! against the whole CRC-32, which it computes at a tenth of a SHA-256's
+//! cost on the same cores while it also computes the MD5s for the ETags.
+//! No MD5 is computed here.
 //!
 //! Both give up on data that does not compress: a segment whose samples
 //! deflate to more than [`STORE_ABOVE`] of their size is written stored —
@@ -53,7 +54,6 @@ use ironbark_sc_api::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::sparse::{self, RawDigest, SEGMENT_SIZE};
-use crate::spool::{Spool, Spooled};
 
 /// gzip level for data: deflate's higher levels cost several times the CPU
 /// for a few percent on the kind of data volumes hold.
@@ -85,9 +85,6 @@ pub struct Packed {
 pub struct Codec {
     pub zstd_binary: PathBuf,
     pub threads: usize,
-    /// How much of a compressed object may wait in memory for its upload
-    /// (see [`crate::spool`]); `None`: decided when compression starts.
-    pub spool_memory: Option<u64>,
 }
 
 impl Default for Codec {
@@ -95,7 +92,6 @@ impl Default for Codec {
         Codec {
             zstd_binary: "zstd".into(),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            spool_memory: None,
         }
     }
 }
@@ -132,27 +128,24 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-type Out = Hashing<Spool>;
-
 /// One gzip segment as a worker hands it to the writer: the member and the
 /// SHA-256 of its raw bytes, or `None` for a hole.
 type Piece = Option<(Vec<u8>, [u8; 32])>;
 
 impl Codec {
-    /// Compresses the raw image `raw` into a [`Spool`] whose overflow
-    /// file, if it needs one, is `overflow`; `progress` gets the fraction
-    /// of the image done.
-    pub fn compress(
+    /// Compresses the raw image `raw` into `out`, which it gives back
+    /// (unflushed) with what it wrote; `progress` gets the fraction of the
+    /// image done.
+    pub fn compress<W: Write + Send + 'static>(
         &self,
         raw: &Path,
-        overflow: &Path,
+        out: W,
         kind: Compression,
         progress: &(dyn Fn(f64) + Sync),
-    ) -> io::Result<(Packed, Spooled)> {
+    ) -> io::Result<(Packed, W)> {
         let src = File::open(raw)?;
         let len = src.metadata()?.len();
-        let budget = self.spool_memory.unwrap_or_else(Spool::default_budget);
-        let w = Hashing::new(Spool::new(overflow, budget));
+        let w = Hashing::new(out);
         let (w, digest) = match kind {
             Compression::Gzip => self.gzip(&src, len, w, progress)?,
             Compression::Zstd => self.zstd(&src, len, w, progress)?,
@@ -164,16 +157,16 @@ impl Codec {
             crc32: crc.finalize(),
             raw_digest: digest.finish(),
         };
-        Ok((packed, inner.finish()?))
+        Ok((packed, inner))
     }
 
-    fn gzip(
+    fn gzip<W: Write>(
         &self,
         src: &File,
         len: u64,
-        mut w: Out,
+        mut w: Hashing<W>,
         progress: &(dyn Fn(f64) + Sync),
-    ) -> io::Result<(Out, RawDigest)> {
+    ) -> io::Result<(Hashing<W>, RawDigest)> {
         let segs: Vec<(u64, u64)> = sparse::segments(len).collect();
         let next = AtomicUsize::new(0);
         // Member buffers the writer is done with, for the workers to reuse.
@@ -235,18 +228,18 @@ impl Codec {
         Ok((w, digest))
     }
 
-    fn zstd(
+    fn zstd<W: Write + Send + 'static>(
         &self,
         src: &File,
         len: u64,
-        w: Out,
+        w: Hashing<W>,
         progress: &(dyn Fn(f64) + Sync),
-    ) -> io::Result<(Out, RawDigest)> {
+    ) -> io::Result<(Hashing<W>, RawDigest)> {
         let mut digest = RawDigest::default();
         // The output belongs to the running zstd's drain thread while a run
         // of data segments is being compressed.
-        let mut idle: Option<Out> = Some(w);
-        let mut run: Option<ZstdRun> = None;
+        let mut idle: Option<Hashing<W>> = Some(w);
+        let mut run: Option<ZstdRun<W>> = None;
         let mut buf = vec![0u8; SEGMENT_SIZE as usize];
         for (off, n) in sparse::segments(len) {
             if !sparse::has_data(src, off, n)? {
@@ -525,14 +518,14 @@ fn zstd_once(zstd: &Path, data: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// One `zstd` process compressing a run of data segments into the output.
-struct ZstdRun {
+struct ZstdRun<W> {
     child: Child,
     stdin: ChildStdin,
-    drain: JoinHandle<io::Result<Out>>,
+    drain: JoinHandle<io::Result<Hashing<W>>>,
 }
 
-impl ZstdRun {
-    fn start(zstd: &Path, threads: usize, mut w: Out) -> io::Result<ZstdRun> {
+impl<W: Write + Send + 'static> ZstdRun<W> {
+    fn start(zstd: &Path, threads: usize, mut w: Hashing<W>) -> io::Result<ZstdRun<W>> {
         let mut child = Command::new(zstd)
             .args(["-q", "-c", ZSTD_LEVEL, &format!("-T{}", threads.max(1))])
             .stdin(Stdio::piped())
@@ -567,7 +560,7 @@ impl ZstdRun {
         })
     }
 
-    fn finish(self) -> io::Result<Out> {
+    fn finish(self) -> io::Result<Hashing<W>> {
         let ZstdRun {
             mut child,
             stdin,
@@ -611,13 +604,8 @@ mod tests {
         let dir = tmp(kind.extension());
         let raw = dir.join("raw");
         image(&raw);
-        // A small memory budget: the object overflows to the file too.
-        let codec = Codec {
-            spool_memory: Some(100_000),
-            ..Codec::default()
-        };
-        let (packed, spooled) = codec.compress(&raw, &dir.join("o"), kind, &|_| {}).unwrap();
-        let bytes = spooled.read_all().unwrap();
+        let codec = Codec::default();
+        let (packed, bytes) = codec.compress(&raw, Vec::new(), kind, &|_| {}).unwrap();
         std::fs::write(dir.join("z"), &bytes).unwrap();
         assert_eq!(bytes.len() as u64, packed.size);
         assert_eq!(<[u8; 32]>::from(Sha256::digest(&bytes)), packed.sha256);
@@ -662,10 +650,10 @@ mod tests {
         drop(f);
         assert!(!compresses(&noise).unwrap());
         assert!(compresses(&text).unwrap());
-        let (packed, spooled) = Codec::default()
-            .compress(&raw, &dir.join("o"), Compression::Gzip, &|_| {})
+        let (packed, bytes) = Codec::default()
+            .compress(&raw, Vec::new(), Compression::Gzip, &|_| {})
             .unwrap();
-        std::fs::write(dir.join("z"), spooled.read_all().unwrap()).unwrap();
+        std::fs::write(dir.join("z"), bytes).unwrap();
         // Stored blocks cost a few bytes per 64 KiB.
         let src = File::open(&raw).unwrap();
         let (z, _) = gzip_segment(
@@ -692,12 +680,12 @@ mod tests {
         assert!(out.stdout == std::fs::read(&raw).unwrap());
         // zstd: the noise as a raw frame, the text through zstd, the hole
         // as the reused frame; one standard stream, and the same digest.
-        let (zp, spooled) = Codec::default()
-            .compress(&raw, &dir.join("o"), Compression::Zstd, &|_| {})
+        let (zp, bytes) = Codec::default()
+            .compress(&raw, Vec::new(), Compression::Zstd, &|_| {})
             .unwrap();
         assert_eq!(zp.raw_digest, packed.raw_digest);
         assert!(zp.size > SEGMENT_SIZE && zp.size < SEGMENT_SIZE + SEGMENT_SIZE / 100);
-        std::fs::write(dir.join("z"), spooled.read_all().unwrap()).unwrap();
+        std::fs::write(dir.join("z"), bytes).unwrap();
         let out = Command::new("zstd")
             .args(["-q", "-d", "-c"])
             .arg(dir.join("z"))

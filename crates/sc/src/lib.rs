@@ -18,13 +18,17 @@
 //!   writes (`blockdev-backup` into a qcow2 whose external data file is the
 //!   sparse raw copy), kept as `<data>/snapshots/<snap>.raw`, then
 //!   compressed segment by segment, skipping holes, hashing in parallel
-//!   ([`compress`], [`sparse`]), and PUT to a presigned Walrus URL with
-//!   `x-amz-checksum-crc32`, which Walrus checks ([`walrus`]).
+//!   ([`compress`], [`sparse`]), each multipart part uploaded to a
+//!   presigned Walrus URL with `x-amz-checksum-crc32` as soon as it is
+//!   compressed, then the upload completed with the object's CRC-32, all of
+//!   which Walrus checks ([`multipart`], [`walrus`]).
 //!
 //! What the SC holds is reported back (`GET /v1/storage`); every result
 //! appears atomically, so a crash at any point leaves nothing reported that
 //! is not whole. [`fake::FakeBackend`] stands in for the files and daemons
-//! in the reconciler's tests; [`client::ScClient`] is the CLC's client.
+//! in the reconciler's tests, [`standin::StandIn`] for Walrus' side of the
+//! upload in the backend's tests and the bench; [`client::ScClient`] is the
+//! CLC's client.
 
 pub mod api;
 pub mod backend;
@@ -33,8 +37,9 @@ pub mod compress;
 pub mod daemon;
 pub mod error;
 pub mod fake;
+pub mod multipart;
 pub mod sparse;
-pub mod spool;
+pub mod standin;
 pub mod storage;
 pub mod walrus;
 

@@ -1,30 +1,25 @@
 //! Moving a snapshot's compressed copy to and from Walrus with presigned
-//! URLs: one streamed PUT carrying the object's CRC-32 in
-//! `x-amz-checksum-crc32` (Walrus checksums the body as it arrives and
-//! refuses one that does not match, so an object that exists is whole; the
-//! SC still requires the checksum echoed back, which a store that ignored
-//! the header would not do), and a streamed GET hashed on the way to disk.
-//! CRC-32 rather than SHA-256 because Walrus computes it alongside the
-//! ETag's MD5 on one thread, and a SHA-256 would double that thread's work
-//! for no gain: this check is against damage in transit, and the SC's own
-//! SHA-256 of the object (checked on restore) is what names its content.
-//!
-//! A presigned PUT needs its length and checksum before the body, so the
-//! upload starts once compression has finished, from the
-//! [`crate::spool`] that holds the object.
+//! URLs: the HTTP client, the checksum header, and a streamed GET hashed on
+//! the way to disk. The upload is [`crate::multipart`]'s: parts carrying
+//! their CRC-32 in `x-amz-checksum-crc32` (Walrus checksums each body as it
+//! arrives and refuses one that does not match, so a part that exists is
+//! whole; the SC still requires the checksum echoed back, which a store
+//! that ignored the header would not do). CRC-32 rather than SHA-256
+//! because Walrus computes it alongside the ETag's MD5 on one thread, and a
+//! SHA-256 would double that thread's work for no gain: this check is
+//! against damage in transit, and the SC's own SHA-256 of the object
+//! (checked on restore) is what names its content.
 //!
 //! Plain `http://` through hyper, as the NC's image downloads: URLs stay
 //! inside the cloud. Signatures live in the query, so errors name only
 //! the path.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -32,9 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ScError;
-use crate::spool::Spooled;
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = BoxBody<Bytes, std::io::Error>;
 pub type HttpClient = Client<HttpConnector, Body>;
 
 pub fn client() -> HttpClient {
@@ -51,7 +45,7 @@ pub fn redact(url: &str) -> &str {
     url.split_once('?').map_or(url, |(base, _)| base)
 }
 
-fn parse(url: &str) -> Result<hyper::Uri, ScError> {
+pub(crate) fn parse(url: &str) -> Result<hyper::Uri, ScError> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| ScError::Invalid(format!("{}: not a URL: {e}", redact(url))))?;
@@ -70,67 +64,6 @@ pub const CHECKSUM_HEADER: &str = "x-amz-checksum-crc32";
 /// The header value for a CRC-32: base64 of its big-endian bytes, as S3.
 pub fn crc32_header(crc: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
-}
-
-/// PUTs the spooled object to `url`; `crc32` is its CRC-32. `progress`
-/// gets the fraction sent. Returns the ETag Walrus answered.
-pub async fn put_file(
-    http: &HttpClient,
-    url: &str,
-    object: Spooled,
-    crc32: u32,
-    progress: Arc<dyn Fn(f64) + Send + Sync>,
-) -> Result<String, ScError> {
-    let uri = parse(url)?;
-    let len = object.len;
-    let rx = object.into_chunks(move |sent| progress(sent as f64 / len.max(1) as f64));
-    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r.map(Frame::data), rx))
-    });
-    let body: Body = StreamBody::new(chunks).boxed();
-    let want = crc32_header(crc32);
-    let request = hyper::Request::put(uri)
-        .header(hyper::header::CONTENT_LENGTH, len)
-        .header(CHECKSUM_HEADER, &want)
-        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-        .body(body)
-        .map_err(|e| ScError::io("building the upload", e))?;
-    let what = format!("PUT {}", redact(url));
-    let response = http
-        .request(request)
-        .await
-        .map_err(|e| ScError::io(&what, e))?;
-    let status = response.status();
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().trim_matches('"').to_string())
-    };
-    let etag = header(hyper::header::ETAG.as_str());
-    let echoed = header(CHECKSUM_HEADER);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    if !status.is_success() {
-        return Err(ScError::Io(format!(
-            "{what}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(512)])
-        )));
-    }
-    if echoed.as_deref() != Some(want.as_str()) {
-        return Err(ScError::Io(format!(
-            "{what}: the store did not confirm the upload's CRC-32 {want} (it answered {echoed:?})"
-        )));
-    }
-    match etag {
-        Some(e) if !e.is_empty() => Ok(e.to_ascii_lowercase()),
-        _ => Err(ScError::Io(format!("{what}: the store answered no ETag"))),
-    }
 }
 
 /// GETs `url` into a new file at `path`; returns its hex SHA-256.

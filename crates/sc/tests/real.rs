@@ -1,28 +1,22 @@
 //! The SC with real files, real `qemu-storage-daemon`s and QEMU's own NBD
-//! client (`qemu-io`), and an in-process stand-in for Walrus' presigned
-//! PUT/GET (it checks `Content-MD5` and `x-amz-checksum-crc32` and echoes
-//! the latter, as Walrus does).
+//! client (`qemu-io`), and the in-process stand-in for Walrus' multipart
+//! upload and presigned GET ([`ironbark_sc::standin`]: it checks every
+//! part's and the object's `x-amz-checksum-crc32`, the parts' ETags and
+//! sizes, as Walrus does).
 //!
 //! Runs only with `IRONBARK_QEMU_TESTS=1` (needs `qemu-utils` with
 //! `qemu-storage-daemon` and `qemu-io`, and `zstd`).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
-use axum::routing::any;
-use base64::Engine;
+use ironbark_sc::standin::{Mode, StandIn};
 use ironbark_sc::{ScSettings, Storage};
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, ExportState, NbdExport, SnapshotSource, SnapshotSpec,
-    SnapshotState, StorageReport, VolumeSpec, VolumeState, WalrusTarget,
+    SnapshotState, StorageReport, VolumeSpec, VolumeState,
 };
 use md5::Digest as _;
 use sha2::Digest;
@@ -64,66 +58,6 @@ fn find(dir: &Path, suffix: &str) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// A bucket in memory behind presigned-style URLs: PUT (Content-MD5 and
-/// x-amz-checksum-crc32 checked when given, the latter echoed, ETag = MD5)
-/// and GET.
-#[derive(Clone, Default)]
-pub struct FakeWalrus(Arc<Mutex<HashMap<String, Vec<u8>>>>);
-
-impl FakeWalrus {
-    async fn start(&self) -> SocketAddr {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let me = self.clone();
-        let app = Router::new().fallback(any(
-            move |method: axum::http::Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let me = me.clone();
-                async move {
-                    let key = uri.path().to_string();
-                    match method.as_str() {
-                        "PUT" => {
-                            let b64 =
-                                |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-                            let md5 = md5::Md5::digest(&body);
-                            let crc = b64(&crc32fast::hash(&body).to_be_bytes());
-                            let given = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-                            if given("content-md5").is_some_and(|g| g != b64(&md5))
-                                || given("x-amz-checksum-crc32").is_some_and(|g| g != crc)
-                            {
-                                return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-                            }
-                            me.0.lock().unwrap().insert(key, body.to_vec());
-                            let mut r = (
-                                StatusCode::OK,
-                                [("etag", format!("\"{}\"", hex::encode(md5)))],
-                            )
-                                .into_response();
-                            if given("x-amz-checksum-crc32").is_some() {
-                                r.headers_mut()
-                                    .insert("x-amz-checksum-crc32", crc.parse().unwrap());
-                            }
-                            r
-                        }
-                        "GET" => match me.0.lock().unwrap().get(&key) {
-                            Some(b) => b.clone().into_response(),
-                            None => StatusCode::NOT_FOUND.into_response(),
-                        },
-                        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
-                    }
-                }
-            },
-        ));
-        tokio::spawn(async move {
-            axum::serve(l, app).await.unwrap();
-        });
-        addr
-    }
-
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.lock().unwrap().get(key).cloned()
-    }
 }
 
 fn export_to(n: &str) -> ExportSpec {
@@ -212,17 +146,12 @@ fn settings(dir: &Path, ports: (u16, u16)) -> ScSettings {
     s
 }
 
-fn snapshot(id: &str, vol: &str, kind: Compression, walrus: SocketAddr) -> SnapshotSpec {
+fn snapshot(id: &str, vol: &str, kind: Compression, walrus: &StandIn) -> SnapshotSpec {
     SnapshotSpec {
         snapshot_id: id.into(),
         volume_id: vol.into(),
         compression: kind,
-        target: WalrusTarget {
-            put_url: format!(
-                "http://{walrus}/snapshots/{id}.{}?X-Amz-Signature=x",
-                kind.extension()
-            ),
-        },
+        target: walrus.target(&format!("snapshots/{id}.{}", kind.extension()), 1 << 30),
     }
 }
 
@@ -242,8 +171,8 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
     std::fs::create_dir_all(&scratch).unwrap();
     let base = 20000 + (std::process::id() % 200) as u16 * 50;
     let ports = (base, base + 49);
-    let walrus = FakeWalrus::default();
-    let waddr = walrus.start().await;
+    let walrus = StandIn::start(Mode::Walrus, true).await;
+    let waddr = walrus.addr();
 
     let s = ironbark_sc::open(&settings(&data, ports)).await.unwrap();
     s.apply(DesiredStorage {
@@ -307,8 +236,8 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
         snapshots: snaps,
     };
     let snaps = vec![
-        snapshot("snap-1", "vol-1", Compression::Gzip, waddr),
-        snapshot("snap-2", "vol-1", Compression::Zstd, waddr),
+        snapshot("snap-1", "vol-1", Compression::Gzip, &walrus),
+        snapshot("snap-2", "vol-1", Compression::Zstd, &walrus),
     ];
     s.apply(d(2, snaps.clone(), vec![vol("vol-1", 1, &["nc-a"], None)]))
         .await
@@ -325,15 +254,15 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
         assert_eq!(sr.raw_digest.as_deref(), Some(vol_digest.as_str()));
         assert_eq!(sr.volume_size, 1 << 30);
         let key = format!(
-            "/snapshots/{}.{}",
+            "snapshots/{}.{}",
             sr.snapshot_id,
             sr.compression.extension()
         );
-        let obj = walrus.get(&key).expect("object in walrus");
+        let (obj, etag) = walrus.object(&key).expect("object in walrus");
         assert_eq!(Some(hex::encode(sha2::Sha256::digest(&obj))), sr.sha256);
         assert_eq!(Some(obj.len() as u64), sr.compressed_size);
-        // The ETag the store answered is recorded as the object's MD5.
-        assert_eq!(Some(hex::encode(md5::Md5::digest(&obj))), sr.md5);
+        // The multipart ETag the store answered is recorded.
+        assert_eq!(Some(etag), sr.md5);
         // The SC's point-in-time copy is the volume, and as sparse: the
         // backup's holes never became allocated zeroes.
         let copy = data

@@ -52,7 +52,9 @@ fn snap(id: &str, vol: &str) -> SnapshotSpec {
         volume_id: vol.into(),
         compression: Compression::Gzip,
         target: WalrusTarget {
-            put_url: "http://192.0.2.9/bucket/key".into(),
+            part_size: 16 << 20,
+            part_urls: vec!["http://192.0.2.9/bucket/key?partNumber=1&uploadId=u".into()],
+            complete_url: "http://192.0.2.9/bucket/key?uploadId=u".into(),
         },
     }
 }

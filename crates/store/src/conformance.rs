@@ -121,10 +121,13 @@ async fn volumes_and_snapshots(s: &dyn Store) {
         sha256: None,
         raw_digest: None,
         error: None,
+        upload_id: Some("up1".into()),
         public: false,
         shared_with: vec![],
     };
     s.put_snapshot(&sn).await.unwrap();
+    assert_eq!(s.list_snapshots().await.unwrap(), vec![sn.clone()]);
+    sn.upload_id = None;
     sn.state = SnapshotState::Completed;
     sn.progress = 100;
     sn.sha256 = Some("ab".into());

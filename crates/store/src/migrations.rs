@@ -181,4 +181,10 @@ CREATE TABLE snapshots (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+ALTER TABLE snapshots ADD COLUMN upload_id TEXT NOT NULL DEFAULT '';
+"#,
+    ),
 ];

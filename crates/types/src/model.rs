@@ -361,6 +361,10 @@ pub struct Snapshot {
     pub sha256: Option<String>,
     pub raw_digest: Option<String>,
     pub error: Option<String>,
+    /// The Walrus multipart upload the SC fills while the snapshot is
+    /// pending; `None` once completed, failed (aborted) or never made.
+    #[serde(default)]
+    pub upload_id: Option<String>,
     /// createVolumePermission: `all`, or account ids.
     pub public: bool,
     pub shared_with: Vec<AccountId>,

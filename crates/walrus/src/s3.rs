@@ -279,6 +279,59 @@ impl Walrus {
         }
     }
 
+    /// Starts a multipart upload of an object of the cloud's own (a volume
+    /// snapshot, which the SC fills through presigned part URLs), its parts
+    /// to carry CRC-32s that combine into the whole object's. Returns the
+    /// upload id.
+    pub async fn create_system_upload(
+        &self,
+        owner_id: &str,
+        owner_name: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<String, String> {
+        self.ensure_bucket(owner_id, owner_name, bucket).await?;
+        let declared = checksum::declared(Some("CRC32"), Some(checksum::FULL_OBJECT))
+            .map_err(|e| e.to_string())?;
+        let u = meta::Upload {
+            upload_id: ironbark_types::generate_request_id().replace('-', ""),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            initiated_ms: now_ms(),
+            headers: StoredHeaders::default(),
+            acl: Acl::private(owner_id, owner_name),
+            checksum: declared,
+        };
+        self.meta
+            .create_upload(&u)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(u.upload_id)
+    }
+
+    /// Aborts an upload [`Walrus::create_system_upload`] started, removing
+    /// its parts; one already gone (completed or aborted) is not an error.
+    pub async fn abort_system_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), String> {
+        match self.meta.upload(bucket, key, upload_id).await {
+            Ok(_) => {}
+            Err(MetaError::NoSuchUpload | MetaError::NoSuchBucket) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        match self.meta.abort_upload(upload_id).await {
+            Ok(dead) => {
+                self.delete_blobs(dead).await;
+                Ok(())
+            }
+            Err(MetaError::NoSuchUpload) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Size and hex SHA-256 of an object, read as `account_id` (the CLC
     /// records them when an image is registered).
     pub async fn object_digest(
