@@ -223,15 +223,20 @@ fn put_one(
     buf: &mut [u8],
     timeout: Duration,
 ) -> io::Result<(u64, String)> {
-    let target = Target::parse(url)?;
-    let mut src = File::open(file)?;
+    let target = Target::parse(url).map_err(|e| fail("PUT", index, e))?;
+    let mut src = File::open(file)
+        .map_err(|e| fail("PUT", index, format!("opening {}: {e}", file.display())))?;
     let len = src.metadata()?.len();
-    let mut conn = connect(slot, &target.addr, timeout)?;
+    let mut conn = connect(slot, &target.addr, timeout)
+        .map_err(|e| fail("PUT", index, format!("connecting to {}: {e}", target.addr)))?;
     let head = http::request_head("PUT", &target, Some(len));
     let sent = (|| -> io::Result<u64> {
         let sock = conn.reader.get_mut();
         sock.write_all(&head)?;
         let mut sent = 0u64;
+        // Never past Content-Length: extra bytes would be read as the
+        // next request.
+        let mut src = (&mut src).take(len);
         loop {
             let n = fill_from(&mut src, buf)?;
             if n == 0 {
@@ -242,6 +247,17 @@ fn put_one(
         }
         Ok(sent)
     })();
+    if let Ok(n) = sent
+        && n != len
+    {
+        // The server is still waiting for the rest; its answer would only
+        // come with --timeout.
+        return Err(fail(
+            "PUT",
+            index,
+            format!("file shrank while read: {n} bytes of {len}"),
+        ));
+    }
     // A server that refuses a PUT may answer and close before the body is
     // all sent; its answer says more than the broken pipe does.
     let (head, sent) = match (http::read_head(&mut conn.reader), sent) {
@@ -286,8 +302,9 @@ fn get_one(
     buf: &mut [u8],
     timeout: Duration,
 ) -> io::Result<u64> {
-    let target = Target::parse(url)?;
-    let mut conn = connect(slot, &target.addr, timeout)?;
+    let target = Target::parse(url).map_err(|e| fail("GET", index, e))?;
+    let mut conn = connect(slot, &target.addr, timeout)
+        .map_err(|e| fail("GET", index, format!("connecting to {}: {e}", target.addr)))?;
     conn.reader
         .get_mut()
         .write_all(&http::request_head("GET", &target, None))
