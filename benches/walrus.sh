@@ -3,22 +3,29 @@
 # objects by 1 and by 4 concurrent clients, next to a plain file copy on the
 # same disk and to moto's S3 in server mode, all in this one script.
 #
-# Clients are curl processes on presigned URLs (so the client side costs
-# the same against every server). Both directions move bytes between a
-# file and the store on the same disk: PUT reads a file and the server
-# writes (and fsyncs) it; GET reads from the store and each client writes
-# a file and fsyncs that file (`sync FILE`) before it counts as done.
-# The baseline is the same move without a server: `dd conv=fsync` of the
-# file to a new file on that disk, with the same concurrency. Beside it,
-# "curl" is the client alone: curl copying the same file to a new file
-# through a file:// URL, then fsyncing it, with the same concurrency; it is
-# what a GET would take if the server cost nothing (curl starts a process
-# and writes its output in 4-12 KiB pieces, dd in 1 MiB ones). Each cell is
+# The client is ironbark-s3xfer (crates/loadgen) on presigned URLs, the same
+# against every server: one process per measurement running CLIENTS
+# transfers at a time, each on its own keep-alive connection, with 1 MiB
+# file reads (PUT) and 1 MiB file writes (GET), as dd bs=1M. Both
+# directions move bytes between a file and the store on the same disk: PUT
+# reads a file and the server writes (and fsyncs) it, and the client checks
+# for 200 and that the ETag is the file's MD5; GET reads from the store and
+# the client writes each object to its own file, checks 200 and the byte
+# count, and fsyncs that file before it counts as done. Any failed transfer
+# stops the bench with an error rather than giving a rate. The baseline is
+# the same move without a server: `dd conv=fsync` of the file to a new file
+# on that disk, with the same concurrency, timed the same way (from before
+# the process(es) start to after the last has exited). Each cell is
 # measured REPEAT times, the servers running one after the other within a
 # repeat (taking turns at going first) so they see the same load; the table
 # gives the median MB/s with the range (min-max) under it, and the median
-# of the per-repeat ratios to the file copy (the target) and to the curl
-# copy, with their ranges. Ends with the peak RSS of each ironbark process.
+# of the per-repeat ratios to the file copy (the target), with its range.
+# Ends with the load average and the peak RSS of each ironbark process.
+#
+# Until 2026-11-26 the clients were curl processes (one per object); curl
+# writes a download in 4-12 KiB pieces and copied a local file through
+# file:// at only 380-494 MB/s where dd reached 931-1042, so GET rates were
+# mostly curl's. benches/README.md keeps those runs' tables.
 #
 # Knobs (environment): SIZES ("1 64 1024", MiB), CLIENTS ("1 4"), REPEAT
 # (3), ROUNDS (objects per client per measurement, default: 16 for 1 MiB,
@@ -26,7 +33,8 @@
 # created, or completed with pip, only when moto or boto3 is missing),
 # MOTO_VERSION (5.2.5), SKIP_MOTO (1 to skip), SKIP_BUILD (1 to use the
 # release build as is), IRONBARK_BIN (the binary to bench; default the
-# release build), OTHER_BIN (a second ironbark binary benched beside it in
+# release build), XFER_BIN (the client; default the release build of
+# ironbark-s3xfer), OTHER_BIN (a second ironbark binary benched beside it in
 # an "other" column, to compare two builds in the same run).
 #
 # moto keeps each object in memory (a 1 GiB PUT peaks at about 2.2 GB of
@@ -43,6 +51,7 @@ VENV=${VENV:-.venv-bench}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 IRONBARK_BIN=${IRONBARK_BIN:-$TARGET_DIR/release/ironbark}
+XFER_BIN=${XFER_BIN:-$TARGET_DIR/release/ironbark-s3xfer}
 OTHER_BIN=${OTHER_BIN:-}
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -76,9 +85,10 @@ wait_http() {
 }
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building ironbark (release)"
-    cargo build --release -q -p ironbark
+    log "building ironbark and ironbark-s3xfer (release)"
+    cargo build --release -q -p ironbark -p ironbark-loadgen
 fi
+[[ -x $XFER_BIN ]] || { log "no client at $XFER_BIN (cargo build --release -p ironbark-loadgen)"; exit 1; }
 # boto3 presigns for every server; moto (its s3 and server extras) runs one.
 # The pins match ec2_api.sh's, which shares the venv. pip runs only when
 # something is missing, so a ready venv needs no network.
@@ -168,9 +178,9 @@ rounds_for() {
     case $1 in 1) echo 16 ;; 64) echo 4 ;; *) echo 1 ;; esac
 }
 
-# run_s3 ENDPOINT KEY SECRET REGION SIZE_MIB FILE CLIENTS -> "put_MBps get_MBps"
+# run_s3 ENDPOINT KEY SECRET REGION SIZE_MIB FILE MD5 CLIENTS -> "put_MBps get_MBps"
 run_s3() {
-    local ep=$1 key=$2 secret=$3 region=$4 size=$5 file=$6 clients=$7
+    local ep=$1 key=$2 secret=$3 region=$4 size=$5 file=$6 md5=$7 clients=$8
     local rounds n bucket names=() t0 t1 put get bytes
     rounds=$(rounds_for "$size"); n=$((clients * rounds))
     bucket="bench-$size-$RANDOM"
@@ -180,16 +190,19 @@ run_s3() {
     presign "$ep" "$key" "$secret" "$region" GET "$bucket" "${names[@]}" > "$WORK/get.urls"
     bytes=$((n * size * 1048576))
     t0=$(now)
-    xargs -P "$clients" -I{} curl -sf -o /dev/null -T "$file" "{}" < "$WORK/put.urls"
+    "$XFER_BIN" put --file "$file" --etag "$md5" --concurrency "$clients" \
+        < "$WORK/put.urls" > "$WORK/xfer.log" \
+        || { log "PUT failed: $ep, $size MiB, $clients clients"; exit 1; }
     t1=$(now); put=$(mbps "$bytes" "$t0" "$t1")
     mkdir -p "$WORK/dl"
-    # Each client fsyncs the file it wrote, as each dd of the baseline does
-    # (conv=fsync): the same bytes made durable, and no one else's. (A
-    # syncfs of the whole disk at the end would also wait for whatever
-    # other processes had left dirty on it.)
-    paste -d '\n' "$WORK/get.urls" <(seq 1 "$n" | sed "s|^|$WORK/dl/|") > "$WORK/get.jobs"
+    # Each object goes to its own file, fsynced by the client, as each dd of
+    # the baseline does (conv=fsync): the same bytes made durable, and no
+    # one else's. (A syncfs of the whole disk at the end would also wait
+    # for whatever other processes had left dirty on it.)
     t0=$(now)
-    xargs -d '\n' -n 2 -P "$clients" sh -c 'curl -sf -o "$1" "$0" && sync "$1"' < "$WORK/get.jobs"
+    "$XFER_BIN" get --out-dir "$WORK/dl" --size $((size * 1048576)) --concurrency "$clients" \
+        < "$WORK/get.urls" > "$WORK/xfer.log" \
+        || { log "GET failed: $ep, $size MiB, $clients clients"; exit 1; }
     t1=$(now); get=$(mbps "$bytes" "$t0" "$t1")
     rm -rf "$WORK/dl"
     empty_bucket "$ep" "$key" "$secret" "$region" "$bucket"
@@ -207,18 +220,6 @@ file_copy() {
     rm -rf "$WORK/copy"
 }
 
-# curl_copy SIZE FILE CLIENTS -> MB/s of curl copying FILE to new files
-# through file:// URLs, each fsynced: the GET client's own cost, no server.
-curl_copy() {
-    local size=$1 file=$2 clients=$3 rounds n t0 t1 bytes
-    rounds=$(rounds_for "$size"); n=$((clients * rounds)); bytes=$((n * size * 1048576))
-    mkdir -p "$WORK/ccopy"
-    t0=$(now)
-    seq 1 "$n" | xargs -P "$clients" -I{} sh -c "curl -sf -o '$WORK/ccopy/{}' 'file://$file' && sync '$WORK/ccopy/{}'"
-    t1=$(now); mbps "$bytes" "$t0" "$t1"
-    rm -rf "$WORK/ccopy"
-}
-
 # stats V1 V2 ... -> "median min-max"
 stats() { python3 -c 'import sys, statistics as st; v=[float(x) for x in sys.argv[1:]]; print(f"{st.median(v):.0f} {min(v):.0f}-{max(v):.0f}")' "$@"; }
 # ratios NUMS... / DENOMS... (same count) -> "median% min-max%"
@@ -231,30 +232,30 @@ print(f"{st.median(r):.0f}% {min(r):.0f}-{max(r):.0f}%")' "$@"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -h "$WORK" | awk 'NR==2{print $1}'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "clients: concurrent curl processes on presigned URLs; servers and clients share the cores"
-echo "each cell: median MB/s of $REPEAT runs, range below; ib/file, ib/curl: median of per-run ratios"
+echo "clients: ironbark-s3xfer on presigned URLs, 1 MiB file reads/writes, GETs fsynced; servers and clients share the cores"
+echo "each cell: median MB/s of $REPEAT runs, range below; ib/file: median of per-run ratios"
 other_col=""; [[ -n $OTHER_BIN ]] && other_col="other"
-printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' size cl dir "file" curl ironbark "$other_col" moto "ib/file" "ib/curl"
+printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' size cl dir "file" ironbark "$other_col" moto "ib/file"
 for size in $SIZES; do
     file="$WORK/data-$size"
     head -c $((size * 1048576)) /dev/urandom > "$file"
+    md5=$(md5sum "$file" | cut -d' ' -f1)
     for clients in $CLIENTS; do
-        fc=(); cc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
+        fc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
         servers=(ib)
         [[ -n $OTHER_BIN ]] && servers+=(ob)
         [[ -n $MOTO_PID ]] && servers+=(mo)
         for rep in $(seq 1 "$REPEAT"); do
             fc+=("$(file_copy "$size" "$file" "$clients")")
-            cc+=("$(curl_copy "$size" "$file" "$clients")")
             # Whoever runs first after the file copy meets its write-back
             # and file deletions: take turns at going first.
             for k in $(seq 0 $((${#servers[@]} - 1))); do
                 case ${servers[$(((k + rep) % ${#servers[@]}))]} in
-                    ib) read -r w r < <(run_s3 "http://127.0.0.1:$W_PORT" "$IB_KEY" "$IB_SECRET" eucalyptus "$size" "$file" "$clients")
+                    ib) read -r w r < <(run_s3 "http://127.0.0.1:$W_PORT" "$IB_KEY" "$IB_SECRET" eucalyptus "$size" "$file" "$md5" "$clients")
                         iw+=("$w"); ir+=("$r") ;;
-                    ob) read -r w r < <(run_s3 "http://127.0.0.1:$OB_PORT" "$OB_KEY" "$OB_SECRET" eucalyptus "$size" "$file" "$clients")
+                    ob) read -r w r < <(run_s3 "http://127.0.0.1:$OB_PORT" "$OB_KEY" "$OB_SECRET" eucalyptus "$size" "$file" "$md5" "$clients")
                         ow+=("$w"); or+=("$r") ;;
-                    mo) read -r w r < <(run_s3 "http://127.0.0.1:$MOTO_PORT" testing testing us-east-1 "$size" "$file" "$clients")
+                    mo) read -r w r < <(run_s3 "http://127.0.0.1:$MOTO_PORT" testing testing us-east-1 "$size" "$file" "$md5" "$clients")
                         mw+=("$w"); mr+=("$r") ;;
                 esac
             done
@@ -262,20 +263,19 @@ for size in $SIZES; do
         for dir in PUT GET; do
             if [[ $dir == PUT ]]; then ib=("${iw[@]}"); ob=("${ow[@]}"); mo=("${mw[@]}"); else ib=("${ir[@]}"); ob=("${or[@]}"); mo=("${mr[@]}"); fi
             read -r fm fs < <(stats "${fc[@]}")
-            read -r cm cs < <(stats "${cc[@]}")
             read -r im is < <(stats "${ib[@]}")
             om=""; os=""; mm=-; ms=""
             if [[ -n $OTHER_BIN ]]; then read -r om os < <(stats "${ob[@]}"); fi
             if [[ -n $MOTO_PID ]]; then read -r mm ms < <(stats "${mo[@]}"); fi
             read -r rm rs < <(ratios "${ib[@]}" "${fc[@]}")
-            read -r qm qs < <(ratios "${ib[@]}" "${cc[@]}")
-            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$cm" "$im" "$om" "$mm" "$rm" "$qm"
-            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$cs" "$is" "$os" "$ms" "$rs" "$qs"
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$im" "$om" "$mm" "$rm"
+            printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$is" "$os" "$ms" "$rs"
         done
     done
     rm -f "$file"
 done
 echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ironbark peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$IB_PID/status)"
 if [[ -n $OTHER_BIN ]]; then
     echo "other peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$OB_PID/status)"
