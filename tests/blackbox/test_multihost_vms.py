@@ -22,6 +22,7 @@ Needs root, QEMU, dnsmasq and nft (the test command installs them).
 
 
 from pathlib import Path
+import subprocess
 
 import pytest
 
@@ -97,16 +98,21 @@ def test_groups_span_nc_hosts_with_real_vms(mhcloud, test_image, tmp_path):
     code, out = on(a1, f"dd if=/dev/urandom of={dev} bs=1M count=4 2>/dev/null && sync && "
                        f"dd if={dev} bs=1M count=4 2>/dev/null | md5sum")
     assert code == 0 and len(out.split()[0]) == 32, out
-    server = None
+    server = pid = None
     for p in Path("/proc").iterdir():
         try:
             args = [a.decode() for a in (p / "cmdline").read_bytes().split(b"\0")] if p.name.isdigit() else []
         except OSError:
             continue
         if args and "qemu-storage-daemon" in args[0] and any(f"/{vid}.raw" in a for a in args):
-            server = args[args.index("--nbd-server") + 1]
-    assert server and server.startswith(f"addr.type=inet,addr.host={c.cc_under},") \
-        and "tls-creds=" in server, server
+            server, pid = args[args.index("--nbd-server") + 1], p.name
+    # The SC made the listener (with TCP_NODELAY) and handed it over; the
+    # daemon listens on it, on the SC host's address.
+    assert server and server.startswith("addr.type=fd,") and "tls-creds=" in server, server
+    listening = subprocess.run(["nsenter", "-t", pid, "-n", "ss", "-Htlnp"],
+                               capture_output=True, text=True, check=True).stdout
+    assert any(f"{c.cc_under}:" in line and f"pid={pid}," in line
+               for line in listening.splitlines()), listening
     ec2.detach_volume(VolumeId=vid)
     wait_for("volume detached", lambda: vol()["State"] == "available", timeout=90)
     ec2.delete_volume(VolumeId=vid)

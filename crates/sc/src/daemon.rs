@@ -20,7 +20,10 @@
 //! daemon serves all its exports one way, chosen when it starts:
 //!
 //! - **TCP with TLS-PSK** for NCs on other hosts (the per-volume key file
-//!   above);
+//!   above), on a listening socket the SC makes with `TCP_NODELAY`, so
+//!   no QEMU version's NBD server can leave Nagle's algorithm on its
+//!   connections ([`crate::listen`] says why that matters and how the
+//!   socket gets into the daemon: `--nbd-server addr.type=fd`);
 //! - **a Unix socket, without TLS**, when every NC the volume is exported
 //!   to runs on this host ([`DaemonConfig::local_nodes`]): the socket is in
 //!   the QMP socket directory, which only root may enter (0700), so the
@@ -33,7 +36,10 @@
 //! - `<run>/<vol>.pid`: pidfile; with the daemon's command line (checked
 //!   through /proc, which also names the pidfile) it identifies the daemon
 //!   after an SC restart, so exports survive one.
-//! - `<run>/<vol>.port`: the TCP port it serves NBD on, or `unix`.
+//! - `<run>/<vol>.port`: the TCP port it serves NBD on, or `unix`. The
+//!   daemon's command line names only descriptor 3, so after an SC restart
+//!   this file is what says which port an adopted daemon holds; it is
+//!   written once the daemon serves.
 //! - `<run>/<vol>.psk/keys.psk`: `identity:hexkey` lines, rewritten
 //!   atomically when the exports change. GnuTLS reads the file at each
 //!   handshake, so a change applies to the next connection without a
@@ -44,6 +50,7 @@
 //!   beside it, the NBD socket of a Unix-socket daemon (0600; the
 //!   directory is root's, 0700).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -64,6 +71,8 @@ const BACKUP_NODE: &str = "snap-target";
 const BACKUP_FILE_NODE: &str = "snap-target-file";
 const BACKUP_DATA_NODE: &str = "snap-target-data";
 const BACKUP_JOB: &str = "snap";
+/// Where a TCP daemon finds the listener the SC made for it.
+const LISTEN_FD: u32 = 3;
 
 /// The RFC 7919 `ffdhe2048` group, as QEMU's TLS credentials read it from
 /// `dh-params.pem`. Without that file QEMU generates fresh parameters at
@@ -261,23 +270,40 @@ impl Daemons {
             if taken.contains(&port) {
                 continue;
             }
-            match self.spawn(vol, file, Some(port)).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.contains("Address already in use") => {
-                    last_err = e;
+            let (netns, host) = (self.cfg.netns.clone(), self.cfg.listen_host.clone());
+            let listener = tokio::task::spawn_blocking(move || {
+                crate::listen::nbd_listener(netns.as_deref(), &host, port)
+            })
+            .await
+            .map_err(|e| ScError::Io(format!("NBD listener for {vol}: {e}")))?;
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    last_err = e.to_string();
                     continue;
                 }
-                Err(e) => return Err(ScError::Io(e)),
-            }
+                Err(e) => return Err(ScError::Io(format!("NBD listener for {vol}: {e}"))),
+            };
+            return self
+                .spawn(vol, file, Some((port, listener)))
+                .await
+                .map_err(|e| ScError::Io(format!("starting qemu-storage-daemon for {vol}: {e}")));
         }
         Err(ScError::Io(format!(
             "starting qemu-storage-daemon for {vol}: {last_err}"
         )))
     }
 
-    /// Starts a daemon serving NBD on TCP `port` with TLS, or on its Unix
-    /// socket without.
-    async fn spawn(&self, vol: &str, file: &Path, port: Option<u16>) -> Result<Running, String> {
+    /// Starts a daemon serving NBD with TLS on `tcp`'s listener (made by
+    /// [`crate::listen`], bound to the port given), or on its Unix socket
+    /// without.
+    async fn spawn(
+        &self,
+        vol: &str,
+        file: &Path,
+        tcp: Option<(u16, OwnedFd)>,
+    ) -> Result<Running, String> {
+        let port = tcp.as_ref().map(|(p, _)| *p);
         let pidfile = self.pidfile(vol);
         let socket = self.socket(vol);
         let path = |p: &Path| -> Result<String, String> {
@@ -291,13 +317,34 @@ impl Daemons {
             }
             Ok(s.to_string())
         };
-        let mut c = match &self.cfg.netns {
-            Some(ns) => {
-                let mut c = Command::new(&self.cfg.ip_binary);
-                c.args(["netns", "exec", ns]).arg(&self.cfg.binary);
+        let mut program: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(ns) = &self.cfg.netns {
+            program.extend([
+                self.cfg.ip_binary.as_os_str(),
+                "netns".as_ref(),
+                "exec".as_ref(),
+            ]);
+            program.push(ns.as_ref());
+        }
+        program.push(self.cfg.binary.as_os_str());
+        let mut c = match &tcp {
+            // The listener goes in as stdin, the one descriptor besides
+            // stdout and stderr a child can be given without unsafe code;
+            // `--daemonize` points stdin at /dev/null once the NBD server
+            // runs, so the shell moves it to descriptor 3 first.
+            Some(_) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("exec \"$@\" {LISTEN_FD}<&0 </dev/null"))
+                    .arg("sh");
+                c.args(&program);
                 c
             }
-            None => Command::new(&self.cfg.binary),
+            None => {
+                let mut c = Command::new(program[0]);
+                c.args(&program[1..]);
+                c
+            }
         };
         c.args(["--daemonize", "--pidfile", &path(&pidfile)?])
             .arg("--chardev")
@@ -307,15 +354,12 @@ impl Daemons {
             ))
             .args(["--monitor", "chardev=qmp0"]);
         let nbd_server = match port {
-            Some(port) => {
+            Some(_) => {
                 c.arg("--object").arg(format!(
                     "tls-creds-psk,id={TLS_ID},endpoint=server,dir={},priority={NBD_TLS_PRIORITY}",
                     path(&self.pskdir(vol))?
                 ));
-                format!(
-                    "addr.type=inet,addr.host={},addr.port={port},tls-creds={TLS_ID}",
-                    self.cfg.listen_host
-                )
+                format!("addr.type=fd,addr.str={LISTEN_FD},tls-creds={TLS_ID}")
             }
             None => format!("addr.type=unix,addr.path={}", path(&self.nbd_socket(vol))?),
         };
@@ -331,7 +375,12 @@ impl Daemons {
             .arg("--nbd-server")
             .arg(nbd_server)
             .env("GLIBC_TUNABLES", DAEMON_MALLOC)
-            .stdin(Stdio::null())
+            .stdin(match tcp {
+                // The SC's copy is close-on-exec, so only this child gets
+                // the port; it closes with `c`, below.
+                Some((_, listener)) => Stdio::from(listener),
+                None => Stdio::null(),
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -339,6 +388,7 @@ impl Daemons {
             .await
             .map_err(|_| "qemu-storage-daemon did not daemonize within 30 s".to_string())?
             .map_err(|e| format!("running qemu-storage-daemon: {e}"))?;
+        drop(c);
         if !out.status.success() {
             return Err(format!(
                 "qemu-storage-daemon failed ({}): {}",

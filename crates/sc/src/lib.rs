@@ -13,7 +13,8 @@
 //! - an export is an NBD export of a per-volume `qemu-storage-daemon`
 //!   ([`daemon`]) that only the NC named can open (TLS-PSK, one identity and
 //!   key per volume and NC; an NC on the SC's own host gets a Unix socket
-//!   only root can reach instead); the NC hot-plugs it into its VM;
+//!   only root can reach instead); the TCP listener is the SC's own, made
+//!   with `TCP_NODELAY` ([`listen`]); the NC hot-plugs it into its VM;
 //! - a snapshot is a point-in-time copy made by that daemon while the guest
 //!   writes (`blockdev-backup` into a qcow2 whose external data file is the
 //!   sparse raw copy), kept as `<data>/snapshots/<snap>.raw`, then
@@ -37,6 +38,7 @@ pub mod compress;
 pub mod daemon;
 pub mod error;
 pub mod fake;
+pub mod listen;
 pub mod multipart;
 pub mod sparse;
 pub mod standin;

@@ -211,6 +211,20 @@ async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
     assert!(ok(&rd), "read over TLS: {rd:?}");
     let plain = plain_tcp(&remote);
     assert!(!ok(&plain), "a client without TLS got in: {plain:?}");
+    // Served on the listener the SC made, whose TCP_NODELAY every
+    // connection inherits, not on one QEMU opened itself (QEMU 7.2's
+    // connections would meet Nagle's algorithm).
+    let cmd = daemon_cmdline(&data);
+    assert!(
+        cmd.contains("addr.type=fd") && !cmd.contains("addr.type=inet"),
+        "the daemon opens its own TCP listener: {cmd}"
+    );
+    assert_eq!(
+        listeners_nodelay(&data, remote.port),
+        vec![true],
+        "the daemon's listener on port {} and its TCP_NODELAY",
+        remote.port
+    );
     let mut stolen = remote.clone();
     stolen.tls_identity = format!("{LOCAL}.vol-t");
     let bad = over_tls(&scratch, &stolen, "read 0 4k");
@@ -252,6 +266,55 @@ async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
     s.apply(desired(7, &[])).await.unwrap();
     s.settle().await;
     s.shutdown();
+}
+
+/// For each TCP socket the volume's daemon listens on at `port`, whether it
+/// has TCP_NODELAY: the test takes a copy of the daemon's descriptor
+/// (`pidfd_getfd`, which needs root or ptrace rights) and asks the socket.
+fn listeners_nodelay(data: &Path, port: u16) -> Vec<bool> {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+    use std::os::fd::AsRawFd;
+    let pid: i32 = std::fs::read_to_string(data.join("run/vol-t.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let Ok(n) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let fd = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
+            .unwrap();
+        let Ok(addr) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
+            continue;
+        };
+        let at = addr
+            .as_sockaddr_in()
+            .map(|a| a.port())
+            .or_else(|| addr.as_sockaddr_in6().map(|a| a.port()));
+        let tcp = matches!(
+            addr.family(),
+            Some(nix::sys::socket::AddressFamily::Inet | nix::sys::socket::AddressFamily::Inet6)
+        );
+        if tcp && at == Some(port) && getsockopt(&fd, sockopt::AcceptConn).unwrap() {
+            found.push(getsockopt(&fd, sockopt::TcpNoDelay).unwrap());
+        }
+    }
+    found
 }
 
 fn euid() -> u32 {
