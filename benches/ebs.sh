@@ -76,20 +76,36 @@ orig_s=$(secs "$t0" "$t1")
 orig_cpu=$(echo "$c1 - $c0" | bc -l | xargs printf '%.2f')
 rm -f "$DIR/orig.copy" "$DIR/orig.copy.gz" "$vol"
 
-# 2. the SC.
-sc() { rm -rf "$DIR/sc"; "$BIN" "$DIR/sc" "$SIZE_GIB" "$DATA_MIB" "$1" 2>"$DIR/$1.progress" | awk '{print $3, $4, $5}'; }
-read -r zstd_s zstd_b zstd_cpu < <(sc zstd)
-read -r gzip_s gzip_b gzip_cpu < <(sc gzip)
+# 2. the SC, SC_RUNS times per codec (codecs alternating), each run from a
+#    synced disk (the original's copy, just deleted, or the previous run's
+#    files would otherwise still be written back under it); the median run
+#    is printed, with the range.
+sc() { rm -rf "$DIR/sc"; sync; "$BIN" "$DIR/sc" "$SIZE_GIB" "$DATA_MIB" "$1" 2>"$DIR/$1.progress.$2" | awk '{print $3, $4, $5}'; }
+sync
+declare -A runs_of
+for r in $(seq 1 "${SC_RUNS:-3}"); do
+  for k in zstd gzip; do runs_of[$k]+="$(sc "$k" "$r") $r"$'\n'; done
+done
+# median KIND -> "seconds bytes cpu run", and the range into RANGE_<KIND>
+median() {
+  local sorted n
+  sorted=$(printf '%s' "${runs_of[$1]}" | sed '/^$/d' | sort -n)
+  n=$(printf '%s\n' "$sorted" | wc -l)
+  printf -v "RANGE_$1" '%s-%s' "$(printf '%s\n' "$sorted" | head -1 | cut -d' ' -f1)" "$(printf '%s\n' "$sorted" | tail -1 | cut -d' ' -f1)"
+  printf '%s\n' "$sorted" | sed -n "$(( (n + 1) / 2 ))p"
+}
+read -r zstd_s zstd_b zstd_cpu zstd_run < <(median zstd); median zstd > /dev/null
+read -r gzip_s gzip_b gzip_cpu gzip_run < <(median gzip); median gzip > /dev/null
 
 printf '\n%s GiB volume, %s MiB of data, %s cores, load %s\n' "$SIZE_GIB" "$DATA_MIB" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-52s %8s %10s %8s\n' method seconds 'vs orig' 'CPU s'
 printf '%-52s %8s %10s %8s\n' "original: cp + gzip of the whole file" "$orig_s" "1.0x" "$orig_cpu"
-printf '%-52s %8s %10s %8s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')" "$gzip_cpu"
-printf '%-52s %8s %10s %8s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')" "$zstd_cpu"
+printf '%-52s %8s %10s %8s   median of %s, range %s s\n' "SC snapshot, gzip (${gzip_b} B), through completed" "$gzip_s" "$(echo "$orig_s / $gzip_s" | bc -l | xargs printf '%.1fx')" "$gzip_cpu" "${SC_RUNS:-3}" "$RANGE_gzip"
+printf '%-52s %8s %10s %8s   median of %s, range %s s\n' "SC snapshot, zstd (${zstd_b} B), through completed" "$zstd_s" "$(echo "$orig_s / $zstd_s" | bc -l | xargs printf '%.1fx')" "$zstd_cpu" "${SC_RUNS:-3}" "$RANGE_zstd"
 printf '%-52s %8s %10s\n' "floor: read the data from disk (${rate} MiB/s)" "$read_s" "$(echo "$orig_s / $read_s" | bc -l | xargs printf '%.1fx')"
 # Where the SC's time went: progress timestamps (copy 0-50 %, compression
 # with the parts' upload 50-95 %, the last part and completion 95-100 %),
 # and when the upload's first and last parts and its completion arrived.
-for k in zstd gzip; do printf '%s progress:' "$k"; tr -s ' \n' ' ' < "$DIR/$k.progress"; echo; done
+for k in zstd gzip; do r=${k}_run; printf '%s progress (median run):' "$k"; tr -s ' \n' ' ' < "$DIR/$k.progress.${!r}"; echo; done
 
 nbd
