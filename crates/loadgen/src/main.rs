@@ -34,6 +34,8 @@
 //! `requests` counts every request completed in the window (errors
 //! included); `rps` and the latency percentiles are over successful ones.
 
+mod flags;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -42,6 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use flags::Flags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -154,57 +157,28 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let mut threads = None;
     let mut timeout = Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS);
 
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Err(USAGE.to_string());
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}")),
-            }
-        };
-        match flag.as_str() {
-            "--endpoint" => endpoint = Some(value()?),
-            "--access-key" => access_key = Some(value()?),
-            "--secret" => secret = Some(value()?),
-            "--region" => region = value()?,
+    let mut flags = Flags::new(args, USAGE);
+    while let Some(flag) = flags.next() {
+        let flag = flag?;
+        match flag.name.as_str() {
+            "--endpoint" => endpoint = Some(flags.value(&flag)?),
+            "--access-key" => access_key = Some(flags.value(&flag)?),
+            "--secret" => secret = Some(flags.value(&flag)?),
+            "--region" => region = flags.value(&flag)?,
             "--action" => {
-                let v = value()?;
+                let v = flags.value(&flag)?;
                 action = Some(Action::parse(&v).ok_or_else(|| {
                     format!(
                         "--action: unknown action {v} (describe-security-groups, create-key-pair, custom)"
                     )
                 })?);
             }
-            "--body" => body = Some(value()?),
-            "--concurrency" => {
-                let v = value()?;
-                concurrency = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--concurrency: not a positive integer: {v}"))?;
-            }
-            "--threads" => {
-                let v = value()?;
-                threads = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--threads: not a positive integer: {v}"))?,
-                );
-            }
-            "--duration" => duration = parse_secs("--duration", &value()?)?,
-            "--warmup" => warmup = parse_secs("--warmup", &value()?)?,
-            "--timeout" => timeout = parse_secs("--timeout", &value()?)?,
+            "--body" => body = Some(flags.value(&flag)?),
+            "--concurrency" => concurrency = flags.positive(&flag)?,
+            "--threads" => threads = Some(flags.positive(&flag)?),
+            "--duration" => duration = parse_secs("--duration", &flags.value(&flag)?)?,
+            "--warmup" => warmup = parse_secs("--warmup", &flags.value(&flag)?)?,
+            "--timeout" => timeout = parse_secs("--timeout", &flags.value(&flag)?)?,
             other => return Err(format!("unknown argument: {other}\n\n{USAGE}")),
         }
     }

@@ -2,13 +2,16 @@
 //! backend: what is reported while steps run, fail and are retried, and
 //! what a restart keeps.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::vol;
 use ironbark_sc::{Backend, FakeBackend, Storage, StorageConfig};
 use ironbark_sc_api::{
-    Compression, DesiredStorage, ExportSpec, ExportState, SnapshotSource, SnapshotSpec,
-    SnapshotState, StorageReport, VolumeSpec, VolumeState, WalrusTarget,
+    Compression, DesiredStorage, ExportState, SnapshotSource, SnapshotSpec, SnapshotState,
+    StorageReport, VolumeSpec, VolumeState, WalrusTarget,
 };
 
 struct Tmp(std::path::PathBuf);
@@ -30,20 +33,6 @@ fn cfg(dir: &Tmp) -> StorageConfig {
     c.poll_interval = Duration::from_secs(3600);
     c.retry_after = Duration::from_millis(200);
     c
-}
-
-fn vol(id: &str, exports: &[&str]) -> VolumeSpec {
-    VolumeSpec {
-        volume_id: id.into(),
-        size_gib: 1,
-        source: None,
-        exports: exports
-            .iter()
-            .map(|n| ExportSpec {
-                node_id: n.to_string(),
-            })
-            .collect(),
-    }
 }
 
 fn snap(id: &str, vol: &str) -> SnapshotSpec {

@@ -7,16 +7,17 @@
 //!
 //! Runs only with `IRONBARK_QEMU_TESTS=1` (needs `qemu-utils`).
 
+mod common;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::vol;
 use ironbark_sc::{ScSettings, Storage};
-use ironbark_sc_api::{
-    DesiredStorage, ExportSpec, ExportState, NbdExport, StorageReport, VolumeSpec, VolumeState,
-};
+use ironbark_sc_api::{DesiredStorage, ExportState, NbdExport, StorageReport, VolumeState};
 
 const LOCAL: &str = "nc-here";
 const REMOTE: &str = "nc-there";
@@ -54,17 +55,7 @@ impl Drop for Tmp {
 fn desired(generation: u64, exports: &[&str]) -> DesiredStorage {
     DesiredStorage {
         generation,
-        volumes: vec![VolumeSpec {
-            volume_id: "vol-t".into(),
-            size_gib: 1,
-            source: None,
-            exports: exports
-                .iter()
-                .map(|n| ExportSpec {
-                    node_id: n.to_string(),
-                })
-                .collect(),
-        }],
+        volumes: vec![vol("vol-t", exports)],
         snapshots: vec![],
     }
 }

@@ -41,6 +41,8 @@
 //! `secs` runs from the process's start to the last transfer done (for GET,
 //! the last fsync), the same span the bench times around a `dd`.
 
+#[path = "../flags.rs"]
+mod flags;
 mod http;
 
 use std::fs::File;
@@ -52,6 +54,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use flags::Flags;
 use http::{Body, Head, Target};
 
 const USAGE: &str = "\
@@ -83,8 +86,7 @@ struct Opts {
     timeout: Duration,
 }
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
-    let mut args = args.peekable();
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let op = args.next().ok_or_else(|| USAGE.to_string())?;
     let mut file = None;
     let mut etag = None;
@@ -92,43 +94,23 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let mut size = None;
     let mut concurrency = 1usize;
     let mut timeout = Duration::from_secs(120);
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Err(USAGE.to_string());
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}")),
-            }
-        };
-        match flag.as_str() {
-            "--file" => file = Some(PathBuf::from(value()?)),
-            "--etag" => etag = Some(value()?.trim_matches('"').to_ascii_lowercase()),
-            "--out-dir" => out_dir = Some(PathBuf::from(value()?)),
+    let mut flags = Flags::new(args, USAGE);
+    while let Some(flag) = flags.next() {
+        let flag = flag?;
+        match flag.name.as_str() {
+            "--file" => file = Some(PathBuf::from(flags.value(&flag)?)),
+            "--etag" => etag = Some(flags.value(&flag)?.trim_matches('"').to_ascii_lowercase()),
+            "--out-dir" => out_dir = Some(PathBuf::from(flags.value(&flag)?)),
             "--size" => {
-                let v = value()?;
+                let v = flags.value(&flag)?;
                 size = Some(
                     v.parse::<u64>()
                         .map_err(|_| format!("--size: not a byte count: {v}"))?,
                 );
             }
-            "--concurrency" => {
-                let v = value()?;
-                concurrency = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--concurrency: not a positive integer: {v}"))?;
-            }
+            "--concurrency" => concurrency = flags.positive(&flag)?,
             "--timeout" => {
-                let v = value()?;
+                let v = flags.value(&flag)?;
                 let secs: f64 = v
                     .parse()
                     .ok()
