@@ -50,8 +50,10 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
     assert "InvalidParameterValue" in str(e.value)
     assert ec2.describe_instances()["Reservations"] == []
 
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
     r = ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2, InstanceType="m1.small",
-                          KeyName="e2e", UserData=user_data, TagSpecifications=[
+                          KeyName="e2e", UserData=user_data, Placement={"AvailabilityZone": zone},
+                          TagSpecifications=[
                               {"ResourceType": "instance", "Tags": [{"Key": "role", "Value": "e2e"}]}])
     ids = [i["InstanceId"] for i in r["Instances"]]
     assert all(i["State"]["Name"] == "pending" for i in r["Instances"])
@@ -67,6 +69,10 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
     ips = {iid: got[iid]["PrivateIpAddress"] for iid in ids}
     assert len(set(ips.values())) == 2
     assert all(got[i]["KeyName"] == "e2e" for i in ids)
+    assert all(got[i]["Placement"]["AvailabilityZone"] == zone for i in ids)
+    statuses = {s["InstanceId"]: s for s in ec2.describe_instance_status(InstanceIds=ids)["InstanceStatuses"]}
+    assert set(statuses) == set(ids)
+    assert all(s["InstanceState"]["Name"] == "running" and s["AvailabilityZone"] == zone for s in statuses.values())
 
     # Each guest read its own identity from the metadata service and ran its user-data.
     for iid in ids:
@@ -85,6 +91,16 @@ def test_instances_boot_answer_ssh_reboot_terminate_and_bury(netcloud, test_imag
             c.ns_run(*ssh, f"root@{ips[iid]}", "wget -qO- http://169.254.169.254/latest/meta-data/instance-id",
                      check=False, timeout=30)), timeout=60, every=2)
         assert out == iid
+    # The rest of the tree the issue names, as the guest reads it.
+    md = "http://169.254.169.254/latest/meta-data"
+    got_md = c.ns_run(*ssh, f"root@{ips[ids[0]]}",
+                      f"for p in ami-id local-ipv4 placement/availability-zone public-keys/0/openssh-key "
+                      f"block-device-mapping/ security-groups reservation-id; do wget -qO- {md}/$p; echo @@; done",
+                      timeout=30).stdout.split("@@")
+    got_md = [v.strip() for v in got_md]
+    assert got_md[0] == emi and got_md[1] == ips[ids[0]] and got_md[2] == zone, got_md
+    assert got_md[3].startswith("ssh-rsa ") and "ami" in got_md[4].split(), got_md
+    assert got_md[5] == "default" and got_md[6] == r["ReservationId"], got_md
 
     # Reboot: the guest comes back and says so again.
     ec2.reboot_instances(InstanceIds=[ids[0]])
