@@ -284,13 +284,14 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
         );
     }
     // The export survived the snapshots.
-    assert!(ok(&qemu_io(
+    let after = qemu_io(
         &scratch,
         &nbd,
         &nbd.tls_identity,
         &nbd.psk_hex,
-        "read -P 0xa5 600M 1M"
-    )));
+        "read -P 0xa5 600M 1M",
+    );
+    assert!(ok(&after), "read after the snapshots: {after:?}");
 
     // Restore: from the SC's raw copy, and from Walrus.
     let sr2 = r

@@ -312,3 +312,125 @@ fn euid() -> u32 {
     // /proc/self is ours: its owner is the effective uid.
     std::fs::metadata("/proc/self").unwrap().uid()
 }
+
+/// Where io_uring is unusable (a sysctl, a seccomp filter), the daemon
+/// that meets it says so and every daemon from then on, over either
+/// transport, serves through QEMU's thread pool instead of failing the
+/// volume. A stand-in binary refuses `aio=io_uring` the way QEMU does and
+/// runs the real daemon otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
+    use ironbark_sc::{DaemonConfig, Daemons, Grant};
+    if !enabled() {
+        return;
+    }
+    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-uring-{}", std::process::id())));
+    let data = root.0.join("sc");
+    std::fs::create_dir_all(&data).unwrap();
+    let wrapper = root.0.join("qsd");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$*\" in *aio=io_uring*)\n  echo \"qemu-storage-daemon: Unable to use io_uring: Operation not permitted\" >&2; exit 1;;\nesac\nexec qemu-storage-daemon \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let base = 24000 + (std::process::id() % 200) as u16 * 5;
+    let d = Daemons::new(DaemonConfig {
+        binary: wrapper,
+        ip_binary: "ip".into(),
+        netns: None,
+        listen_host: "127.0.0.1".into(),
+        advertise_host: "127.0.0.1".into(),
+        ports: (base, base + 4),
+        run_dir: data.join("run"),
+        socket_dir: data.join("s"),
+        local_nodes: vec![LOCAL.into()],
+    })
+    .unwrap();
+    let file = data.join("vol-t.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+
+    d.ensure("vol-t", &file, true).await.unwrap();
+    let cmd = daemon_cmdline(&data);
+    assert!(
+        cmd.contains("aio=threads") && cmd.contains("iothread"),
+        "{cmd}"
+    );
+    d.set_exports(
+        "vol-t",
+        &[Grant {
+            node_id: LOCAL.into(),
+            export: "e-local".into(),
+            identity: String::new(),
+            psk_hex: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    let nbd = NbdExport {
+        host: String::new(),
+        port: 0,
+        export: "e-local".into(),
+        tls_identity: String::new(),
+        psk_hex: String::new(),
+        socket: Some(d.nbd_socket("vol-t").display().to_string()),
+    };
+    let w = over_unix(&nbd, "write -P 0x3c 0 1M");
+    assert!(ok(&w), "write through the thread pool: {w:?}");
+    let r = over_unix(&nbd, "read -P 0x3c 0 1M");
+    assert!(ok(&r), "read through the thread pool: {r:?}");
+    d.stop("vol-t").await.unwrap();
+
+    // The next daemon, on TCP, goes straight to threads.
+    d.ensure("vol-t", &file, false).await.unwrap();
+    let cmd = daemon_cmdline(&data);
+    assert!(
+        cmd.contains("aio=threads") && cmd.contains("addr.type=fd"),
+        "{cmd}"
+    );
+    d.stop("vol-t").await.unwrap();
+}
+
+/// A daemon serves from its own iothread and reads and writes the volume
+/// through io_uring where the kernel allows it (this host does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_serve_from_an_iothread_with_io_uring() {
+    use ironbark_sc::{DaemonConfig, Daemons};
+    if !enabled() {
+        return;
+    }
+    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-iot-{}", std::process::id())));
+    let data = root.0.join("sc");
+    std::fs::create_dir_all(&data).unwrap();
+    let d = Daemons::new(DaemonConfig {
+        binary: "qemu-storage-daemon".into(),
+        ip_binary: "ip".into(),
+        netns: None,
+        listen_host: "127.0.0.1".into(),
+        advertise_host: "127.0.0.1".into(),
+        ports: (1, 1),
+        run_dir: data.join("run"),
+        socket_dir: data.join("s"),
+        local_nodes: vec![LOCAL.into()],
+    })
+    .unwrap();
+    let file = data.join("vol-t.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    d.ensure("vol-t", &file, true).await.unwrap();
+    let cmd = daemon_cmdline(&data);
+    assert!(
+        cmd.contains("aio=io_uring") && cmd.contains("iothread,id="),
+        "{cmd}"
+    );
+    d.stop("vol-t").await.unwrap();
+}
