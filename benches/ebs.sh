@@ -38,6 +38,8 @@ trap 'rm -rf "$DIR"' EXIT
 #    cache and O_DIRECT: the same-host export (Unix socket, no TLS, what
 #    `ironbark up`'s VMs use) directly, and the remote export (TCP +
 #    TLS-PSK) through a relay, next to the relay alone; NBD_MIB per run.
+#    Then the ceiling three copies per byte put on NBD reads on this
+#    machine's cores, beside 70 % of the local read.
 #    ONLY_NBD=1 runs just this part.
 nbd() {
   printf '\nNBD: qemu-img bench, queue depth 64, %s MiB per run (4 KiB: a quarter), load %s\n' "${NBD_MIB:-1024}" "$(cut -d' ' -f1-3 /proc/loadavg)"
