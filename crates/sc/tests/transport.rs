@@ -185,6 +185,11 @@ async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
         !cmd.contains("addr.type=inet") && !cmd.contains("tls-creds"),
         "a local-only daemon listens on TCP: {cmd}"
     );
+    // Served from an iothread, through io_uring (this host allows it).
+    assert!(
+        cmd.contains("iothread,id=") && cmd.contains("aio=io_uring"),
+        "{cmd}"
+    );
     let w = over_unix(&local, "write -P 0x5a 0 1M");
     assert!(ok(&w), "write over the socket: {w:?}");
     let rd = over_unix(&local, "read -P 0x5a 0 1M");
@@ -320,7 +325,7 @@ fn euid() -> u32 {
 /// runs the real daemon otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
-    use ironbark_sc::{DaemonConfig, Daemons, Grant};
+    use ironbark_sc::Grant;
     if !enabled() {
         return;
     }
@@ -339,18 +344,7 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
     )
     .unwrap();
     let base = 24000 + (std::process::id() % 200) as u16 * 5;
-    let d = Daemons::new(DaemonConfig {
-        binary: wrapper,
-        ip_binary: "ip".into(),
-        netns: None,
-        listen_host: "127.0.0.1".into(),
-        advertise_host: "127.0.0.1".into(),
-        ports: (base, base + 4),
-        run_dir: data.join("run"),
-        socket_dir: data.join("s"),
-        local_nodes: vec![LOCAL.into()],
-    })
-    .unwrap();
+    let d = common::daemons(&data, wrapper, (base, base + 4), &[LOCAL]);
     let file = data.join("vol-t.raw");
     std::fs::File::create(&file)
         .unwrap()
@@ -393,43 +387,6 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
     let cmd = daemon_cmdline(&data);
     assert!(
         cmd.contains("aio=threads") && cmd.contains("addr.type=fd"),
-        "{cmd}"
-    );
-    d.stop("vol-t").await.unwrap();
-}
-
-/// A daemon serves from its own iothread and reads and writes the volume
-/// through io_uring where the kernel allows it (this host does).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemons_serve_from_an_iothread_with_io_uring() {
-    use ironbark_sc::{DaemonConfig, Daemons};
-    if !enabled() {
-        return;
-    }
-    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-iot-{}", std::process::id())));
-    let data = root.0.join("sc");
-    std::fs::create_dir_all(&data).unwrap();
-    let d = Daemons::new(DaemonConfig {
-        binary: "qemu-storage-daemon".into(),
-        ip_binary: "ip".into(),
-        netns: None,
-        listen_host: "127.0.0.1".into(),
-        advertise_host: "127.0.0.1".into(),
-        ports: (1, 1),
-        run_dir: data.join("run"),
-        socket_dir: data.join("s"),
-        local_nodes: vec![LOCAL.into()],
-    })
-    .unwrap();
-    let file = data.join("vol-t.raw");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
-    d.ensure("vol-t", &file, true).await.unwrap();
-    let cmd = daemon_cmdline(&data);
-    assert!(
-        cmd.contains("aio=io_uring") && cmd.contains("iothread,id="),
         "{cmd}"
     );
     d.stop("vol-t").await.unwrap();

@@ -9,9 +9,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
 use ironbark_sc::backend::Backend;
 use ironbark_sc::standin::{Mode, StandIn};
-use ironbark_sc::{Codec, DaemonConfig, Daemons, FileBackend, FileBackendConfig};
+use ironbark_sc::{Codec, FileBackend, FileBackendConfig};
 use ironbark_sc_api::{Compression, SEGMENT_SIZE, SnapshotSpec};
 use sha2::Digest;
 
@@ -23,18 +25,7 @@ fn tmp(tag: &str) -> PathBuf {
 }
 
 fn backend(dir: &Path) -> FileBackend {
-    let daemons = Daemons::new(DaemonConfig {
-        binary: "qemu-storage-daemon".into(),
-        ip_binary: "ip".into(),
-        netns: None,
-        listen_host: "127.0.0.1".into(),
-        advertise_host: "127.0.0.1".into(),
-        ports: (1, 1),
-        run_dir: dir.join("run"),
-        socket_dir: dir.join("sock"),
-        local_nodes: vec![],
-    })
-    .unwrap();
+    let daemons = common::daemons(dir, "qemu-storage-daemon".into(), (1, 1), &[]);
     FileBackend::new(
         FileBackendConfig {
             dir: dir.to_path_buf(),

@@ -3,6 +3,7 @@
 use ironbark_sc_api::{ExportSpec, VolumeSpec};
 
 /// A blank 1 GiB volume exported to `exports` (NC node ids).
+#[allow(dead_code)]
 pub fn vol(id: &str, exports: &[&str]) -> VolumeSpec {
     VolumeSpec {
         volume_id: id.into(),
@@ -15,4 +16,28 @@ pub fn vol(id: &str, exports: &[&str]) -> VolumeSpec {
             })
             .collect(),
     }
+}
+
+/// Daemons run by `binary`, with their files under `dir`, TCP exports on
+/// `ports`, and `local` as the NCs on this host. Not every test file
+/// starts daemons of its own.
+#[allow(dead_code)]
+pub fn daemons(
+    dir: &std::path::Path,
+    binary: std::path::PathBuf,
+    ports: (u16, u16),
+    local: &[&str],
+) -> ironbark_sc::Daemons {
+    ironbark_sc::Daemons::new(ironbark_sc::DaemonConfig {
+        binary,
+        ip_binary: "ip".into(),
+        netns: None,
+        listen_host: "127.0.0.1".into(),
+        advertise_host: "127.0.0.1".into(),
+        ports,
+        run_dir: dir.join("run"),
+        socket_dir: dir.join("sock"),
+        local_nodes: local.iter().map(|n| n.to_string()).collect(),
+    })
+    .unwrap()
 }
