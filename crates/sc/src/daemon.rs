@@ -54,7 +54,9 @@
 //! - `<run>/<vol>.port`: the TCP port it serves NBD on, or `unix`. The
 //!   daemon's command line names only descriptor 3, so after an SC restart
 //!   this file is what says which port an adopted daemon holds; it is
-//!   written once the daemon serves.
+//!   written once the daemon serves. A daemon without it (the SC died in
+//!   between) is not adopted but stopped, and replaced if its volume is
+//!   wanted: it would otherwise hold the volume and QEMU's lock on it.
 //! - `<run>/<vol>.psk/keys.psk`: `identity:hexkey` lines, rewritten
 //!   atomically when the exports change. GnuTLS reads the file at each
 //!   handshake, so a change applies to the next connection without a
@@ -218,17 +220,24 @@ impl Daemons {
         self.cfg.socket_dir.join(format!("{vol}.nbd"))
     }
 
-    /// The daemon serving `vol`, if one runs.
-    pub fn find(&self, vol: &str) -> Option<Running> {
+    /// The pid of `vol`'s daemon if one runs, whether or not it got as
+    /// far as serving (see [`Daemons::find`]).
+    fn alive(&self, vol: &str) -> Option<u32> {
         let pidfile = self.pidfile(vol);
         let pid: u32 = std::fs::read_to_string(&pidfile)
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        if !is_our_daemon(pid, &pidfile) {
-            return None;
-        }
+        is_our_daemon(pid, &pidfile).then_some(pid)
+    }
+
+    /// The daemon serving `vol`, if one runs and serves. A daemon without
+    /// its port file (the SC died between starting it and recording where
+    /// it serves) is alive but not found: [`Daemons::ensure`] replaces it
+    /// and [`Daemons::stop`] ends it, so it never outlives its volume.
+    pub fn find(&self, vol: &str) -> Option<Running> {
+        let pid = self.alive(vol)?;
         let port = std::fs::read_to_string(self.portfile(vol)).ok()?;
         let transport = match port.trim() {
             "unix" => Transport::Unix(self.nbd_socket(vol)),
@@ -247,7 +256,7 @@ impl Daemons {
                 let name = e.file_name().to_string_lossy().into_owned();
                 name.strip_suffix(".pid").map(str::to_string)
             })
-            .filter(|vol| self.find(vol).is_some())
+            .filter(|vol| self.alive(vol).is_some())
             .collect()
     }
 
@@ -271,6 +280,11 @@ impl Daemons {
     async fn ensure_once(&self, vol: &str, file: &Path, unix: bool) -> Result<Running, ScError> {
         if let Some(r) = self.find(vol) {
             return Ok(r);
+        }
+        if self.alive(vol).is_some() {
+            // Started by an SC that died before recording its port: it
+            // holds the volume (and QEMU's lock on the file), so it goes.
+            self.stop(vol).await?;
         }
         // Leftovers of a dead daemon.
         let _ = std::fs::remove_file(self.socket(vol));
@@ -478,16 +492,15 @@ impl Daemons {
     /// Stops `vol`'s daemon (closing every connection) and removes its
     /// files; `Ok` if none ran.
     pub async fn stop(&self, vol: &str) -> Result<(), ScError> {
-        if let Some(r) = self.find(vol) {
+        if let Some(pid) = self.alive(vol) {
             let _ = ironbark_qmp::command(&self.socket(vol), "quit", None, Duration::from_secs(5))
                 .await;
-            if !wait_gone(r.pid, &self.pidfile(vol), Duration::from_secs(10)).await {
-                tracing::warn!(volume = %vol, pid = r.pid, "daemon did not quit; killing it");
-                kill(r.pid);
-                if !wait_gone(r.pid, &self.pidfile(vol), Duration::from_secs(10)).await {
+            if !wait_gone(pid, &self.pidfile(vol), Duration::from_secs(10)).await {
+                tracing::warn!(volume = %vol, pid, "daemon did not quit; killing it");
+                kill(pid);
+                if !wait_gone(pid, &self.pidfile(vol), Duration::from_secs(10)).await {
                     return Err(ScError::Io(format!(
-                        "qemu-storage-daemon {} of {vol} survived SIGKILL",
-                        r.pid
+                        "qemu-storage-daemon {pid} of {vol} survived SIGKILL"
                     )));
                 }
             }

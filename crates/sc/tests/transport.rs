@@ -391,3 +391,73 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
     );
     d.stop("vol-t").await.unwrap();
 }
+
+/// An SC that dies between starting a daemon and recording where it
+/// serves (its `.port` file) leaves a daemon holding the volume and
+/// QEMU's lock on its file. The next SC must neither adopt it blindly nor
+/// leave it running: it is listed as running (so the sweep of unwanted
+/// daemons stops it), replaced when the volume is wanted, and ended by
+/// `stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
+    if !enabled() {
+        return;
+    }
+    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-port-{}", std::process::id())));
+    let data = root.0.join("sc");
+    std::fs::create_dir_all(&data).unwrap();
+    let d = common::daemons(&data, "qemu-storage-daemon".into(), (1, 1), &[LOCAL]);
+    let file = data.join("vol-t.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+
+    let first = d.ensure("vol-t", &file, true).await.unwrap();
+    std::fs::remove_file(data.join("run/vol-t.port")).unwrap();
+    assert_eq!(
+        d.find("vol-t"),
+        None,
+        "a daemon with no port file was adopted"
+    );
+    assert_eq!(
+        d.running(),
+        vec!["vol-t".to_string()],
+        "the daemon is not listed"
+    );
+    let second = d.ensure("vol-t", &file, true).await.unwrap();
+    assert_ne!(first.pid, second.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(first.pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the unrecorded daemon still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The replacement got the file (the old one's lock is gone) and serves.
+    d.set_exports(
+        "vol-t",
+        &[ironbark_sc::Grant {
+            node_id: LOCAL.into(),
+            export: "e-local".into(),
+            identity: String::new(),
+            psk_hex: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+
+    std::fs::remove_file(data.join("run/vol-t.port")).unwrap();
+    d.stop("vol-t").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(second.pid) {
+        assert!(
+            Instant::now() < deadline,
+            "stop left the unrecorded daemon running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.running().is_empty());
+}
