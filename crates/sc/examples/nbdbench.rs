@@ -149,6 +149,7 @@ async fn main() {
         "/relay"
     );
     let mut ceilings = Vec::new();
+    let mut cpu = Vec::new();
     for (size, label) in [
         (4u64 << 10, "4 KiB"),
         (64 << 10, "64 KiB"),
@@ -169,13 +170,20 @@ async fn main() {
                 count,
                 write,
             );
+            let (client0, daemon0) = (children_cpu(), daemon_cpu(&dir, LOCAL_VOL));
             let h = bench(&["--image-opts", &direct], size, count, write);
+            let gib = bytes as f64 / (1u64 << 30) as f64;
+            let (client_s, daemon_s) = (
+                (children_cpu() - client0) / gib,
+                (daemon_cpu(&dir, LOCAL_VOL) - daemon0) / gib,
+            );
             let r = bench(&local_relay.target(), size, count, write);
             let e = bench(&sc_relay.target(), size, count, write);
             let rate = |secs: f64| bytes as f64 / (1 << 20) as f64 / secs;
             if !write {
                 ceilings.push((label, copy_rate(&local, size), 0.7 * rate(l)));
             }
+            cpu.push((label, write, client_s, daemon_s, 0.7 * rate(l)));
             let mibs = |secs: f64| format!("{:.0} MiB/s", rate(secs));
             let pct = |base: f64, secs: f64| format!("{:.0}%", 100.0 * base / secs);
             println!(
@@ -207,6 +215,24 @@ async fn main() {
             "{label:>8}  one core copies {copy:.0} MiB/s -> ceiling {ceiling:.0} MiB/s; 70 % of local {target:.0} MiB/s{}",
             if ceiling < target {
                 "  (target above the ceiling)"
+            } else {
+                ""
+            }
+        );
+    }
+    // What the same-host runs cost: CPU seconds per GiB moved in QEMU's
+    // client (`qemu-img`) and in the SC's daemon, and the rate the cores
+    // could give were they busy with nothing else.
+    println!(
+        "Same-host CPU per GiB (client qemu-img + the SC's daemon) and the rate {cores} cores allow at that cost, vs 70 % of local:"
+    );
+    for (label, write, client, daemon, target) in cpu {
+        let bound = cores as f64 * 1024.0 / (client + daemon);
+        println!(
+            "{label:>8} {:>5}  client {client:.2} s + daemon {daemon:.2} s -> at most {bound:.0} MiB/s; 70 % of local {target:.0} MiB/s{}",
+            if write { "write" } else { "read" },
+            if bound < target {
+                "  (target above the bound)"
             } else {
                 ""
             }
@@ -268,6 +294,30 @@ fn copy_rate(file: &Path, size: u64) -> f64 {
         best = best.max(done as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64());
     }
     best
+}
+
+/// CPU seconds (user + system) of every child this process has waited
+/// for: `qemu-img bench` runs are waited for one at a time, so the change
+/// across one run is that run's.
+fn children_cpu() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    secs(u.user_time()) + secs(u.system_time())
+}
+
+/// CPU seconds (user + system, all threads) of the SC's daemon for `vol`.
+fn daemon_cpu(dir: &Path, vol: &str) -> f64 {
+    let pid = std::fs::read_to_string(dir.join(format!("sc/run/{vol}.pid"))).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<f64> = rest.split(' ').map(|x| x.parse().unwrap_or(0.0)).collect();
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 here.
+    (f[11] + f[12]) / tick
 }
 
 /// Seconds `qemu-img bench` took for `count` requests of `size` bytes.
