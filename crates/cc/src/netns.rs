@@ -5,13 +5,11 @@
 //! listener must live there too. A socket belongs to the namespace it was
 //! created in, whichever thread later uses it: a short-lived thread enters
 //! the namespace (`setns` changes only the calling thread), binds, and hands
-//! the socket back to the runtime, which serves it like any other.
+//! the socket back to the runtime, which serves it like any other
+//! ([`ironbark_netns::run_in`], shared with the SC's NBD listeners).
 
-use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-
-use nix::sched::{CloneFlags, setns};
 
 /// A non-blocking listener on `addr`, in namespace `netns` (as named by
 /// `ip netns`) or in the caller's own when `None`.
@@ -21,24 +19,7 @@ pub fn bind_tcp(netns: Option<&str>, addr: SocketAddr) -> io::Result<TcpListener
         listener.set_nonblocking(true)?;
         return Ok(listener);
     };
-    if ns.is_empty() || ns.contains('/') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad namespace name {ns:?}"),
-        ));
-    }
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let handle = File::open(&path)?;
-                setns(&handle, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                // This thread is now in `ns` until it ends, right after.
-                bind_tcp(None, addr)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the binding thread panicked")))
-    })
+    ironbark_netns::run_in(ns, || bind_tcp(None, addr))
 }
 
 /// [`bind_tcp`] as a tokio listener.

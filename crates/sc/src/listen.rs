@@ -22,8 +22,9 @@
 //! `SO_REUSEADDR`, as QEMU does, so a port whose last connections linger in
 //! TIME_WAIT can be listened on again), bound and listening, close-on-exec,
 //! inside the SC's network namespace if it has one: `setns` changes only
-//! the calling thread, so a short-lived thread of its own enters it, and the
-//! socket stays in that namespace whichever process holds it later.
+//! the calling thread, so a short-lived thread of its own enters it
+//! ([`ironbark_netns::run_in`]), and the socket stays in that namespace
+//! whichever process holds it later.
 //!
 //! [`crate::daemon`] passes it to the daemon as its stdin, which only that
 //! child gets (the SC's own descriptor stays close-on-exec, so nothing else
@@ -48,22 +49,10 @@ use nix::sys::socket::{
 /// for the namespace thread. An address in use is
 /// [`std::io::ErrorKind::AddrInUse`].
 pub fn nbd_listener(netns: Option<&str>, host: &str, port: u16) -> std::io::Result<OwnedFd> {
-    let Some(ns) = netns else {
-        return listen_tcp(host, port);
-    };
-    let ns_path = format!("/run/netns/{ns}");
-    let host = host.to_string();
-    std::thread::Builder::new()
-        .name("nbd-listen-netns".into())
-        .spawn(move || {
-            let ns = std::fs::File::open(&ns_path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{ns_path}: {e}")))?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| with_context(e, &format!("entering {ns_path}")))?;
-            listen_tcp(&host, port)
-        })?
-        .join()
-        .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
+    match netns {
+        None => listen_tcp(host, port),
+        Some(ns) => ironbark_netns::run_in(ns, || listen_tcp(host, port)),
+    }
 }
 
 /// Like QEMU's own `inet` listener: the first of `host`'s addresses that
