@@ -1,6 +1,6 @@
 //! Command-line flags as both of this crate's tools take them: `--flag
 //! value` or `--flag=value`, and `-h`/`--help` for the usage text. A tool
-//! loops over [`Flags::next`] and asks for a value only for the flags that
+//! loops over the [`Flags`] iterator and asks for a value only for the flags that
 //! take one, so a missing value is reported with the flag's name.
 
 pub struct Flags<I: Iterator<Item = String>> {
@@ -17,25 +17,6 @@ pub struct Flag {
 impl<I: Iterator<Item = String>> Flags<I> {
     pub fn new(args: I, usage: &'static str) -> Self {
         Flags { args, usage }
-    }
-
-    /// The next flag; `Err` with the usage text for `-h`/`--help`.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Option<Result<Flag, String>> {
-        let arg = self.args.next()?;
-        if arg == "-h" || arg == "--help" {
-            return Some(Err(self.usage.to_string()));
-        }
-        Some(Ok(match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => Flag {
-                name: f.to_string(),
-                inline: Some(v.to_string()),
-            },
-            _ => Flag {
-                name: arg,
-                inline: None,
-            },
-        }))
     }
 
     /// The flag's value: after its `=`, or the next argument.
@@ -56,6 +37,29 @@ impl<I: Iterator<Item = String>> Flags<I> {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| format!("{}: not a positive integer: {v}", flag.name))
+    }
+}
+
+/// The flags in order; `Err` with the usage text for `-h`/`--help`.
+impl<I: Iterator<Item = String>> Iterator for Flags<I> {
+    type Item = Result<Flag, String>;
+
+    /// The next flag; `Err` with the usage text for `-h`/`--help`.
+    fn next(&mut self) -> Option<Self::Item> {
+        let arg = self.args.next()?;
+        if arg == "-h" || arg == "--help" {
+            return Some(Err(self.usage.to_string()));
+        }
+        Some(Ok(match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => Flag {
+                name: f.to_string(),
+                inline: Some(v.to_string()),
+            },
+            _ => Flag {
+                name: arg,
+                inline: None,
+            },
+        }))
     }
 }
 
