@@ -256,7 +256,7 @@ async fn a_volume_moves_between_guests_and_snapshots_are_point_in_time() {
 
     // The SC, its daemons in the namespace next to the VMs.
     let bucket =
-        ironbark_sc::standin::StandIn::start(ironbark_sc::standin::Mode::Walrus, true).await;
+        ironbark_walrus_standin::StandIn::start(ironbark_walrus_standin::Mode::Walrus, true).await;
     let waddr = bucket.addr();
     let mut sc = ScSettings::new(root.join("sc"), "t", "127.0.0.1:0".parse().unwrap());
     sc.netns = Some(net.ns.clone());

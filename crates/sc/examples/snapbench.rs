@@ -13,7 +13,7 @@
 //! costs when the wall time says mostly how busy the machine was.
 //! Used by benches/ebs.sh.
 //!
-//! The stand-in ([`ironbark_sc::standin`]) does the work Walrus does for
+//! The stand-in ([`ironbark_walrus_standin`]) does the work Walrus does for
 //! a multipart upload, minus the disk write: each part's body streams to
 //! one hashing thread that computes its MD5 (the part's ETag) and CRC-32,
 //! a mismatch with `x-amz-checksum-crc32` is refused, and the completion
@@ -24,10 +24,10 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use ironbark_sc::ScSettings;
-use ironbark_sc::standin::{Event, Mode, StandIn};
 use ironbark_sc_api::{
     Compression, DesiredStorage, SnapshotSpec, SnapshotState, VolumeSpec, VolumeState,
 };
+use ironbark_walrus_standin::{Event, Mode, StandIn};
 
 #[tokio::main]
 async fn main() {

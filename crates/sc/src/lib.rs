@@ -27,9 +27,9 @@
 //! What the SC holds is reported back (`GET /v1/storage`); every result
 //! appears atomically, so a crash at any point leaves nothing reported that
 //! is not whole. [`fake::FakeBackend`] stands in for the files and daemons
-//! in the reconciler's tests, [`standin::StandIn`] for Walrus' side of the
-//! upload in the backend's tests and the bench; [`client::ScClient`] is the
-//! CLC's client.
+//! in the reconciler's tests, and the ironbark-walrus-standin crate (a
+//! dev-dependency) for Walrus' side of the upload in the upload tests and
+//! the bench; [`client::ScClient`] is the CLC's client.
 
 pub mod api;
 pub mod backend;
@@ -41,7 +41,6 @@ pub mod fake;
 pub mod listen;
 pub mod multipart;
 pub mod sparse;
-pub mod standin;
 pub mod storage;
 pub mod walrus;
 

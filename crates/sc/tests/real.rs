@@ -1,6 +1,6 @@
 //! The SC with real files, real `qemu-storage-daemon`s and QEMU's own NBD
 //! client (`qemu-io`), and the in-process stand-in for Walrus' multipart
-//! upload and presigned GET ([`ironbark_sc::standin`]: it checks every
+//! upload and presigned GET ([`ironbark_walrus_standin`]: it checks every
 //! part's and the object's `x-amz-checksum-crc32`, the parts' ETags and
 //! sizes, as Walrus does).
 //!
@@ -12,12 +12,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ironbark_sc::standin::{Mode, StandIn};
 use ironbark_sc::{ScSettings, Storage};
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, ExportState, NbdExport, SnapshotSource, SnapshotSpec,
     SnapshotState, StorageReport, VolumeSpec, VolumeState,
 };
+use ironbark_walrus_standin::{Mode, StandIn};
 use md5::Digest as _;
 use sha2::Digest;
 

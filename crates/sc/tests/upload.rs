@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 mod common;
 
 use ironbark_sc::backend::Backend;
-use ironbark_sc::standin::{Mode, StandIn};
 use ironbark_sc::{Codec, FileBackend, FileBackendConfig};
 use ironbark_sc_api::{Compression, SEGMENT_SIZE, SnapshotSpec};
+use ironbark_walrus_standin::{Mode, StandIn};
 use sha2::Digest;
 
 fn tmp(tag: &str) -> PathBuf {
@@ -164,7 +164,7 @@ async fn a_completion_whose_answer_was_lost_is_confirmed_by_the_next_attempt() {
     let completions = store
         .log()
         .iter()
-        .filter(|e| matches!(e, ironbark_sc::standin::Event::Completed(_)))
+        .filter(|e| matches!(e, ironbark_walrus_standin::Event::Completed(_)))
         .count();
     assert_eq!(completions, 1);
     let _ = std::fs::remove_dir_all(&dir);

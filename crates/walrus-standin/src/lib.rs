@@ -1,7 +1,25 @@
-//! An in-process stand-in for Walrus' side of a snapshot upload, for the
-//! SC's tests and the `snapbench` bench: it runs without the CLC, its
-//! accounts or a disk, yet does the work Walrus does for a multipart
-//! upload, so the bench stays honest and the tests check the protocol.
+//! A stand-in (a fake) for Walrus' side of the SC's multipart snapshot
+//! upload. Test support only: nothing in a product crate uses it.
+//!
+//! # Why it exists
+//!
+//! The SC uploads each compressed snapshot to Walrus as an S3 multipart
+//! upload through URLs the CLC presigned ([`WalrusTarget`]). The SC's
+//! tests (`crates/sc/tests/upload.rs`, `real.rs`), the NC's end-to-end
+//! volume test (`crates/nc/tests/volumes_qemu.rs`) and the SC's
+//! `snapbench` bench need the other end of that upload without a CLC, its
+//! accounts or a disk. This in-process server is that end: it does the
+//! work Walrus does for a multipart upload, so the bench stays honest and
+//! the tests check the protocol. It is a crate of its own, a
+//! dev-dependency of the crates that use it, so the SC's library does not
+//! carry it; it needs only the SC's control API (ironbark-sc-api), not
+//! the SC.
+//!
+//! # How data flows through it
+//!
+//! [`StandIn::start`] serves on a loopback port; [`StandIn::target`]
+//! creates an upload and gives the [`WalrusTarget`] an SC gets for it
+//! (part URLs and the completion URL point at this server). Then:
 //!
 //! - `PUT /bucket/key?partNumber=N&uploadId=U`: the body streams to one
 //!   blocking thread that computes the MD5 (the part's ETag) and the
@@ -14,7 +32,9 @@
 //!   compared with `x-amz-checksum-crc32`; the answer carries the
 //!   multipart ETag (MD5 of the parts' MD5s, `-N`) and the CRC-32. The
 //!   upload is gone afterwards, as in S3.
-//! - `GET /bucket/key`: the object, when kept ([`StandIn::keep_objects`]).
+//! - `GET /bucket/key`: the object, when kept ([`StandIn::keep_objects`]);
+//!   a test reads it back with [`StandIn::object`] or, as a volume's
+//!   source, through that URL.
 //!
 //! [`Mode`] makes it misbehave, and [`StandIn::log`] keeps when each part
 //! and the completion arrived, for the bench's overlap figures.
@@ -33,8 +53,6 @@ use base64::Engine;
 use futures_util::StreamExt;
 use ironbark_sc_api::{MIN_PART_SIZE, WalrusTarget, plan_parts};
 use md5::Digest as _;
-
-use crate::multipart::xml_field;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -363,4 +381,161 @@ impl StandIn {
 
 fn b64(d: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+/// The text of the first `<name>` element (the completion bodies are flat
+/// and carry no markup inside their values, apart from `&quot;`). The
+/// stand-in's own reading of the XML, not the SC's, so a test does not
+/// check the SC's requests with the SC's parser.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(xml[start..end].replace("&quot;", "\"").trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.1 exchange on its own connection: status, head, body.
+    async fn send(
+        store: &StandIn,
+        method: &str,
+        url: &str,
+        crc: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let target = url
+            .strip_prefix(&format!("http://{}", store.addr()))
+            .expect("a URL of the stand-in");
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+            store.addr(),
+            body.len()
+        );
+        if let Some(c) = crc {
+            head.push_str(&format!("x-amz-checksum-crc32: {c}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut s = tokio::net::TcpStream::connect(store.addr()).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let head = String::from_utf8_lossy(&answer[..split]).to_lowercase();
+        let status = head[9..12].parse().unwrap();
+        (status, head, answer[split + 4..].to_vec())
+    }
+
+    fn crc(d: &[u8]) -> String {
+        b64(&crc32fast::hash(d).to_be_bytes())
+    }
+
+    fn md5_hex(d: &[u8]) -> String {
+        hex::encode(md5::Md5::digest(d))
+    }
+
+    fn part_xml(n: u32, d: &[u8]) -> String {
+        format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>&quot;{}&quot;</ETag><ChecksumCRC32>{}</ChecksumCRC32></Part>",
+            md5_hex(d),
+            crc(d)
+        )
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_checked_completed_and_kept() {
+        let store = StandIn::start(Mode::Walrus, true).await;
+        let t = store.target("bucket/snap", 1 << 20);
+        assert_eq!(t.part_urls.len(), 1);
+        assert_eq!(store.open_uploads(), 1);
+        let data = b"a volume's compressed bytes";
+
+        // A part whose CRC-32 is not the one sent is refused.
+        let (status, _, body) = send(&store, "PUT", &t.part_urls[0], Some(&crc(b"x")), data).await;
+        assert_eq!(status, 400);
+        assert!(String::from_utf8_lossy(&body).contains("BadDigest"));
+
+        // The right one is echoed, with the MD5 as the ETag.
+        let (status, head, _) = send(&store, "PUT", &t.part_urls[0], Some(&crc(data)), data).await;
+        assert_eq!(status, 200);
+        assert!(head.contains(&format!("etag: \"{}\"", md5_hex(data))));
+        assert!(head.contains(&format!(
+            "x-amz-checksum-crc32: {}",
+            crc(data).to_lowercase()
+        )));
+
+        let xml = format!(
+            "<CompleteMultipartUpload>{}</CompleteMultipartUpload>",
+            part_xml(1, data)
+        );
+        let (status, _, body) = send(
+            &store,
+            "POST",
+            &t.complete_url,
+            Some(&crc(data)),
+            xml.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let answer = String::from_utf8_lossy(&body).into_owned();
+        let etag = format!(
+            "{}-1",
+            hex::encode(md5::Md5::digest(md5::Md5::digest(data)))
+        );
+        assert_eq!(xml_field(&answer, "ETag"), Some(format!("\"{etag}\"")));
+        assert_eq!(xml_field(&answer, "ChecksumCRC32"), Some(crc(data)));
+        assert_eq!(store.open_uploads(), 0);
+        assert_eq!(store.object("bucket/snap"), Some((data.to_vec(), etag)));
+        let url = format!("http://{}/bucket/snap", store.addr());
+        let (status, _, body) = send(&store, "GET", &url, None, b"").await;
+        assert_eq!((status, body.as_slice()), (200, &data[..]));
+        assert!(matches!(
+            store.log().as_slice(),
+            [Event::Part(1, _), Event::Completed(_)]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_completion_breaking_s3s_rules_is_refused() {
+        let store = StandIn::start(Mode::Walrus, false).await;
+        let t = store.target("bucket/snap", 64 << 30);
+        // Part 1 as large as a part but the last may be; 2 and 3 smaller.
+        let a = vec![7u8; MIN_PART_SIZE as usize];
+        let (a, b, c) = (a.as_slice(), b"second".as_slice(), b"third".as_slice());
+        for (url, d) in t.part_urls.iter().zip([a, b, c]) {
+            let (status, _, _) = send(&store, "PUT", url, Some(&crc(d)), d).await;
+            assert_eq!(status, 200);
+        }
+        let complete = |parts: &[(u32, &[u8])]| {
+            let parts: String = parts.iter().map(|(n, d)| part_xml(*n, d)).collect();
+            format!("<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>")
+        };
+        for (xml, code) in [
+            // Every part but the last must be at least 5 MiB.
+            (complete(&[(1, a), (2, b), (3, c)]), "EntityTooSmall"),
+            (complete(&[(1, a), (1, a)]), "InvalidPartOrder"),
+            // An ETag that is not the part's, a part never sent.
+            (complete(&[(1, b)]), "InvalidPart"),
+            (complete(&[(1, a), (4, c)]), "InvalidPart"),
+            (String::from("<CompleteMultipartUpload/>"), "MalformedXML"),
+        ] {
+            let (status, _, body) =
+                send(&store, "POST", &t.complete_url, None, xml.as_bytes()).await;
+            assert_eq!(status, 400, "{code}");
+            assert!(String::from_utf8_lossy(&body).contains(code), "{code}");
+        }
+        // Refused completions leave the upload open; a valid one closes it.
+        assert_eq!(store.open_uploads(), 1);
+        let xml = complete(&[(1, a), (3, c)]);
+        let (status, _, _) = send(&store, "POST", &t.complete_url, None, xml.as_bytes()).await;
+        assert_eq!(status, 200);
+        assert_eq!(store.open_uploads(), 0);
+    }
 }
