@@ -146,6 +146,35 @@ fn plain_tcp(nbd: &NbdExport) -> Output {
     )
 }
 
+/// A scratch root for one test (removed, daemons first, when dropped) and
+/// the SC data directory in it.
+fn scratch(name: &str) -> (Tmp, PathBuf) {
+    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-{name}-{}", std::process::id())));
+    let data = root.0.join("sc");
+    std::fs::create_dir_all(&data).unwrap();
+    (root, data)
+}
+
+/// A blank 4 MiB volume file `vol-t.raw` in `data`.
+fn blank_volume(data: &Path) -> PathBuf {
+    let file = data.join("vol-t.raw");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    file
+}
+
+/// Export `e-local` to the NC on this host (a Unix socket, no key).
+fn local_grant() -> ironbark_sc::Grant {
+    ironbark_sc::Grant {
+        node_id: LOCAL.into(),
+        export: "e-local".into(),
+        identity: String::new(),
+        psk_hex: String::new(),
+    }
+}
+
 /// The command line of the daemon serving the volume.
 fn daemon_cmdline(data: &Path) -> String {
     let pid = std::fs::read_to_string(data.join("run/vol-t.pid")).unwrap();
@@ -325,13 +354,10 @@ fn euid() -> u32 {
 /// runs the real daemon otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
-    use ironbark_sc::Grant;
     if !enabled() {
         return;
     }
-    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-uring-{}", std::process::id())));
-    let data = root.0.join("sc");
-    std::fs::create_dir_all(&data).unwrap();
+    let (root, data) = scratch("uring");
     let wrapper = root.0.join("qsd");
     std::fs::write(
         &wrapper,
@@ -345,11 +371,7 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
     .unwrap();
     let base = 24000 + (std::process::id() % 200) as u16 * 5;
     let d = common::daemons(&data, wrapper, (base, base + 4), &[LOCAL]);
-    let file = data.join("vol-t.raw");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
+    let file = blank_volume(&data);
 
     d.ensure("vol-t", &file, true).await.unwrap();
     let cmd = daemon_cmdline(&data);
@@ -357,17 +379,7 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
         cmd.contains("aio=threads") && cmd.contains("iothread"),
         "{cmd}"
     );
-    d.set_exports(
-        "vol-t",
-        &[Grant {
-            node_id: LOCAL.into(),
-            export: "e-local".into(),
-            identity: String::new(),
-            psk_hex: String::new(),
-        }],
-    )
-    .await
-    .unwrap();
+    d.set_exports("vol-t", &[local_grant()]).await.unwrap();
     let nbd = NbdExport {
         host: String::new(),
         port: 0,
@@ -403,15 +415,9 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
     if !enabled() {
         return;
     }
-    let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-port-{}", std::process::id())));
-    let data = root.0.join("sc");
-    std::fs::create_dir_all(&data).unwrap();
+    let (_root, data) = scratch("port");
     let d = common::daemons(&data, "qemu-storage-daemon".into(), (1, 1), &[LOCAL]);
-    let file = data.join("vol-t.raw");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
+    let file = blank_volume(&data);
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
 
     let first = d.ensure("vol-t", &file, true).await.unwrap();
@@ -437,17 +443,7 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The replacement got the file (the old one's lock is gone) and serves.
-    d.set_exports(
-        "vol-t",
-        &[ironbark_sc::Grant {
-            node_id: LOCAL.into(),
-            export: "e-local".into(),
-            identity: String::new(),
-            psk_hex: String::new(),
-        }],
-    )
-    .await
-    .unwrap();
+    d.set_exports("vol-t", &[local_grant()]).await.unwrap();
 
     std::fs::remove_file(data.join("run/vol-t.port")).unwrap();
     d.stop("vol-t").await.unwrap();
