@@ -35,7 +35,9 @@
 # release build as is), IRONBARK_BIN (the binary to bench; default the
 # release build), XFER_BIN (the client; default the release build of
 # ironbark-s3xfer), OTHER_BIN (a second ironbark binary benched beside it in
-# an "other" column, to compare two builds in the same run).
+# an "other" column, to compare two builds in the same run), GET_SHM (1:
+# also time each cell's GETs into /dev/shm, printed on stderr, to tell the
+# disk's share of the GET rate).
 #
 # moto keeps each object in memory (a 1 GiB PUT peaks at about 2.2 GB of
 # RSS), so four 1 GiB clients need about 9 GB of free RAM.
@@ -205,6 +207,17 @@ run_s3() {
         || { log "GET failed: $ep, $size MiB, $clients clients"; exit 1; }
     t1=$(now); get=$(mbps "$bytes" "$t0" "$t1")
     rm -rf "$WORK/dl"
+    if [[ ${GET_SHM:-0} == 1 ]]; then
+        # The same GETs into memory: how much of the GET rate is the disk's.
+        local shm="/dev/shm/ironbark-walrus-bench-$$"
+        mkdir -p "$shm"
+        t0=$(now)
+        "$XFER_BIN" get --out-dir "$shm" --size $((size * 1048576)) --concurrency "$clients" \
+            < "$WORK/get.urls" > "$WORK/xfer.log" || { rm -rf "$shm"; log "GET to $shm failed"; exit 1; }
+        t1=$(now)
+        rm -rf "$shm"
+        log "$ep ${size} MiB x$clients: GET to disk $get MB/s, to /dev/shm $(mbps "$bytes" "$t0" "$t1") MB/s"
+    fi
     empty_bucket "$ep" "$key" "$secret" "$region" "$bucket"
     echo "$put $get"
 }
