@@ -18,7 +18,7 @@
 # the process(es) start to after the last has exited). Each cell is
 # measured REPEAT times, the servers running one after the other within a
 # repeat (taking turns at going first) so they see the same load; the table
-# gives the median MB/s with the range (min-max) under it, and the median
+# gives the median MiB/s with the range (min-max) under it, and the median
 # of the per-repeat ratios to the file copy (the target), with its range.
 # Ends with the load average and the peak RSS of each ironbark process.
 #
@@ -62,6 +62,8 @@ WORK=$(mktemp -d -p "${BENCH_TMP:-/var/tmp}" ironbark-walrus-bench.XXXXXX)
 IB_PID=""
 OB_PID=""
 MOTO_PID=""
+# GET_SHM=1's downloads into memory.
+SHM_DIR="/dev/shm/ironbark-walrus-bench-$$"
 cleanup() {
     for pid in "$IB_PID" "$OB_PID" "$MOTO_PID"; do
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
@@ -69,7 +71,7 @@ cleanup() {
             wait "$pid" 2>/dev/null || true
         fi
     done
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$SHM_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -209,20 +211,20 @@ run_s3() {
     rm -rf "$WORK/dl"
     if [[ ${GET_SHM:-0} == 1 ]]; then
         # The same GETs into memory: how much of the GET rate is the disk's.
-        local shm="/dev/shm/ironbark-walrus-bench-$$"
+        local shm="$SHM_DIR"
         mkdir -p "$shm"
         t0=$(now)
         "$XFER_BIN" get --out-dir "$shm" --size $((size * 1048576)) --concurrency "$clients" \
             < "$WORK/get.urls" > "$WORK/xfer.log" || { rm -rf "$shm"; log "GET to $shm failed"; exit 1; }
         t1=$(now)
         rm -rf "$shm"
-        log "$ep ${size} MiB x$clients: GET to disk $get MB/s, to /dev/shm $(mbps "$bytes" "$t0" "$t1") MB/s"
+        log "$ep ${size} MiB x$clients: GET to disk $get MiB/s, to /dev/shm $(mbps "$bytes" "$t0" "$t1") MiB/s"
     fi
     empty_bucket "$ep" "$key" "$secret" "$region" "$bucket"
     echo "$put $get"
 }
 
-# file_copy SIZE FILE CLIENTS -> MB/s of `dd conv=fsync` copies, same concurrency.
+# file_copy SIZE FILE CLIENTS -> MiB/s of `dd conv=fsync` copies, same concurrency.
 file_copy() {
     local size=$1 file=$2 clients=$3 rounds n t0 t1 bytes
     rounds=$(rounds_for "$size"); n=$((clients * rounds)); bytes=$((n * size * 1048576))
@@ -246,7 +248,7 @@ print(f"{st.median(r):.0f}% {min(r):.0f}-{max(r):.0f}%")' "$@"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(df -h "$WORK" | awk 'NR==2{print $1}'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "clients: ironbark-s3xfer on presigned URLs, 1 MiB file reads/writes, GETs fsynced; servers and clients share the cores"
-echo "each cell: median MB/s of $REPEAT runs, range below; ib/file: median of per-run ratios"
+echo "each cell: median MiB/s of $REPEAT runs, range below; ib/file: median of per-run ratios"
 other_col=""; [[ -n $OTHER_BIN ]] && other_col="other"
 md5sum_rates=(); large_copies=()
 printf '\n%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' size cl dir "file" ironbark "$other_col" moto "ib/file"
@@ -256,7 +258,7 @@ for size in $SIZES; do
     t0=$(date +%s.%N)
     md5=$(md5sum "$file" | cut -d' ' -f1)
     t1=$(date +%s.%N)
-    [[ $size -ge 64 ]] && md5sum_rates+=("$(echo "$size * 1.048576 / ($t1 - $t0)" | bc -l | xargs printf '%.0f')")
+    [[ $size -ge 64 ]] && md5sum_rates+=("$(mbps $((size * 1048576)) "$t0" "$t1")")
     for clients in $CLIENTS; do
         fc=(); iw=(); ir=(); ow=(); or=(); mw=(); mr=()
         servers=(ib)
@@ -286,7 +288,7 @@ for size in $SIZES; do
             if [[ -n $MOTO_PID ]]; then read -r mm ms < <(stats "${mo[@]}"); fi
             read -r rm rs < <(ratios "${ib[@]}" "${fc[@]}")
             if [[ $dir == PUT && $clients == 1 && $size -ge 64 ]]; then
-                large_copies+=("${size}MiB: $(echo "$fm * 0.7" | bc -l | xargs printf '%.0f')")
+                large_copies+=("${size}MiB: $(python3 -c "print(f'{0.7 * float(\"$fm\"):.0f}')")")
             fi
             printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "${size}MiB" "$clients" "$dir" "$fm" "$im" "$om" "$mm" "$rm"
             printf '%-8s %-3s %-4s %10s %10s %10s %10s %10s\n' "" "" "" "$fs" "$is" "$os" "$ms" "$rs"
@@ -300,9 +302,10 @@ echo
 # MD5, whatever else it overlaps. Printed beside 70 % of the one-client
 # file copy (the target) so the run shows whether the target is reachable
 # on this CPU at all.
-openssl_md5=$(openssl speed -evp md5 -bytes 1048576 -seconds 2 2>/dev/null | awk '$1 == "md5" {sub(/k$/, "", $2); printf "%.0f", $2 / 1000}')
-echo "MD5 on one core, the ceiling of one PUT stream: OpenSSL (Walrus' MD5) ${openssl_md5:-?} MB/s, md5sum ${md5sum_rates[*]:-?} MB/s"
-echo "70 % of the one-client file copy (the PUT target): ${large_copies[*]:-?} MB/s"
+# OpenSSL counts in 1000-byte k; the table's rates are MiB/s.
+openssl_md5=$(openssl speed -evp md5 -bytes 1048576 -seconds 2 2>/dev/null | awk '$1 == "md5" {sub(/k$/, "", $2); printf "%.0f", $2 * 1000 / 1048576}')
+echo "MD5 on one core, the ceiling of one PUT stream: OpenSSL (Walrus' MD5) ${openssl_md5:-?} MiB/s, md5sum ${md5sum_rates[*]:-?} MiB/s"
+echo "70 % of the one-client file copy (the PUT target): ${large_copies[*]:-?} MiB/s"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ironbark peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/$IB_PID/status)"
 if [[ -n $OTHER_BIN ]]; then

@@ -44,7 +44,9 @@
 //! the node there, where QEMU 10 aborts if the filter may pull a movable
 //! node back to the main loop. Where io_uring is unusable (disabled by
 //! sysctl or a seccomp filter) the first daemon that fails says so and
-//! the rest use the thread pool.
+//! the rest use the thread pool. A daemon adopted from an SC that
+//! predates the iothread (none on its command line) gets its exports
+//! without one.
 //!
 //! # Files
 //!
@@ -265,10 +267,11 @@ impl Daemons {
     /// else on TCP with TLS. Returns the daemon.
     pub async fn ensure(&self, vol: &str, file: &Path, unix: bool) -> Result<Running, ScError> {
         use std::sync::atomic::Ordering;
+        // What this attempt uses: another volume's daemon may set the flag
+        // meanwhile, and this one must still get its retry.
+        let tried_io_uring = !self.no_io_uring.load(Ordering::Relaxed);
         match self.ensure_once(vol, file, unix).await {
-            Err(ScError::Io(e))
-                if e.contains("io_uring") && !self.no_io_uring.load(Ordering::Relaxed) =>
-            {
+            Err(ScError::Io(e)) if tried_io_uring && io_uring_refused(&e) => {
                 tracing::warn!(volume = %vol, error = %e, "io_uring unusable; daemons fall back to threads");
                 self.no_io_uring.store(true, Ordering::Relaxed);
                 self.ensure_once(vol, file, unix).await
@@ -554,30 +557,31 @@ impl Daemons {
                 tracing::info!(volume = %vol, export = %id, "export closed");
             }
         }
+        let iothread = self.alive(vol).is_some_and(has_iothread);
         for g in grants {
             if have.contains(&g.export) {
                 continue;
             }
-            qmp.execute(
-                "block-export-add",
-                Some(json!({
-                    "type": "nbd",
-                    "id": g.export,
-                    "node-name": NODE,
-                    "name": g.export,
-                    "writable": true,
-                    // Fixed: a node in the iothread that QEMU may move
-                    // gets moved back to the main loop by the filter a
-                    // snapshot inserts, and QEMU 10 aborts on that
-                    // (`bdrv_insert_node` asserts the context held). A
-                    // fixed export keeps the volume where it is, so the
-                    // filter and the snapshot target follow it instead.
-                    "iothread": IOTHREAD,
-                    "fixed-iothread": true,
-                })),
-            )
-            .await
-            .map_err(qmp_err("block-export-add"))?;
+            let mut export = json!({
+                "type": "nbd",
+                "id": g.export,
+                "node-name": NODE,
+                "name": g.export,
+                "writable": true,
+            });
+            if iothread {
+                // Fixed: a node in the iothread that QEMU may move gets
+                // moved back to the main loop by the filter a snapshot
+                // inserts, and QEMU 10 aborts on that (`bdrv_insert_node`
+                // asserts the context held). A fixed export keeps the
+                // volume where it is, so the filter and the snapshot
+                // target follow it instead.
+                export["iothread"] = json!(IOTHREAD);
+                export["fixed-iothread"] = json!(true);
+            }
+            qmp.execute("block-export-add", Some(export))
+                .await
+                .map_err(qmp_err("block-export-add"))?;
             tracing::info!(volume = %vol, export = %g.export, node = %g.node_id, "export opened");
         }
         Ok(())
@@ -740,6 +744,23 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ScError> {
         .and_then(|_| f.sync_all())
         .map_err(|e| ScError::io(tmp.display(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| ScError::io(path.display(), e))
+}
+
+/// Whether a daemon's start failed because io_uring is unusable: QEMU's
+/// own words when the kernel refuses it ("Unable to use io_uring"), or a
+/// QEMU built without it rejecting the value. Not any error that quotes
+/// the `--blockdev` option (QEMU repeats it, `aio=io_uring` included, when
+/// the volume file cannot be opened at all).
+fn io_uring_refused(error: &str) -> bool {
+    error.contains("Unable to use io_uring") || error.contains("value 'io_uring'")
+}
+
+/// Whether daemon `pid` runs with the iothread exports serve from (daemons
+/// adopted from an SC before it did have none, and QEMU refuses an export
+/// naming a missing iothread).
+fn has_iothread(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("iothread,id={IOTHREAD}")))
 }
 
 fn is_our_daemon(pid: u32, pidfile: &Path) -> bool {

@@ -175,6 +175,23 @@ fn local_grant() -> ironbark_sc::Grant {
     }
 }
 
+/// What the NC on this host is told for [`local_grant`]'s export.
+fn local_export(d: &ironbark_sc::Daemons) -> NbdExport {
+    NbdExport {
+        host: String::new(),
+        port: 0,
+        export: "e-local".into(),
+        tls_identity: String::new(),
+        psk_hex: String::new(),
+        socket: Some(d.nbd_socket("vol-t").display().to_string()),
+    }
+}
+
+/// Makes a stand-in daemon script runnable.
+fn executable(path: &Path) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// The command line of the daemon serving the volume.
 fn daemon_cmdline(data: &Path) -> String {
     let pid = std::fs::read_to_string(data.join("run/vol-t.pid")).unwrap();
@@ -361,14 +378,10 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
     let wrapper = root.0.join("qsd");
     std::fs::write(
         &wrapper,
-        "#!/bin/sh\ncase \"$*\" in *aio=io_uring*)\n  echo \"qemu-storage-daemon: Unable to use io_uring: Operation not permitted\" >&2; exit 1;;\nesac\nexec qemu-storage-daemon \"$@\"\n",
+        "#!/bin/sh\ncase \"$*\" in *aio=io_uring*)\n  echo \"qemu-storage-daemon: --blockdev driver=file,aio=io_uring: Unable to use io_uring: Operation not permitted\" >&2; exit 1;;\nesac\nexec qemu-storage-daemon \"$@\"\n",
     )
     .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    executable(&wrapper);
     let base = 24000 + (std::process::id() % 200) as u16 * 5;
     let d = common::daemons(&data, wrapper, (base, base + 4), &[LOCAL]);
     let file = blank_volume(&data);
@@ -380,14 +393,7 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
         "{cmd}"
     );
     d.set_exports("vol-t", &[local_grant()]).await.unwrap();
-    let nbd = NbdExport {
-        host: String::new(),
-        port: 0,
-        export: "e-local".into(),
-        tls_identity: String::new(),
-        psk_hex: String::new(),
-        socket: Some(d.nbd_socket("vol-t").display().to_string()),
-    };
+    let nbd = local_export(&d);
     let w = over_unix(&nbd, "write -P 0x3c 0 1M");
     assert!(ok(&w), "write through the thread pool: {w:?}");
     let r = over_unix(&nbd, "read -P 0x3c 0 1M");
@@ -418,9 +424,14 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
     let (_root, data) = scratch("port");
     let d = common::daemons(&data, "qemu-storage-daemon".into(), (1, 1), &[LOCAL]);
     let file = blank_volume(&data);
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    // A zombie (not yet reaped by whoever adopted the daemon) has an
+    // empty command line: it has stopped.
+    let alive =
+        |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
 
+    // With an export open, the daemon holds QEMU's write lock on the file.
     let first = d.ensure("vol-t", &file, true).await.unwrap();
+    d.set_exports("vol-t", &[local_grant()]).await.unwrap();
     std::fs::remove_file(data.join("run/vol-t.port")).unwrap();
     assert_eq!(
         d.find("vol-t"),
@@ -442,7 +453,8 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The replacement got the file (the old one's lock is gone) and serves.
+    // The replacement can open a writable export: the old daemon and its
+    // lock are gone.
     d.set_exports("vol-t", &[local_grant()]).await.unwrap();
 
     std::fs::remove_file(data.join("run/vol-t.port")).unwrap();
@@ -456,4 +468,68 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(d.running().is_empty());
+}
+
+/// A volume file that cannot be opened fails its daemon, and QEMU quotes
+/// the whole `--blockdev` option, `aio=io_uring` included: that is not
+/// io_uring being refused, and later daemons keep using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_volume_file_does_not_turn_io_uring_off() {
+    if !enabled() {
+        return;
+    }
+    let (_root, data) = scratch("missing");
+    let d = common::daemons(&data, "qemu-storage-daemon".into(), (1, 1), &[LOCAL]);
+    let err = d
+        .ensure("vol-t", &data.join("vol-t.raw"), true)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("aio=io_uring"), "{err}");
+    let file = blank_volume(&data);
+    d.ensure("vol-t", &file, true).await.unwrap();
+    let cmd = daemon_cmdline(&data);
+    assert!(cmd.contains("aio=io_uring"), "{cmd}");
+    d.stop("vol-t").await.unwrap();
+}
+
+/// A daemon started by an SC from before exports had an iothread (adopted
+/// after an upgrade, command line without it) still gets new exports:
+/// QEMU refuses an export naming an iothread the daemon does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_the_iothread_still_gets_exports() {
+    if !enabled() {
+        return;
+    }
+    let (root, data) = scratch("old");
+    // The daemon as an older SC started it: the same, minus the iothread.
+    let wrapper = root.0.join("qsd-old");
+    std::fs::write(
+        &wrapper,
+        r#"#!/bin/sh
+held=0
+for a do
+  shift
+  if [ $held = 1 ]; then
+    held=0
+    case "$a" in iothread,*) continue;; esac
+    set -- "$@" --object
+  fi
+  if [ "$a" = "--object" ]; then held=1; else set -- "$@" "$a"; fi
+done
+[ $held = 1 ] && set -- "$@" --object
+exec qemu-storage-daemon "$@"
+"#,
+    )
+    .unwrap();
+    executable(&wrapper);
+    let d = common::daemons(&data, wrapper, (1, 1), &[LOCAL]);
+    let file = blank_volume(&data);
+    d.ensure("vol-t", &file, true).await.unwrap();
+    let cmd = daemon_cmdline(&data);
+    assert!(!cmd.contains("iothread"), "{cmd}");
+    d.set_exports("vol-t", &[local_grant()]).await.unwrap();
+    let nbd = local_export(&d);
+    let w = over_unix(&nbd, "write -P 0x7e 0 64k");
+    assert!(ok(&w), "write to the old daemon's export: {w:?}");
+    d.stop("vol-t").await.unwrap();
 }
