@@ -35,6 +35,7 @@
 //! included); `rps` and the latency percentiles are over successful ones.
 
 mod flags;
+mod head;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -45,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flags::Flags;
+use head::{Head, bad};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -298,10 +300,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
 struct Response {
     status: u16,
     body: Vec<u8>,
@@ -379,43 +377,14 @@ impl Conn {
         let head_end = self.find_from(0, b"\r\n\r\n").await?;
         let head = std::str::from_utf8(&self.buf[..head_end])
             .map_err(|_| bad("response head is not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or("");
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line: {status_line:?}")))?;
-        let mut keep_alive = version == "HTTP/1.1";
-        let mut content_length: Option<usize> = None;
-        let mut chunked = false;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad(format!("bad Content-Length: {value}")))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    keep_alive = false;
-                } else if v.contains("keep-alive") {
-                    keep_alive = true;
-                }
-            }
-        }
+        let head = Head::parse(head)?;
+        let status = head.status;
+        let mut keep_alive = head.keep_alive;
         let mut pos = head_end + 4;
-        let body = if (100..200).contains(&status) || status == 204 || status == 304 {
+        // Every request here is a POST (the Query API).
+        let body = if !head.has_body("POST") {
             Vec::new()
-        } else if chunked {
+        } else if head.chunked {
             let mut body = Vec::new();
             loop {
                 let line_end = self.find_from(pos, b"\r\n").await?;
@@ -442,7 +411,8 @@ impl Conn {
                 pos += size + 2;
             }
             body
-        } else if let Some(len) = content_length {
+        } else if let Some(len) = head.content_length {
+            let len = usize::try_from(len).map_err(|_| bad("Content-Length too large"))?;
             self.ensure(pos + len).await?;
             let body = self.buf[pos..pos + len].to_vec();
             pos += len;

@@ -43,6 +43,8 @@
 
 #[path = "../flags.rs"]
 mod flags;
+#[path = "../head.rs"]
+mod head;
 mod http;
 
 use std::fs::File;
