@@ -388,10 +388,9 @@ fn b64(d: &[u8]) -> String {
 /// stand-in's own reading of the XML, not the SC's, so a test does not
 /// check the SC's requests with the SC's parser.
 fn xml_field(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{name}>"))? + start;
-    Some(xml[start..end].replace("&quot;", "\"").trim().to_string())
+    let (_, after) = xml.split_once(&format!("<{name}>"))?;
+    let (value, _) = after.split_once(&format!("</{name}>"))?;
+    Some(value.trim().replace("&quot;", "\""))
 }
 
 #[cfg(test)]
