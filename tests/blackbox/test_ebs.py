@@ -138,3 +138,56 @@ def test_volume_life_cycle_and_refusals(cloud):
         ec2.delete_volume(VolumeId=v_id)
         wait_until("deleted", lambda ec2=ec2: ec2.describe_volumes()["Volumes"] == [])
 
+
+
+def test_zstd_snapshots_by_cloud_property(cloud):
+    """The operator picks zstd for new snapshots with a cloud property: the
+    object in Walrus is zstd, and a volume restored from it (the SC's raw
+    copy gone, so from Walrus) holds the snapshotted bytes. A value the SC
+    cannot use is refused and changes nothing."""
+    import hashlib
+    import os
+
+    prop = "cloud.storage.snapshot_compression"
+    bad = cloud.admin("property", "set", prop, "xz", check=False)
+    assert bad.returncode != 0 and "InvalidParameterValue" in bad.stderr, bad
+    assert prop not in cloud.admin("property", "list")
+
+    ec2 = cloud.client(creds_of(cloud.new_account("ebsz")))
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    vid = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    wait_until("available", lambda: volume(ec2, vid)["State"] == "available")
+    # Data in the volume: written into its file on the SC while nothing
+    # serves it (not attached, no snapshot running).
+    vol_file = cloud.data_dir / "sc" / "volumes" / f"{vid}.raw"
+    blocks = {0: os.urandom(65536), 300 << 20: os.urandom(4096), (1 << 30) - 8192: os.urandom(8192)}
+    with open(vol_file, "r+b") as f:
+        for off, data in blocks.items():
+            f.seek(off)
+            f.write(data)
+
+    def digest(path):
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    want = digest(vol_file)
+    cloud.admin("property", "set", prop, "zstd")
+    try:
+        sid = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    finally:
+        cloud.admin("property", "set", prop, "gzip")
+    wait_until("completed", lambda: ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"]
+               == "completed")
+    s3 = s3_client(cloud)
+    obj = s3.get_object(Bucket=SNAPSHOTS, Key=f"{sid}.raw.zst")["Body"].read()
+    assert obj[:4] == b"\x28\xb5\x2f\xfd", "a zstd frame"
+    (cloud.data_dir / "sc" / "snapshots" / f"{sid}.raw").unlink()
+    rid = ec2.create_volume(SnapshotId=sid, AvailabilityZone=zone)["VolumeId"]
+    wait_until("restored from Walrus", lambda: volume(ec2, rid)["State"] == "available")
+    assert digest(cloud.data_dir / "sc" / "volumes" / f"{rid}.raw") == want
+    for v in (vid, rid):
+        ec2.delete_volume(VolumeId=v)
+    ec2.delete_snapshot(SnapshotId=sid)

@@ -290,13 +290,10 @@ impl Cloud {
                 ));
             }
             if inst.state != InstanceState::Running {
+                // EC2's code and words, which tools wait and retry on.
                 return Err(Error::new(
-                    ErrorKind::IncorrectInstanceState,
-                    format!(
-                        "Instance '{}' is {}; volumes attach to running instances",
-                        inst.id,
-                        inst.state.as_str()
-                    ),
+                    ErrorKind::IncorrectState,
+                    format!("Instance '{}' is not 'running'.", inst.id),
                 ));
             }
             if inst.zone != v.zone {
@@ -465,7 +462,17 @@ impl Cloud {
                 ));
             }
             let id = SnapshotId::generate();
-            let compression = Compression::default();
+            let compression = crate::properties::compression(
+                self.store
+                    .property(crate::properties::SNAPSHOT_COMPRESSION)
+                    .await?
+                    .as_deref(),
+            )
+            .unwrap_or_else(|e| {
+                // Only a value stored around `admin property set`.
+                tracing::warn!(error = %e, "snapshot compression: using gzip");
+                Compression::Gzip
+            });
             let key = snapshot_key(&id, compression);
             self.objects.ensure_system_bucket(SNAPSHOT_BUCKET).await?;
             let upload_id = self.objects.create_upload(SNAPSHOT_BUCKET, &key).await?;
@@ -570,7 +577,11 @@ impl Cloud {
             restorable_by.is_empty()
                 || restorable_by.iter().any(|r| match r.as_str() {
                     "all" => s.public,
-                    "self" => s.account_id.as_str() == me,
+                    // Its own and those shared with it explicitly, as EC2.
+                    "self" => {
+                        s.account_id.as_str() == me
+                            || s.shared_with.iter().any(|a| a.as_str() == me)
+                    }
                     other => {
                         s.public
                             || s.account_id.as_str() == other
@@ -1337,6 +1348,31 @@ mod tests {
         c.ebs_tick().await.unwrap();
         let v2now = state(&v2.id).await.unwrap();
         assert!(v2now.attachment.is_none() && v2now.state == VolumeState::Available);
+        // An instance not yet running is refused as EC2 refuses it.
+        let mut pending = c
+            .store
+            .instance(&InstanceId::parse(&inst).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        pending.id = InstanceId::generate();
+        pending.state = InstanceState::Pending;
+        c.store
+            .insert_instances(std::slice::from_ref(&pending))
+            .await
+            .unwrap();
+        let refused = c
+            .attach_volume(&alice, att(&v2id, pending.id.as_str(), "/dev/vdc"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.message),
+            (
+                ErrorKind::IncorrectState,
+                format!("Instance '{}' is not 'running'.", pending.id)
+            )
+        );
+        assert!(state(&v2.id).await.unwrap().attachment.is_none());
 
         // Snapshot: pending until the SC has uploaded it, then completed.
         *sc.hold.lock().unwrap() = true;
@@ -1380,6 +1416,30 @@ mod tests {
         c.push_storage().await.unwrap();
         let d = sc.last.lock().unwrap().clone().unwrap();
         assert_eq!(d.snapshots[0].target, WalrusTarget::default());
+
+        // The operator's choice of compression applies to new snapshots;
+        // each keeps the one it started with.
+        c.store
+            .set_property(crate::properties::SNAPSHOT_COMPRESSION, "zstd")
+            .await
+            .unwrap();
+        *sc.hold.lock().unwrap() = true;
+        let z = c.create_snapshot(&alice, &vid, "zstd").await.unwrap();
+        assert_eq!(z.compression, "zstd");
+        assert!(z.location.ends_with(".raw.zst"), "{}", z.location);
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        let spec = d.snapshots.iter().find(|x| x.snapshot_id == z.id.as_str());
+        assert_eq!(spec.unwrap().compression, Compression::Zstd);
+        c.store
+            .set_property(crate::properties::SNAPSHOT_COMPRESSION, "gzip")
+            .await
+            .unwrap();
+        c.push_storage().await.unwrap();
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        let spec = d.snapshots.iter().find(|x| x.snapshot_id == z.id.as_str());
+        assert_eq!(spec.unwrap().compression, Compression::Zstd);
+        c.delete_snapshot(&alice, z.id.as_str()).await.unwrap();
+        *sc.hold.lock().unwrap() = false;
 
         // A snapshot that fails, and one deleted while pending, have their
         // uploads aborted.
@@ -1451,6 +1511,19 @@ mod tests {
                 .len(),
             1
         );
+        let restorable = |by: &str| {
+            let (c, bob, by) = (&c, &bob, vec![by.to_string()]);
+            async move {
+                c.describe_snapshots(bob, &[], &[], &by, &[])
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(s, _)| s.id.to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(restorable("self").await, vec![sid.clone()]);
+        assert!(restorable("all").await.is_empty(), "not public");
         assert_eq!(
             kind(c.create_volume(&bob, Some("1"), Some(&sid), "zone1").await),
             ErrorKind::InvalidParameterValue,

@@ -31,6 +31,7 @@ use ironbark_node_api::{
 };
 use ironbark_types::*;
 
+use crate::properties::{NODE_POLL, TERMINATED_TIME};
 use crate::{Caller, Cloud};
 
 /// The zone's CC, as the CLC drives it.
@@ -104,8 +105,6 @@ pub struct StateChange {
     pub current: InstanceState,
 }
 
-/// Bury delay property (seconds), as Eucalyptus named it.
-pub const TERMINATED_TIME: &str = "cloud.vmstate.terminated_time";
 const DEFAULT_TERMINATED_SECS: i64 = 600;
 /// Machine images whose object ends so boot from kernel and ramdisk alone.
 pub const MANIFEST_SUFFIX: &str = "manifest.json";
@@ -130,10 +129,6 @@ fn mac_for(id: &InstanceId) -> String {
     };
     format!("d0:0d:{}:{}:{}:{}", b(0), b(2), b(4), b(6))
 }
-
-/// How often the CC polls its NCs (seconds), as a cloud property; the CC's
-/// own default (6 s) applies while it is unset.
-pub const NODE_POLL: &str = "cloud.node.poll_interval";
 
 /// A stored rule as the CC enforces it.
 fn ingress_rule(r: &Rule) -> IngressRule {

@@ -17,6 +17,7 @@ mod groups;
 mod images;
 mod instances;
 mod keypairs;
+mod properties;
 mod tags;
 mod zones;
 
@@ -34,8 +35,11 @@ pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{
     LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage, check_name as check_image_name,
 };
-pub use instances::{Cluster, NODE_POLL, NoCluster, RunRequest, StateChange, TERMINATED_TIME};
+pub use instances::{Cluster, NoCluster, RunRequest, StateChange};
 pub use keypairs::CreatedKeyPair;
+pub use properties::{
+    CLUSTER_POLL, NODE_POLL, SNAPSHOT_COMPRESSION, TERMINATED_TIME, check_property,
+};
 pub use zones::{RegionInfo, ZoneLine};
 
 /// Who is calling: resolved from the access key that signed the request.

@@ -901,6 +901,7 @@ async fn admin(data_dir: PathBuf, cmd: AdminCommand) -> ironbark_types::Result<(
             print(json!(props));
         }
         AdminCommand::Property(PropertyCmd::Set { name, value }) => {
+            ironbark_clc::check_property(&name, &value)?;
             cloud.store().set_property(&name, &value).await?;
             print(json!({name: value}));
         }

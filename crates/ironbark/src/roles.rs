@@ -223,7 +223,7 @@ pub fn spawn_clc_loop(cloud: Arc<Cloud>) {
             }
             let every = cloud
                 .store()
-                .property(CLUSTER_POLL)
+                .property(ironbark_clc::CLUSTER_POLL)
                 .await
                 .ok()
                 .flatten()
@@ -240,6 +240,3 @@ pub fn spawn_clc_loop(cloud: Arc<Cloud>) {
         }
     });
 }
-
-/// How often the CLC polls its CC (seconds), as a cloud property.
-pub const CLUSTER_POLL: &str = "cloud.cluster.poll_interval";
