@@ -4,7 +4,9 @@ serial is the volume id, served by the SC over NBD on a Unix socket only
 root can reach, as the NC shares the SC's host), written
 and checksummed inside the guest, detached, attached to a second guest
 where the checksum matches; a snapshot of it restored into a new volume
-holds the same data, from the SC's raw copy and from Walrus alike; terminating an instance leaves its volume available
+holds the same data, from the SC's raw copy and from Walrus alike; a
+volume force-detached from one guest and attached to another is out of
+the first one's reach; terminating an instance leaves its volume available
 with its data intact.
 
 Needs root, QEMU, qemu-storage-daemon, dnsmasq and nft (the test command
@@ -145,6 +147,23 @@ def test_volumes_move_between_guests_and_survive_them(ebscloud, test_image, tmp_
     wait_for("Walrus copy attached", lambda: attached(wid, a), timeout=90)
     dev_w = wait_for("Walrus copy in a", lambda: disk_of(a, wid), timeout=60)
     assert md5_of(a, dev_w) == written
+
+    # Force-detached from b (its guest is not asked) and attached to a at
+    # once: a reads the same bytes, and b can no longer read the volume
+    # (its export is withdrawn, and a's is a new one b's QEMU cannot open).
+    ec2.detach_volume(VolumeId=vid, Force=True)
+    wait_for("force-detached", lambda: available(vid), timeout=90)
+    ec2.attach_volume(VolumeId=vid, InstanceId=a, Device="/dev/sdf")
+    wait_for("attached to a after the force", lambda: attached(vid, a), timeout=90)
+    dev_f = wait_for("disk in a after the force", lambda: disk_of(a, vid), timeout=60)
+    assert md5_of(a, dev_f) == written
+    r = c.ns_run(*ssh, f"root@{ips[b]}", f"dd if={dev_b} of=/dev/null bs=4k count=1 iflag=direct",
+                 check=False, timeout=60)
+    assert r.returncode != 0, f"b still reads the force-detached volume: {r.stdout} {r.stderr}"
+    ec2.detach_volume(VolumeId=vid)
+    wait_for("detached from a", lambda: available(vid), timeout=90)
+    ec2.attach_volume(VolumeId=vid, InstanceId=b, Device="/dev/vdc")
+    wait_for("attached to b again", lambda: attached(vid, b), timeout=90)
 
     # Terminating b leaves its volume available, data intact.
     ec2.terminate_instances(InstanceIds=[b])

@@ -387,6 +387,9 @@ impl Cloud {
             v
         };
         tracing::info!(volume = %v.id, force, "detaching");
+        if force {
+            self.push_storage_logged().await;
+        }
         if let Err(e) = self.push_desired().await {
             tracing::warn!(error = %e, "sending the zone's desired state failed; the EBS tick retries");
         }
@@ -699,14 +702,18 @@ impl Cloud {
                 },
                 _ => None,
             };
+            // A forced detach withdraws the export at once: the guest is
+            // not waited for, so its VM is cut off rather than left on it.
             let exports = v
                 .attachment
                 .as_ref()
+                .filter(|a| !a.force_detach)
                 .and_then(|a| instances.get(&a.instance_id))
                 .filter(|i| i.state != InstanceState::Terminated)
                 .map(|i| {
                     vec![ExportSpec {
                         node_id: i.node_id.clone(),
+                        instance_id: i.id.to_string(),
                     }]
                 })
                 .unwrap_or_default();
@@ -764,18 +771,19 @@ impl Cloud {
         self.observe_storage(&report).await
     }
 
-    async fn push_storage_logged(&self) {
+    pub(crate) async fn push_storage_logged(&self) {
         if let Err(e) = self.push_storage().await {
             tracing::warn!(error = %e, "sending the storage desired state failed; the EBS tick retries");
         }
     }
 
-    /// The NBD export an NC should attach for `volume` on `node`, once the
-    /// SC has it ready.
+    /// The NBD export an NC should attach for `volume` on `node` for
+    /// `instance`, once the SC has it ready.
     pub(crate) fn ready_export(
         &self,
         volume: &VolumeId,
         node: &str,
+        instance: &InstanceId,
     ) -> Option<ironbark_sc_api::NbdExport> {
         let report = self.storage_report.lock().expect("storage report lock");
         report
@@ -785,7 +793,11 @@ impl Cloud {
             .find(|v| v.volume_id == volume.as_str())?
             .exports
             .iter()
-            .find(|e| e.node_id == node && e.state == ExportState::Ready)?
+            .find(|e| {
+                e.node_id == node
+                    && e.instance_id == instance.as_str()
+                    && e.state == ExportState::Ready
+            })?
             .nbd
             .clone()
     }
@@ -1012,6 +1024,7 @@ mod tests {
                     .iter()
                     .map(|e| ExportReport {
                         node_id: e.node_id.clone(),
+                        instance_id: e.instance_id.clone(),
                         state: if hold {
                             ExportState::Pending
                         } else {
@@ -1254,11 +1267,13 @@ mod tests {
         assert_eq!(
             spec.exports,
             vec![ExportSpec {
-                node_id: "node-1".into()
+                node_id: "node-1".into(),
+                instance_id: inst.clone(),
             }]
         );
         assert!(
-            c.ready_export(&v.id, "node-1").is_none(),
+            c.ready_export(&v.id, "node-1", &InstanceId::parse(&inst).unwrap())
+                .is_none(),
             "the SC has not opened it yet"
         );
         assert_eq!(
@@ -1337,6 +1352,62 @@ mod tests {
                 .kind,
             ErrorKind::IncorrectState
         );
+
+        // Force: the attachment and the export go at once (the guest is not
+        // asked). Attached again to another instance on the same NC, the
+        // volume is exported for that instance, not under the export the
+        // first VM's QEMU may still try to reconnect to.
+        let inst2 = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap()[0]
+            .id
+            .to_string();
+        c.attach_volume(&alice, att(&vid, &inst, "/dev/sdb"))
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        assert_eq!(
+            state(&v.id).await.unwrap().attachment.unwrap().state,
+            AttachState::Attached
+        );
+        let exports_of = |vid: &str| {
+            let d = sc.last.lock().unwrap().clone().unwrap();
+            d.volumes
+                .iter()
+                .find(|x| x.volume_id == vid)
+                .unwrap()
+                .exports
+                .clone()
+        };
+        assert_eq!(exports_of(&vid)[0].instance_id, inst);
+        let forced = c
+            .detach_volume(&alice, &vid, None, None, true)
+            .await
+            .unwrap();
+        assert_eq!(forced.attachment.unwrap().state, AttachState::Detaching);
+        assert!(
+            exports_of(&vid).is_empty(),
+            "the export is withdrawn at once"
+        );
+        c.ebs_tick().await.unwrap();
+        assert!(state(&v.id).await.unwrap().attachment.is_none());
+        c.attach_volume(&alice, att(&vid, &inst2, "/dev/sdb"))
+            .await
+            .unwrap();
+        assert_eq!(
+            exports_of(&vid),
+            vec![ExportSpec {
+                node_id: "node-1".into(),
+                instance_id: inst2.clone(),
+            }]
+        );
+        c.detach_volume(&alice, &vid, None, None, true)
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        c.terminate_instances(&alice, std::slice::from_ref(&inst2))
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        assert_eq!(state(&v.id).await.unwrap().api_state(), "available");
 
         // A terminated instance's volumes become available, data intact.
         c.attach_volume(&alice, att(&v2id, &inst, "/dev/vdc"))

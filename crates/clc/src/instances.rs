@@ -526,7 +526,7 @@ impl Cloud {
                         if a.instance_id != i.id || a.state == AttachState::Detaching {
                             return None;
                         }
-                        let e = self.ready_export(&v.id, &i.node_id)?;
+                        let e = self.ready_export(&v.id, &i.node_id, &i.id)?;
                         Some(VolumeAttachment {
                             volume_id: v.id.to_string(),
                             device: a.device.clone(),
@@ -643,7 +643,11 @@ impl Cloud {
                 tracing::info!(instance = %i.id, from = i.state.as_str(), to = to.as_str(), "instance state");
             }
         }
-        self.observe_attachments(&report.plugged_volumes()).await?;
+        if self.observe_attachments(&report.plugged_volumes()).await? {
+            // An attachment ended: its export closes now, not at the
+            // SC's next periodic resend.
+            self.push_storage_logged().await;
+        }
         self.release_idle_segments().await
     }
 

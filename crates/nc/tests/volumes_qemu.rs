@@ -270,6 +270,7 @@ async fn a_volume_moves_between_guests_and_snapshots_are_point_in_time() {
         exports: if exports {
             vec![ExportSpec {
                 node_id: NODE_ID.into(),
+                instance_id: "i-qemu".into(),
             }]
         } else {
             vec![]

@@ -130,12 +130,20 @@ pub struct SnapshotSource {
     pub force_download: bool,
 }
 
-/// One NC allowed to attach the volume.
+/// One attachment of the volume: the NC allowed to attach it, for one
+/// instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportSpec {
-    /// The NC's node id (as in its `NodeReport`). The export's TLS-PSK
-    /// identity is derived from it; its key is made by the SC.
+    /// The NC's node id (as in its `NodeReport`).
     pub node_id: String,
+    /// The instance the volume is attached to on that NC. The export's
+    /// name, TLS-PSK identity and key are derived from the volume, the NC
+    /// and the instance, so an attachment to another instance on the same
+    /// NC is a new export: the VM of a force-detached or terminated
+    /// attachment, whose QEMU may still be reconnecting, cannot get back
+    /// in. Empty from a CLC that predates it (one export per NC).
+    #[serde(default)]
+    pub instance_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +278,9 @@ pub struct NbdExport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportReport {
     pub node_id: String,
+    /// As in the [`ExportSpec`] it answers.
+    #[serde(default)]
+    pub instance_id: String,
     pub state: ExportState,
     /// Set when `Ready`.
     pub nbd: Option<NbdExport>,
@@ -318,16 +329,26 @@ pub struct StorageReport {
     pub snapshots: Vec<SnapshotReport>,
 }
 
-/// The NBD export name of a volume for one NC: unguessable names are not
-/// the protection (TLS-PSK is), but one name per NC keeps exports of a
-/// volume to two NCs (a live move) apart.
-pub fn export_name(volume_id: &str, node_id: &str) -> String {
-    format!("{volume_id}.{node_id}")
+/// The NBD export name of a volume for one attachment: unguessable names
+/// are not the protection (TLS-PSK, or the Unix socket's permissions,
+/// is), but one name per NC and instance keeps exports of a volume apart,
+/// and an export taken away stays away from the QEMU that had it (see
+/// [`ExportSpec::instance_id`]).
+pub fn export_name(volume_id: &str, node_id: &str, instance_id: &str) -> String {
+    if instance_id.is_empty() {
+        format!("{volume_id}.{node_id}")
+    } else {
+        format!("{volume_id}.{node_id}.{instance_id}")
+    }
 }
 
 /// The TLS-PSK identity of an export.
-pub fn tls_identity(volume_id: &str, node_id: &str) -> String {
-    format!("{node_id}.{volume_id}")
+pub fn tls_identity(volume_id: &str, node_id: &str, instance_id: &str) -> String {
+    if instance_id.is_empty() {
+        format!("{node_id}.{volume_id}")
+    } else {
+        format!("{node_id}.{instance_id}.{volume_id}")
+    }
 }
 
 /// The GnuTLS priority both ends of an export's TLS session use (QEMU's

@@ -63,7 +63,10 @@ async fn main() {
         size_gib: gib,
         source: None,
         exports: node
-            .map(|n| ExportSpec { node_id: n.into() })
+            .map(|n| ExportSpec {
+                node_id: n.into(),
+                instance_id: "i-nbdbench".into(),
+            })
             .into_iter()
             .collect(),
     };

@@ -156,6 +156,7 @@ impl DaemonConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub node_id: String,
+    pub instance_id: String,
     pub export: String,
     pub identity: String,
     pub psk_hex: String,

@@ -14,10 +14,12 @@
 //!   then gone. Only the backend's list of whole volumes makes a volume
 //!   `available`, so a half-made one never is.
 //! - **Exports** of an available volume are applied in the pass itself
-//!   (quick QMP calls): the set of [`Grant`]s, one per NC named, each with
-//!   its own TLS-PSK identity and key. Keys are derived, HMAC-SHA256 of the
-//!   volume and NC under a per-SC secret (`<data>/psk.secret`), so they are
-//!   stable across restarts without being stored per export.
+//!   (quick QMP calls): the set of [`Grant`]s, one per attachment (NC and
+//!   instance) named, each with its own export name, TLS-PSK identity and
+//!   key. Keys are derived, HMAC-SHA256 of the volume, NC and instance
+//!   under a per-SC secret (`<data>/psk.secret`), so they are stable
+//!   across restarts without being stored per export, and an attachment
+//!   to another instance never opens with the last one's name or key.
 //! - **Snapshots**: `pending` while a saga runs — point-in-time raw copy
 //!   (holding the volume's lock, so no export change or delete runs
 //!   meanwhile), then compression and upload (without it) — and
@@ -289,10 +291,15 @@ impl Storage {
                 mac.update(v.volume_id.as_bytes());
                 mac.update(b"\0");
                 mac.update(e.node_id.as_bytes());
+                if !e.instance_id.is_empty() {
+                    mac.update(b"\0");
+                    mac.update(e.instance_id.as_bytes());
+                }
                 Grant {
                     node_id: e.node_id.clone(),
-                    export: export_name(&v.volume_id, &e.node_id),
-                    identity: tls_identity(&v.volume_id, &e.node_id),
+                    instance_id: e.instance_id.clone(),
+                    export: export_name(&v.volume_id, &e.node_id, &e.instance_id),
+                    identity: tls_identity(&v.volume_id, &e.node_id, &e.instance_id),
                     psk_hex: hex::encode(mac.finalize().into_bytes()),
                 }
             })
@@ -335,9 +342,14 @@ impl Storage {
             for v in &desired.volumes {
                 let invalid = valid_id("volume id", &v.volume_id)
                     .and_then(|_| {
-                        v.exports
-                            .iter()
-                            .try_for_each(|e| valid_id("node id", &e.node_id))
+                        v.exports.iter().try_for_each(|e| {
+                            valid_id("node id", &e.node_id)?;
+                            if e.instance_id.is_empty() {
+                                Ok(())
+                            } else {
+                                valid_id("instance id", &e.instance_id)
+                            }
+                        })
                     })
                     .err()
                     .or_else(|| (v.size_gib == 0).then(|| "a volume needs at least 1 GiB".into()));
@@ -507,6 +519,7 @@ impl Storage {
                     .zip(nbd)
                     .map(|(g, n)| ExportReport {
                         node_id: g.node_id.clone(),
+                        instance_id: g.instance_id.clone(),
                         state: ExportState::Ready,
                         nbd: Some(n),
                         error: None,
@@ -520,6 +533,7 @@ impl Storage {
                     .iter()
                     .map(|g| ExportReport {
                         node_id: g.node_id.clone(),
+                        instance_id: g.instance_id.clone(),
                         state: ExportState::Error,
                         nbd: None,
                         error: Some(e.to_string()),

@@ -60,8 +60,12 @@ fn find(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
+/// An attachment to an instance on NC `n`.
 fn export_to(n: &str) -> ExportSpec {
-    ExportSpec { node_id: n.into() }
+    ExportSpec {
+        node_id: n.into(),
+        instance_id: format!("i-on-{n}"),
+    }
 }
 
 fn vol(id: &str, gib: u64, exports: &[&str], source: Option<SnapshotSource>) -> VolumeSpec {
@@ -187,7 +191,7 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
     })
     .await;
     let nbd = nbd_of(&r, "vol-1").unwrap();
-    assert_eq!(nbd.tls_identity, "nc-a.vol-1");
+    assert_eq!(nbd.tls_identity, "nc-a.i-on-nc-a.vol-1");
     let raw = data.canonicalize().unwrap().join("volumes/vol-1.raw");
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 1 << 30);
 
@@ -218,7 +222,13 @@ async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_
     assert!(ok(&rd), "read failed: {rd:?}");
     // Another identity, a wrong key, or no TLS at all: refused.
     let other_key = "ab".repeat(32);
-    let bad = qemu_io(&scratch, &nbd, "nc-b.vol-1", &other_key, "read 0 4k");
+    let bad = qemu_io(
+        &scratch,
+        &nbd,
+        "nc-b.i-on-nc-b.vol-1",
+        &other_key,
+        "read 0 4k",
+    );
     assert!(!ok(&bad), "another NC got in: {bad:?}");
     let bad = qemu_io(&scratch, &nbd, &nbd.tls_identity, &other_key, "read 0 4k");
     assert!(!ok(&bad), "a wrong key got in: {bad:?}");

@@ -114,8 +114,8 @@ async fn a_volume_is_creating_until_whole_then_available_and_exported() {
     .await;
     let r = s.report();
     let e = r.volumes[0].exports[0].nbd.clone().unwrap();
-    assert_eq!(e.export, "vol-1.nc-a");
-    assert_eq!(e.tls_identity, "nc-a.vol-1");
+    assert_eq!(e.export, "vol-1.nc-a.i-on-nc-a");
+    assert_eq!(e.tls_identity, "nc-a.i-on-nc-a.vol-1");
     assert_eq!(e.psk_hex.len(), 64);
     // Keys differ per NC and per volume, and are stable.
     s.apply(desired(

@@ -173,6 +173,7 @@ fn blank_volume(data: &Path) -> PathBuf {
 fn local_grant() -> ironbark_sc::Grant {
     ironbark_sc::Grant {
         node_id: LOCAL.into(),
+        instance_id: "i-local".into(),
         export: "e-local".into(),
         identity: String::new(),
         psk_hex: String::new(),
@@ -250,7 +251,7 @@ async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
     s.apply(desired(2, &[REMOTE])).await.unwrap();
     let remote = ready(&s, &[REMOTE]).await.remove(0);
     assert_eq!(remote.socket, None);
-    assert_eq!(remote.tls_identity, format!("{REMOTE}.vol-t"));
+    assert_eq!(remote.tls_identity, format!("{REMOTE}.i-on-{REMOTE}.vol-t"));
     assert!(remote.port >= base && remote.port <= base + 9);
     assert!(!sock.exists(), "the Unix socket outlived the local export");
     let rd = over_tls(&scratch, &remote, "read -P 0x5a 0 1M");
@@ -272,7 +273,7 @@ async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
         remote.port
     );
     let mut stolen = remote.clone();
-    stolen.tls_identity = format!("{LOCAL}.vol-t");
+    stolen.tls_identity = format!("{LOCAL}.i-on-{LOCAL}.vol-t");
     let bad = over_tls(&scratch, &stolen, "read 0 4k");
     assert!(!ok(&bad), "another NC's identity got in: {bad:?}");
 
@@ -603,4 +604,78 @@ async fn exports_are_served_from_the_iothread() {
         "the main loop did {main} of the daemon's {all} ticks: {ticks:?}"
     );
     d.stop("vol-t").await.unwrap();
+}
+
+/// The volume attached to `instance` on NC `node`.
+fn attached_to(generation: u64, node: &str, instance: &str) -> DesiredStorage {
+    let mut v = vol("vol-t", &[node]);
+    v.exports[0].instance_id = instance.into();
+    DesiredStorage {
+        generation,
+        volumes: vec![v],
+        snapshots: vec![],
+    }
+}
+
+/// An attachment to another instance on the same NC is another export:
+/// the VM that had the volume (force-detached, or terminated while its
+/// QEMU still runs) reconnects to its own export name, or with its own
+/// TLS identity and key, and is refused, so two VMs never write the
+/// volume at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_on_the_same_nc_gets_its_own_export() {
+    if !enabled() {
+        return;
+    }
+    let (root, data) = scratch("reattach");
+    let mut settings = ScSettings::new(data.clone(), "token", "127.0.0.1:0".parse().unwrap());
+    let base = 25000 + (std::process::id() % 200) as u16 * 10;
+    settings.nbd_ports = (base, base + 9);
+    settings.local_nodes = vec![LOCAL.into()];
+    let s = ironbark_sc::open(&settings).await.unwrap();
+
+    // On this host's NC: the first instance's export name stops working.
+    s.apply(attached_to(1, LOCAL, "i-first")).await.unwrap();
+    let first = ready(&s, &[LOCAL]).await.remove(0);
+    assert!(ok(&over_unix(&first, "write -P 0x33 0 64k")));
+    s.apply(attached_to(2, LOCAL, "i-second")).await.unwrap();
+    let second = ready(&s, &[LOCAL]).await.remove(0);
+    assert_ne!(first.export, second.export);
+    let old = over_unix(&first, "read 0 4k");
+    assert!(
+        !ok(&old),
+        "the first instance's export still opens: {old:?}"
+    );
+    let rd = over_unix(&second, "read -P 0x33 0 64k");
+    assert!(ok(&rd), "the second instance reads the data: {rd:?}");
+
+    // On another host's NC: the first instance's identity and key stop
+    // working, and the new key is not the old one.
+    let scratch = root.0.join("scratch");
+    s.apply(attached_to(3, REMOTE, "i-first")).await.unwrap();
+    let first = ready(&s, &[REMOTE]).await.remove(0);
+    assert!(ok(&over_tls(&scratch, &first, "read -P 0x33 0 64k")));
+    s.apply(attached_to(4, REMOTE, "i-second")).await.unwrap();
+    let second = ready(&s, &[REMOTE]).await.remove(0);
+    assert_ne!(first.tls_identity, second.tls_identity);
+    assert_ne!(first.psk_hex, second.psk_hex);
+    let old = over_tls(&scratch, &first, "read 0 4k");
+    assert!(!ok(&old), "the first instance's key still opens: {old:?}");
+    let mut old_key = second.clone();
+    old_key.psk_hex = first.psk_hex.clone();
+    let bad = over_tls(&scratch, &old_key, "read 0 4k");
+    assert!(!ok(&bad), "the old key opens the new export: {bad:?}");
+    let rd = over_tls(&scratch, &second, "read -P 0x33 0 64k");
+    assert!(ok(&rd), "the second instance reads the data: {rd:?}");
+
+    s.apply(attached_to(5, REMOTE, "i-second")).await.unwrap();
+    s.apply(DesiredStorage {
+        generation: 6,
+        volumes: vec![vol("vol-t", &[])],
+        snapshots: vec![],
+    })
+    .await
+    .unwrap();
+    s.settle().await;
+    s.shutdown();
 }

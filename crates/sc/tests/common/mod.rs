@@ -13,6 +13,7 @@ pub fn vol(id: &str, exports: &[&str]) -> VolumeSpec {
             .iter()
             .map(|n| ExportSpec {
                 node_id: n.to_string(),
+                instance_id: format!("i-on-{n}"),
             })
             .collect(),
     }
