@@ -14,6 +14,9 @@
 //! attachment: attaching --NC plugged it--> attached --DetachVolume--> detaching --NC unplugged--> (none)
 //!             (the instance terminated: none at once; its VM is gone)
 //! snapshot:   pending --SC uploaded, checksummed--> completed      (or error)
+//!             (CreateSnapshot answers once the SC has begun the copy, so
+//!             the snapshot is the volume as of the call; if the SC cannot
+//!             begin it in time, the call fails and nothing is left)
 //! ```
 //!
 //! A snapshot's object reaches Walrus as a multipart upload the CLC creates
@@ -50,6 +53,12 @@ const STORAGE_RESEND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest volume, in GiB (EC2's standard volumes stopped at 1 TiB).
 const MAX_VOLUME_GIB: u32 = 1024;
+
+/// How long CreateSnapshot waits for the SC to begin the copy (normally
+/// well under a second: a daemon to start, a QMP call). Past it the
+/// request fails and the snapshot is withdrawn rather than taken at some
+/// later moment the caller did not ask for.
+pub(crate) const SNAPSHOT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a presigned snapshot upload or download stays valid.
 const PRESIGN_SECS: u32 = 6 * 3600;
@@ -507,8 +516,71 @@ impl Cloud {
             s
         };
         tracing::info!(snapshot = %s.id, volume = %s.volume_id, "snapshot started");
-        self.push_storage_logged().await;
-        Ok(s)
+        // EC2 lets the caller resume writes (unfreeze a file system) once
+        // CreateSnapshot has answered, so the answer waits until the SC has
+        // fixed the snapshot's moment; one it cannot fix in time is
+        // withdrawn (record, upload, the SC's task) and the call fails,
+        // rather than being taken later than asked.
+        match self.await_point_in_time(&s.id).await {
+            Ok(progress) => Ok(Snapshot { progress, ..s }),
+            Err(e) => {
+                tracing::warn!(snapshot = %s.id, error = %e, "snapshot withdrawn");
+                {
+                    let _serial = self.ebs_lock.lock().await;
+                    self.store.delete_snapshot(&s.id).await?;
+                }
+                self.push_storage_logged().await;
+                self.abort_upload_logged(&s).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the SC to report snapshot `id`'s moment fixed; its
+    /// progress then.
+    async fn await_point_in_time(&self, id: &SnapshotId) -> Result<u8> {
+        let deadline = std::time::Instant::now() + self.snapshot_start_wait;
+        let mut report = self
+            .push_storage()
+            .await
+            .map(|()| self.last_storage_report());
+        loop {
+            match report {
+                Ok(Some(r)) => {
+                    if let Some(s) = r.snapshots.iter().find(|s| s.snapshot_id == id.as_str()) {
+                        if s.state == ironbark_sc_api::SnapshotState::Error {
+                            return Err(Error::internal(format!(
+                                "the storage controller could not take snapshot {id}: {}",
+                                s.error.as_deref().unwrap_or("no reason given")
+                            )));
+                        }
+                        if s.point_in_time {
+                            return Ok(s.progress.min(99));
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(snapshot = %id, error = %e, "asking the SC"),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::internal(format!(
+                    "the storage controller did not begin snapshot {id} within {} s; try again",
+                    self.snapshot_start_wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            report = match self.storage.report().await {
+                Ok(r) => self.observe_storage(&r).await.map(|()| Some(r)),
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    fn last_storage_report(&self) -> Option<StorageReport> {
+        self.storage_report
+            .lock()
+            .expect("storage report lock")
+            .clone()
     }
 
     /// DeleteSnapshot: the record, the SC's raw copy and the Walrus object.
@@ -995,10 +1067,14 @@ mod tests {
     use crate::testutil::caller;
 
     /// A fake SC: makes volumes, exports and snapshots as soon as it is
-    /// told, unless `hold` keeps everything where it is.
+    /// told, unless `hold` keeps everything where it is; `stuck` keeps a
+    /// snapshot's copy from beginning at all.
     #[derive(Default)]
     struct FakeSc {
         hold: Mutex<bool>,
+        stuck: Mutex<bool>,
+        /// Every snapshot id ever desired.
+        seen: Mutex<Vec<String>>,
         report: Mutex<StorageReport>,
         last: Mutex<Option<DesiredStorage>>,
     }
@@ -1007,6 +1083,12 @@ mod tests {
     impl Storage for FakeSc {
         async fn apply(&self, d: DesiredStorage) -> Result<StorageReport> {
             *self.last.lock().unwrap() = Some(d.clone());
+            for s in &d.snapshots {
+                let mut seen = self.seen.lock().unwrap();
+                if !seen.contains(&s.snapshot_id) {
+                    seen.push(s.snapshot_id.clone());
+                }
+            }
             let hold = *self.hold.lock().unwrap();
             let mut r = self.report.lock().unwrap();
             r.volumes
@@ -1064,6 +1146,7 @@ mod tests {
                         volume_id: s.volume_id.clone(),
                         state: ironbark_sc_api::SnapshotState::Pending,
                         progress: 40,
+                        point_in_time: !*self.stuck.lock().unwrap(),
                         volume_size: 1 << 30,
                         compression: s.compression,
                         sha256: None,
@@ -1090,6 +1173,51 @@ mod tests {
         async fn report(&self) -> Result<StorageReport> {
             Ok(self.report.lock().unwrap().clone())
         }
+    }
+
+    /// CreateSnapshot answers once the SC has fixed the snapshot's moment;
+    /// one whose copy does not begin in time is withdrawn and the call
+    /// fails, leaving no record, no upload and nothing for the SC to do.
+    #[tokio::test]
+    async fn create_snapshot_answers_once_the_moment_is_fixed() {
+        let (c, _fake, _admin, alice, _img) = setup(1).await;
+        let sc = Arc::new(FakeSc::default());
+        let mut c = c.with_storage(sc.clone());
+        c.snapshot_start_wait = std::time::Duration::from_millis(300);
+        let v = c
+            .create_volume(&alice, Some("1"), None, "zone1")
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        let vid = v.id.to_string();
+        *sc.hold.lock().unwrap() = true;
+        let s = c.create_snapshot(&alice, &vid, "fixed").await.unwrap();
+        assert_eq!(s.state, SnapshotState::Pending);
+
+        *sc.stuck.lock().unwrap() = true;
+        let err = c
+            .create_snapshot(&alice, &vid, "never begins")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal, "{err}");
+        let left: Vec<String> = c
+            .store
+            .list_snapshots()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|x| x.description)
+            .collect();
+        assert_eq!(left, vec!["fixed".to_string()]);
+        let d = sc.last.lock().unwrap().clone().unwrap();
+        assert_eq!(d.snapshots.len(), 1, "the SC is told to drop it");
+        let seen = sc.seen.lock().unwrap().clone();
+        let withdrawn = seen.iter().find(|x| **x != s.id.as_str()).unwrap();
+        let aborted = crate::instances::tests::ABORTED.lock().unwrap().clone();
+        assert!(
+            aborted.contains(&format!("up-{SNAPSHOT_BUCKET}-{withdrawn}.raw.gz")),
+            "the withdrawn snapshot's upload is aborted: {aborted:?}"
+        );
     }
 
     #[tokio::test]

@@ -171,6 +171,8 @@ pub struct Cloud {
     storage_pushed: std::sync::Mutex<Option<std::time::Instant>>,
     /// One EBS change at a time (volumes, attachments, snapshots).
     ebs_lock: tokio::sync::Mutex<()>,
+    /// How long CreateSnapshot waits for the SC to fix the moment.
+    snapshot_start_wait: std::time::Duration,
     /// RunInstances places and addresses instances from what is free;
     /// one at a time, so two calls never take the same node room or IP.
     run_lock: tokio::sync::Mutex<()>,
@@ -211,6 +213,7 @@ impl Cloud {
             storage_report: std::sync::Mutex::new(None),
             storage_pushed: std::sync::Mutex::new(None),
             ebs_lock: tokio::sync::Mutex::new(()),
+            snapshot_start_wait: ebs::SNAPSHOT_START_WAIT,
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
             auth_cache: std::sync::Mutex::new(auth::AuthCache::default()),

@@ -303,6 +303,12 @@ pub struct SnapshotReport {
     pub state: SnapshotState,
     /// 0-100: the copy counts for half, compression and upload for the rest.
     pub progress: u8,
+    /// The snapshot's moment is fixed: its copy has begun (or is done), so
+    /// it holds the volume as it was then, whatever is written next. The
+    /// CLC answers CreateSnapshot once this is true, as EC2 lets writes
+    /// resume once a snapshot is `pending`.
+    #[serde(default)]
+    pub point_in_time: bool,
     /// The volume's size, i.e. the raw image's length in bytes.
     pub volume_size: u64,
     pub compression: Compression,

@@ -56,6 +56,10 @@ struct Completing {
 /// Reports fractions done (0.0-1.0) of a long step.
 pub type Progress = Arc<dyn Fn(f64) + Send + Sync>;
 
+/// Called once a snapshot's point in time is fixed: the copy under way
+/// holds the volume as it was at that moment, whatever is written next.
+pub type Fixed = Arc<dyn Fn() + Send + Sync>;
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Removes what an interrupted step left half-made. Called once, before
@@ -90,7 +94,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Takes the point-in-time raw copy of the snapshot's volume (while it
     /// may be exported and written). `Ok` at once if the copy exists.
-    async fn snapshot_raw(&self, spec: &SnapshotSpec, progress: Progress) -> Result<(), ScError>;
+    async fn snapshot_raw(
+        &self,
+        spec: &SnapshotSpec,
+        progress: Progress,
+        fixed: Fixed,
+    ) -> Result<(), ScError>;
 
     /// Compresses the raw copy, uploads it and records the snapshot as
     /// completed. Returns the record (at once if it exists).
@@ -149,6 +158,55 @@ impl FileBackend {
     /// `<data>/snapshots/<id>.raw`: a snapshot's point-in-time raw copy.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
         self.snapshots.join(format!("{id}.raw"))
+    }
+
+    /// `<data>/snapshots/<id>.pit`: present once the snapshot's copy has
+    /// begun, so its moment is fixed; gone with the snapshot.
+    fn point_in_time_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.pit"))
+    }
+
+    /// Whether `path` belongs to a snapshot whose point-in-time copy began
+    /// and has not been published.
+    fn copy_in_flight(&self, path: &Path) -> bool {
+        path.parent() == Some(self.snapshots.as_path())
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('.'))
+                .is_some_and(|(id, _)| {
+                    self.point_in_time_path(id).is_file() && !self.snapshot_path(id).is_file()
+                })
+    }
+
+    /// `<data>/snapshots/<id>.copied`: present once the copy has ended
+    /// well (see [`FileBackend::point_in_time_path`]).
+    fn copied_path(&self, id: &str) -> PathBuf {
+        self.snapshots.join(format!("{id}.copied"))
+    }
+
+    /// The end of a finished copy: the data file flushed and published as
+    /// the snapshot's raw copy.
+    async fn finish_raw(
+        &self,
+        spec: &SnapshotSpec,
+        meta: &Path,
+        part: &Path,
+        done: &Path,
+        progress: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<(), ScError> {
+        let _ = remove(meta).await;
+        // Closing the target flushed it; this makes the contract explicit
+        // and costs nothing then.
+        std::fs::File::open(part)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ScError::io(part.display(), e))?;
+        progress(1.0);
+        publish_file(part, done).await?;
+        remove(&self.point_in_time_path(&spec.snapshot_id)).await?;
+        remove(&self.copied_path(&spec.snapshot_id)).await?;
+        tracing::info!(snapshot = %spec.snapshot_id, volume = %spec.volume_id, "point-in-time copy taken");
+        Ok(())
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -306,6 +364,11 @@ impl Backend for FileBackend {
         for dir in [&self.volumes, &self.snapshots] {
             for suffix in [".part", ".download", ".tmp"] {
                 for (_, path) in list_with_suffix(dir, suffix)? {
+                    if self.copy_in_flight(&path) {
+                        // A daemon may still be copying into it; the
+                        // snapshot's next step follows or fails it.
+                        continue;
+                    }
                     tracing::info!(file = %path.display(), "removing what an interrupted step left");
                     remove(&path).await?;
                 }
@@ -435,13 +498,51 @@ impl Backend for FileBackend {
         Ok(out)
     }
 
-    async fn snapshot_raw(&self, spec: &SnapshotSpec, progress: Progress) -> Result<(), ScError> {
+    async fn snapshot_raw(
+        &self,
+        spec: &SnapshotSpec,
+        progress: Progress,
+        fixed: Fixed,
+    ) -> Result<(), ScError> {
         let done = self.snapshot_path(&spec.snapshot_id);
         if done.is_file() {
+            fixed();
             return Ok(());
         }
         let vol = &spec.volume_id;
         let file = self.volume_path(vol);
+        let meta = self
+            .snapshots
+            .join(format!("{}.qcow2.part", spec.snapshot_id));
+        let part = self
+            .snapshots
+            .join(format!("{}.raw.part", spec.snapshot_id));
+        // Once a copy has begun, the snapshot is that moment's image and
+        // no other: the CLC has told its caller so. A copy an earlier SC
+        // process began is followed to its end in the daemon that runs
+        // it; if that daemon is gone too, the moment is lost, and a new
+        // copy would show later writes, so the snapshot fails instead.
+        let pit = self.point_in_time_path(&spec.snapshot_id);
+        let copied = self.copied_path(&spec.snapshot_id);
+        if pit.is_file() {
+            // A job still in the daemon is followed (or, ended, cleaned
+            // up); without one, only a copy recorded as whole is kept.
+            let followed = self.daemons.adopt_backup(vol, &meta, &*progress).await?;
+            if !followed && !copied.is_file() {
+                let _ = remove(&meta).await;
+                let _ = remove(&part).await;
+                return Err(ScError::Io(format!(
+                    "the point-in-time copy of {vol} was cut off (the SC and its daemon stopped) and cannot be taken again at the same moment"
+                )));
+            }
+            fixed();
+            self.finish_raw(spec, &meta, &part, &done, &*progress)
+                .await?;
+            if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
+                self.daemons.stop(vol).await?;
+            }
+            return Ok(());
+        }
         let size = std::fs::metadata(&file)
             .map_err(|_| ScError::Invalid(format!("volume {vol} does not exist")))?
             .len();
@@ -451,12 +552,6 @@ impl Backend for FileBackend {
         // gets exactly the volume's data, at its offsets, and stays sparse.
         // A raw target would not: QEMU writes the holes as zeroes with
         // fallocate(ZERO_RANGE), which allocates them.
-        let meta = self
-            .snapshots
-            .join(format!("{}.qcow2.part", spec.snapshot_id));
-        let part = self
-            .snapshots
-            .join(format!("{}.raw.part", spec.snapshot_id));
         remove(&meta).await?;
         remove(&part).await?;
         let result = async {
@@ -480,28 +575,35 @@ impl Backend for FileBackend {
             // writes during it are handled by its copy-before-write filter.
             // A daemon started for the copy alone needs no TCP port or TLS.
             self.daemons.ensure(vol, &file, true).await?;
-            let backup = self.daemons.backup(vol, &meta, &part, &*progress).await;
+            let started = || {
+                // Durable before anyone hears of it (see above).
+                durable_marker(&pit)?;
+                fixed();
+                Ok(())
+            };
+            // The job's end, before the daemon forgets it: a restarted SC
+            // that finds no job then still knows the copy is whole.
+            let whole = || durable_marker(&copied);
+            let backup = self
+                .daemons
+                .backup(vol, &meta, &part, &started, &whole, &*progress)
+                .await;
+            let copied = match backup {
+                Ok(()) => self.finish_raw(spec, &meta, &part, &done, &*progress).await,
+                Err(e) => Err(e),
+            };
             // A daemon started just for this one goes away again.
             if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
                 self.daemons.stop(vol).await?;
             }
-            backup?;
-            // Closing the target flushed it; this makes the contract
-            // explicit and costs nothing then.
-            std::fs::File::open(&part)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| ScError::io(part.display(), e))?;
-            progress(1.0);
-            publish_file(&part, &done).await
+            copied
         }
         .await;
-        let _ = remove(&meta).await;
         if result.is_err() {
+            let _ = remove(&meta).await;
             let _ = remove(&part).await;
         }
-        result?;
-        tracing::info!(snapshot = %spec.snapshot_id, volume = %vol, "point-in-time copy taken");
-        Ok(())
+        result
     }
 
     async fn publish_snapshot(
@@ -603,6 +705,22 @@ impl Backend for FileBackend {
         remove(&self.record_path(id)).await?;
         remove(&self.completing_path(id)).await?;
         remove(&self.snapshot_path(id)).await?;
+        for part in [format!("{id}.qcow2.part"), format!("{id}.raw.part")] {
+            remove(&self.snapshots.join(part)).await?;
+        }
+        remove(&self.point_in_time_path(id)).await?;
+        remove(&self.copied_path(id)).await?;
         Ok(())
     }
+}
+
+/// An empty file that exists on disk before this returns.
+fn durable_marker(path: &Path) -> Result<(), ScError> {
+    std::fs::File::create(path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| match path.parent() {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+            None => Ok(()),
+        })
+        .map_err(|e| ScError::io(path.display(), e))
 }

@@ -610,14 +610,19 @@ impl Daemons {
     /// A point-in-time copy of the volume, taken while the guest may
     /// write, into `data`: a fresh sparse raw file of the volume's size
     /// that is the external data file of the fresh qcow2 `meta` (see
-    /// [`crate::backend`] for why). `progress` gets the fraction done.
-    /// Leftovers of an interrupted backup are removed first. Returns once
-    /// the target is closed, which flushes it.
+    /// [`crate::backend`] for why). `started` runs once the job has begun,
+    /// which is the instant the copy shows, and `copied` once it has ended
+    /// well, before the target is closed (an error from either cancels);
+    /// `progress` gets the fraction done. Leftovers of an interrupted
+    /// backup are removed first. Returns once the target is closed, which
+    /// flushes it.
     pub async fn backup(
         &self,
         vol: &str,
         meta: &Path,
         data: &Path,
+        started: &(dyn Fn() -> Result<(), ScError> + Send + Sync),
+        copied: &(dyn Fn() -> Result<(), ScError> + Send + Sync),
         progress: &(dyn Fn(f64) + Send + Sync),
     ) -> Result<(), ScError> {
         let mut qmp = Qmp::connect(&self.socket(vol))
@@ -657,31 +662,88 @@ impl Daemons {
         )
         .await
         .map_err(qmp_err("blockdev-backup"))?;
-        let outcome = loop {
-            let jobs = qmp
-                .execute("query-jobs", None)
-                .await
-                .map_err(qmp_err("query-jobs"))?;
-            let job = jobs
-                .as_array()
-                .and_then(|a| a.iter().find(|j| j["id"] == BACKUP_JOB))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let done = job["current-progress"].as_f64().unwrap_or(0.0);
-            let total = job["total-progress"].as_f64().unwrap_or(1.0).max(1.0);
-            progress(done / total);
-            match job["status"].as_str() {
-                Some("concluded") => break job["error"].as_str().map(str::to_string),
-                Some(_) => {}
-                None => break Some("the backup job vanished".to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        clean_backup(&mut qmp).await;
-        match outcome {
-            None => Ok(()),
-            Some(e) => Err(ScError::Io(format!("backup of {vol}: {e}"))),
+        if let Err(e) = started() {
+            clean_backup(&mut qmp).await;
+            return Err(e);
         }
+        let outcome = wait_backup(&mut qmp, progress)
+            .await
+            .map_err(|e| ScError::Io(format!("backup of {vol}: {e}")))
+            .and_then(|()| copied());
+        clean_backup(&mut qmp).await;
+        outcome
+    }
+
+    /// Follows a backup into `meta` that an earlier SC process started and
+    /// did not see end (it died; the daemon, a process of its own, went on
+    /// copying). `Ok(false)` if the daemon has no such job, so the copy is
+    /// lost; `Ok(true)` once it has finished well.
+    pub async fn adopt_backup(
+        &self,
+        vol: &str,
+        meta: &Path,
+        progress: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<bool, ScError> {
+        if self.alive(vol).is_none() {
+            return Ok(false);
+        }
+        let Ok(mut qmp) = Qmp::connect(&self.socket(vol)).await else {
+            return Ok(false);
+        };
+        let nodes = qmp
+            .execute("query-named-block-nodes", Some(json!({"flat": true})))
+            .await
+            .map_err(qmp_err("query-named-block-nodes"))?;
+        let ours = nodes.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|n| n["node-name"] == BACKUP_FILE_NODE && n["file"].as_str() == meta.to_str())
+        });
+        let jobs = qmp
+            .execute("query-jobs", None)
+            .await
+            .map_err(qmp_err("query-jobs"))?;
+        let has_job = jobs
+            .as_array()
+            .is_some_and(|a| a.iter().any(|j| j["id"] == BACKUP_JOB));
+        if !ours || !has_job {
+            return Ok(false);
+        }
+        tracing::info!(volume = %vol, "following the point-in-time copy an earlier SC started");
+        let outcome = wait_backup(&mut qmp, progress).await;
+        clean_backup(&mut qmp).await;
+        outcome
+            .map(|()| true)
+            .map_err(|e| ScError::Io(format!("backup of {vol}: {e}")))
+    }
+}
+
+/// Waits for the backup job to conclude, reporting its progress; its
+/// error, if it ended with one.
+async fn wait_backup(qmp: &mut Qmp, progress: &(dyn Fn(f64) + Send + Sync)) -> Result<(), String> {
+    loop {
+        let jobs = qmp
+            .execute("query-jobs", None)
+            .await
+            .map_err(|e| format!("query-jobs: {e}"))?;
+        let job = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == BACKUP_JOB))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let done = job["current-progress"].as_f64().unwrap_or(0.0);
+        let total = job["total-progress"].as_f64().unwrap_or(1.0).max(1.0);
+        progress(done / total);
+        match job["status"].as_str() {
+            Some("concluded") => {
+                return match job["error"].as_str() {
+                    None => Ok(()),
+                    Some(e) => Err(e.to_string()),
+                };
+            }
+            Some(_) => {}
+            None => return Err("the backup job vanished".to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

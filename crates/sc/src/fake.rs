@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use ironbark_sc_api::{NbdExport, SnapshotSource, SnapshotSpec};
 use tokio::sync::watch;
 
-use crate::backend::{Backend, Progress, SnapshotRecord};
+use crate::backend::{Backend, Fixed, Progress, SnapshotRecord};
 use crate::daemon::Grant;
 use crate::error::ScError;
 
@@ -163,8 +163,14 @@ impl Backend for FakeBackend {
         Ok(self.lock().records.clone())
     }
 
-    async fn snapshot_raw(&self, spec: &SnapshotSpec, progress: Progress) -> Result<(), ScError> {
+    async fn snapshot_raw(
+        &self,
+        spec: &SnapshotSpec,
+        progress: Progress,
+        fixed: Fixed,
+    ) -> Result<(), ScError> {
         if self.lock().raws.contains(&spec.snapshot_id) {
+            fixed();
             return Ok(());
         }
         if !self.lock().volumes.contains_key(&spec.volume_id) {
@@ -173,6 +179,8 @@ impl Backend for FakeBackend {
                 spec.volume_id
             )));
         }
+        // The moment is fixed as the copy begins; the step holds the copy.
+        fixed();
         progress(0.5);
         self.step(format!("raw:{}", spec.snapshot_id)).await?;
         self.lock().raws.insert(spec.snapshot_id.clone());

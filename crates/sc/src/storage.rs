@@ -36,8 +36,11 @@
 //! [`Storage::start`] lets the backend remove half-made files, reloads
 //! `desired.json`, and runs a pass: desired volumes are (re)made, exports
 //! that are still desired stay open (an attached guest keeps its disk
-//! through an SC restart), every other daemon is stopped, interrupted
-//! snapshots start over.
+//! through an SC restart), every other daemon is stopped. An interrupted
+//! snapshot whose copy had not begun starts over; one whose copy had begun
+//! (its moment fixed, and reported so) is followed to its end in the
+//! daemon still running it, or fails if that daemon is gone too: a new
+//! copy would hold later writes (see [`crate::backend`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -53,7 +56,7 @@ use ironbark_sc_api::{
 use sha2::Sha256;
 use tokio::sync::{Notify, watch};
 
-use crate::backend::{Backend, Progress, SnapshotRecord};
+use crate::backend::{Backend, Fixed, Progress, SnapshotRecord};
 use crate::daemon::{Grant, write_private};
 use crate::error::ScError;
 
@@ -103,6 +106,8 @@ struct Snap {
     spec: SnapshotSpec,
     state: SnapshotState,
     progress: Arc<AtomicU8>,
+    /// The copy has begun: see [`ironbark_sc_api::SnapshotReport::point_in_time`].
+    fixed: Arc<AtomicBool>,
     busy: bool,
     error: Option<(String, Instant)>,
     record: Option<SnapshotRecord>,
@@ -429,6 +434,7 @@ impl Storage {
                         spec: s.clone(),
                         state: SnapshotState::Pending,
                         progress: Arc::new(AtomicU8::new(0)),
+                        fixed: Arc::new(AtomicBool::new(false)),
                         busy: false,
                         error: None,
                         record: None,
@@ -459,7 +465,7 @@ impl Storage {
                 entry.state = SnapshotState::Pending;
                 entry.error = None;
                 entry.busy = true;
-                snapshots.push((s.clone(), entry.progress.clone()));
+                snapshots.push((s.clone(), entry.progress.clone(), entry.fixed.clone()));
             }
             for id in have_snaps.keys() {
                 if !wanted_snaps.contains(id) && !st.snaps.get(id).is_some_and(|s| s.busy) {
@@ -498,8 +504,8 @@ impl Storage {
         for id in deletes {
             self.spawn_delete(id);
         }
-        for (s, progress) in snapshots {
-            self.spawn_snapshot(s, progress);
+        for (s, progress, fixed) in snapshots {
+            self.spawn_snapshot(s, progress, fixed);
         }
     }
 
@@ -606,7 +612,12 @@ impl Storage {
         });
     }
 
-    fn spawn_snapshot(self: &Arc<Self>, spec: SnapshotSpec, progress: Arc<AtomicU8>) {
+    fn spawn_snapshot(
+        self: &Arc<Self>,
+        spec: SnapshotSpec,
+        progress: Arc<AtomicU8>,
+        fixed: Arc<AtomicBool>,
+    ) {
         let guard = self.begin_op();
         let me = self.clone();
         tokio::spawn(async move {
@@ -622,7 +633,10 @@ impl Storage {
                 {
                     let lock = me.vol_lock(&spec.volume_id);
                     let _held = lock.lock().await;
-                    me.backend.snapshot_raw(&spec, scaled(0.0, 50.0)).await?;
+                    let fixed: Fixed = Arc::new(move || fixed.store(true, Ordering::Release));
+                    me.backend
+                        .snapshot_raw(&spec, scaled(0.0, 50.0), fixed)
+                        .await?;
                 }
                 me.backend
                     .publish_snapshot(&spec, scaled(50.0, 100.0))
@@ -679,6 +693,7 @@ impl Storage {
                     volume_id: s.volume_id.clone(),
                     state: s.state,
                     progress: s.progress.load(Ordering::Relaxed),
+                    point_in_time: s.record.is_some() || s.fixed.load(Ordering::Acquire),
                     volume_size: r.map_or(0, |r| r.volume_size),
                     compression: r.map_or(s.spec.compression, |r| r.compression),
                     sha256: r.map(|r| r.sha256.clone()),

@@ -233,6 +233,7 @@ async fn a_snapshot_is_pending_until_published_then_completed() {
         vstate(r, "vol-1") == Some(VolumeState::Available)
     })
     .await;
+    fake.hold("raw:snap-1");
     fake.hold("publish:snap-1");
     s.apply(desired(
         2,
@@ -241,6 +242,15 @@ async fn a_snapshot_is_pending_until_published_then_completed() {
     ))
     .await
     .unwrap();
+    // The copy has begun: the moment is fixed (what the CLC waits for)
+    // while the copy itself is still under way.
+    eventually(&s, "moment fixed, copying", |r| {
+        sstate(r, "snap-1") == Some(SnapshotState::Pending)
+            && r.snapshots[0].point_in_time
+            && r.snapshots[0].progress < 50
+    })
+    .await;
+    fake.release("raw:snap-1");
     eventually(&s, "pending, half done", |r| {
         sstate(r, "snap-1") == Some(SnapshotState::Pending) && r.snapshots[0].progress >= 50
     })
