@@ -588,6 +588,21 @@ impl Cloud {
         let s = {
             let _serial = self.ebs_lock.lock().await;
             let s = self.own_snapshot(caller, id).await?;
+            // A volume being made from it still needs its data (the SC
+            // may have to start the restore over after a restart).
+            if let Some(v) =
+                self.store.list_volumes(None).await?.into_iter().find(|v| {
+                    v.state == VolumeState::Creating && v.snapshot_id.as_ref() == Some(&s.id)
+                })
+            {
+                return Err(Error::new(
+                    ErrorKind::SnapshotInUse,
+                    format!(
+                        "The snapshot {} is in use by volume {}, which is being created from it",
+                        s.id, v.id
+                    ),
+                ));
+            }
             self.store.delete_snapshot(&s.id).await?;
             s
         };
@@ -1734,6 +1749,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(restored.size_gib, 2);
+        // Not deleted from under a volume still being made from it.
+        assert_eq!(
+            c.delete_snapshot(&alice, &sid).await.unwrap_err().kind,
+            ErrorKind::SnapshotInUse
+        );
         let d = sc.last.lock().unwrap().clone().unwrap();
         let spec = d
             .volumes
@@ -1750,6 +1770,7 @@ mod tests {
                 .contains(SNAPSHOT_BUCKET)
         );
         *sc.hold.lock().unwrap() = false;
+        c.ebs_tick().await.unwrap();
         c.modify_snapshot_permissions(&alice, &sid, &Default::default(), true)
             .await
             .unwrap();

@@ -58,6 +58,7 @@ pub enum ErrorKind {
     AttachmentLimitExceeded,
     IncorrectState,
     SnapshotNotFound,
+    SnapshotInUse,
     SnapshotIdMalformed,
     AttachmentNotFound,
     // Public and elastic IPs.
@@ -125,6 +126,7 @@ impl ErrorKind {
             AttachmentLimitExceeded => "AttachmentLimitExceeded",
             IncorrectState => "IncorrectState",
             SnapshotNotFound => "InvalidSnapshot.NotFound",
+            SnapshotInUse => "InvalidSnapshot.InUse",
             SnapshotIdMalformed => "InvalidSnapshotID.Malformed",
             AttachmentNotFound => "InvalidAttachment.NotFound",
             AddressNotFound => "InvalidAddress.NotFound",
