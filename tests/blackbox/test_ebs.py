@@ -191,3 +191,39 @@ def test_zstd_snapshots_by_cloud_property(cloud):
     for v in (vid, rid):
         ec2.delete_volume(VolumeId=v)
     ec2.delete_snapshot(SnapshotId=sid)
+
+
+def test_snapshot_bucket_is_swept_of_what_no_snapshot_owns(fresh_cloud):
+    """A crash between a snapshot's record and Walrus (a deleted snapshot
+    whose object was not removed yet, an upload made before its record)
+    leaves objects and uploads no snapshot owns; the cloud removes them when
+    it starts (and every ten minutes), keeping every snapshot's own object
+    and anything else the administrator put in the bucket."""
+    c = fresh_cloud
+    creds = creds_of(c.new_account("ebssweep"))
+    ec2 = c.client(creds)
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    vid = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    wait_until("available", lambda: volume(ec2, vid)["State"] == "available")
+    sid = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_until("completed", lambda: ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"]
+               == "completed")
+
+    s3 = s3_client(c)
+    left_object = "snap-0123456789abcdef0.raw.gz"
+    left_upload_key = "snap-0fedcba9876543210.raw.zst"
+    s3.put_object(Bucket=SNAPSHOTS, Key=left_object, Body=b"a deleted snapshot's copy")
+    s3.create_multipart_upload(Bucket=SNAPSHOTS, Key=left_upload_key)
+    s3.put_object(Bucket=SNAPSHOTS, Key="notes.txt", Body=b"the administrator's")
+    c.kill9()
+    c.start()
+    s3, ec2 = s3_client(c), c.client(creds)
+
+    def swept():
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=SNAPSHOTS).get("Contents", [])]
+        uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=SNAPSHOTS).get("Uploads", [])]
+        return left_object not in keys and left_upload_key not in uploads and keys
+
+    keys = wait_until("swept", swept, timeout=60)
+    assert sorted(keys) == sorted([f"{sid}.raw.gz", "notes.txt"]), keys
+    assert ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "completed"

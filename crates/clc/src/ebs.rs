@@ -60,6 +60,10 @@ const MAX_VOLUME_GIB: u32 = 1024;
 /// later moment the caller did not ask for.
 pub(crate) const SNAPSHOT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often the snapshot bucket is swept of objects and uploads no
+/// snapshot owns (and once when the CLC starts).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How long a presigned snapshot upload or download stays valid.
 const PRESIGN_SECS: u32 = 6 * 3600;
 
@@ -123,6 +127,42 @@ pub fn valid_device(d: &str) -> bool {
 
 fn snapshot_key(id: &SnapshotId, c: Compression) -> String {
     format!("{id}.raw.{}", c.extension())
+}
+
+/// What in the snapshot bucket no snapshot record owns: objects whose key
+/// is no record's location, and uploads that are not a record's current
+/// one. Changes to a record and to Walrus cannot happen as one, so a crash
+/// between them (a snapshot deleted before its object, an upload made
+/// before its record, an abort that failed) leaves these behind. Only keys
+/// shaped like a snapshot's (`snap-….raw.<ext>`) are considered: anything
+/// else an administrator put in the bucket is theirs.
+fn orphans(
+    records: &[Snapshot],
+    listing: &crate::SystemListing,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let ours = |key: &str| {
+        key.split_once(".raw.")
+            .is_some_and(|(id, _)| SnapshotId::parse(id).is_ok())
+    };
+    let location = |key: &str| format!("{SNAPSHOT_BUCKET}/{key}");
+    let objects = listing
+        .keys
+        .iter()
+        .filter(|k| ours(k) && !records.iter().any(|r| r.location == location(k)))
+        .cloned()
+        .collect();
+    let uploads = listing
+        .uploads
+        .iter()
+        .filter(|(k, u)| {
+            ours(k)
+                && !records
+                    .iter()
+                    .any(|r| r.location == location(k) && r.upload_id.as_deref() == Some(u))
+        })
+        .cloned()
+        .collect();
+    (objects, uploads)
 }
 
 fn compression_of(s: &Snapshot) -> Compression {
@@ -1006,6 +1046,9 @@ impl Cloud {
     /// while anything is in a transitional state, polls the SC, advances
     /// records and re-sends both desired states.
     pub async fn ebs_tick(&self) -> Result<()> {
+        if let Err(e) = self.sweep_snapshot_bucket(false).await {
+            tracing::warn!(error = %e, "sweeping the snapshot bucket");
+        }
         let volumes = self.store.list_volumes(None).await?;
         let snapshots = self.store.list_snapshots().await?;
         let busy = volumes.iter().any(|v| {
@@ -1034,6 +1077,37 @@ impl Cloud {
         }
         self.push_storage().await?;
         self.push_desired().await
+    }
+
+    /// Removes from the snapshot bucket what no snapshot owns
+    /// ([`orphans`]); at most every [`SWEEP_EVERY`], unless `now`.
+    pub async fn sweep_snapshot_bucket(&self, now: bool) -> Result<()> {
+        {
+            let mut last = self.snapshots_swept.lock().expect("sweep lock");
+            if !now && last.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        // Under the EBS lock, a record and its upload are made and erased
+        // together as far as this can see.
+        let (objects, uploads) = {
+            let _serial = self.ebs_lock.lock().await;
+            let listing = self.objects.system_listing(SNAPSHOT_BUCKET).await?;
+            let records = self.store.list_snapshots().await?;
+            orphans(&records, &listing)
+        };
+        for key in objects {
+            self.objects.remove(SNAPSHOT_BUCKET, &key).await?;
+            tracing::info!(key = %key, "removed a snapshot object no snapshot owns");
+        }
+        for (key, upload) in uploads {
+            self.objects
+                .abort_upload(SNAPSHOT_BUCKET, &key, &upload)
+                .await?;
+            tracing::info!(key = %key, upload = %upload, "aborted a snapshot upload no snapshot owns");
+        }
+        Ok(())
     }
 
     /// Pending snapshots recorded before snapshots had multipart uploads
@@ -1791,6 +1865,53 @@ mod tests {
         assert!(
             state(&v.id).await.is_none(),
             "erased once the SC no longer has it"
+        );
+    }
+
+    #[test]
+    fn only_what_no_snapshot_owns_is_swept() {
+        let snap = |id: &SnapshotId, upload: Option<&str>| Snapshot {
+            id: id.clone(),
+            location: format!("{SNAPSHOT_BUCKET}/{}", snapshot_key(id, Compression::Gzip)),
+            account_id: AccountId::parse("123456789012").unwrap(),
+            volume_id: VolumeId::generate(),
+            volume_size_gib: 1,
+            description: String::new(),
+            state: SnapshotState::Pending,
+            progress: 0,
+            started_ms: 0,
+            compression: "gzip".into(),
+            sha256: None,
+            raw_digest: None,
+            error: None,
+            upload_id: upload.map(str::to_string),
+            public: false,
+            shared_with: Vec::new(),
+        };
+        let (done, pending, gone) = (
+            SnapshotId::generate(),
+            SnapshotId::generate(),
+            SnapshotId::generate(),
+        );
+        let key = |id: &SnapshotId| snapshot_key(id, Compression::Gzip);
+        let records = vec![snap(&done, None), snap(&pending, Some("u-now"))];
+        let listing = crate::SystemListing {
+            keys: vec![key(&done), key(&gone), "notes.txt".into()],
+            uploads: vec![
+                (key(&pending), "u-now".into()),
+                (key(&pending), "u-earlier".into()),
+                (key(&gone), "u-gone".into()),
+                ("notes.txt".into(), "u-admin".into()),
+            ],
+        };
+        let (objects, uploads) = orphans(&records, &listing);
+        assert_eq!(objects, vec![key(&gone)]);
+        assert_eq!(
+            uploads,
+            vec![
+                (key(&pending), "u-earlier".to_string()),
+                (key(&gone), "u-gone".to_string())
+            ]
         );
     }
 

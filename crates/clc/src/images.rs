@@ -58,6 +58,19 @@ pub trait ObjectSource: Send + Sync + 'static {
     async fn remove(&self, _bucket: &str, _key: &str) -> Result<()> {
         Ok(())
     }
+    /// The keys of the objects, and (key, upload id) of the open uploads,
+    /// in one of the cloud's own buckets.
+    async fn system_listing(&self, _bucket: &str) -> Result<SystemListing> {
+        Ok(SystemListing::default())
+    }
+}
+
+/// What one of the cloud's own buckets holds ([`ObjectSource::system_listing`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemListing {
+    pub keys: Vec<String>,
+    /// (key, upload id) of each open multipart upload.
+    pub uploads: Vec<(String, String)>,
 }
 
 /// No object store attached: registration is refused. For tests of the

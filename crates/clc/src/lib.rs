@@ -33,7 +33,8 @@ pub use addresses::{AddressRef, AddressView};
 pub use ebs::{AttachRequest, NoStorage, SNAPSHOT_BUCKET, SnapshotPermissionChange, Storage};
 pub use groups::{GroupRef, PermissionSpec, SourceGroupSpec};
 pub use images::{
-    LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage, check_name as check_image_name,
+    LaunchPermissionChange, NoObjects, ObjectSource, RegisterImage, SystemListing,
+    check_name as check_image_name,
 };
 pub use instances::{Cluster, NoCluster, RunRequest, StateChange};
 pub use keypairs::CreatedKeyPair;
@@ -173,6 +174,9 @@ pub struct Cloud {
     ebs_lock: tokio::sync::Mutex<()>,
     /// How long CreateSnapshot waits for the SC to fix the moment.
     snapshot_start_wait: std::time::Duration,
+    /// When the snapshot bucket was last swept of what no snapshot owns
+    /// (`None`: not since this process started).
+    snapshots_swept: std::sync::Mutex<Option<std::time::Instant>>,
     /// RunInstances places and addresses instances from what is free;
     /// one at a time, so two calls never take the same node room or IP.
     run_lock: tokio::sync::Mutex<()>,
@@ -214,6 +218,7 @@ impl Cloud {
             storage_pushed: std::sync::Mutex::new(None),
             ebs_lock: tokio::sync::Mutex::new(()),
             snapshot_start_wait: ebs::SNAPSHOT_START_WAIT,
+            snapshots_swept: std::sync::Mutex::new(None),
             run_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(now_ms().max(0) as u64),
             auth_cache: std::sync::Mutex::new(auth::AuthCache::default()),

@@ -157,6 +157,15 @@ impl ObjectSource for WalrusObjects {
             .await
             .map_err(Error::internal)
     }
+
+    async fn system_listing(&self, bucket: &str) -> Result<ironbark_clc::SystemListing> {
+        let (keys, uploads) = self
+            .walrus()?
+            .system_listing(bucket)
+            .await
+            .map_err(Error::internal)?;
+        Ok(ironbark_clc::SystemListing { keys, uploads })
+    }
 }
 
 impl WalrusObjects {

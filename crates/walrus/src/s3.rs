@@ -279,6 +279,45 @@ impl Walrus {
         }
     }
 
+    /// What one of the cloud's own buckets holds: the keys of its objects,
+    /// and (key, upload id) of its open multipart uploads, in key order.
+    /// A missing bucket holds nothing.
+    pub async fn system_listing(
+        &self,
+        bucket: &str,
+    ) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+        const PAGE: usize = 1000;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let after = keys.last().cloned().unwrap_or_default();
+            let page = match self.meta.list_objects(bucket, "", &after, PAGE).await {
+                Ok(p) => p,
+                Err(MetaError::NoSuchBucket) => return Ok(Default::default()),
+                Err(e) => return Err(e.to_string()),
+            };
+            let n = page.len();
+            keys.extend(page.into_iter().map(|o| o.key));
+            if n < PAGE {
+                break;
+            }
+        }
+        let mut uploads: Vec<(String, String)> = Vec::new();
+        loop {
+            let (k, u) = uploads.last().cloned().unwrap_or_default();
+            let page = match self.meta.list_uploads(bucket, "", &k, &u, PAGE).await {
+                Ok(p) => p,
+                Err(MetaError::NoSuchBucket) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            let n = page.len();
+            uploads.extend(page.into_iter().map(|u| (u.key, u.upload_id)));
+            if n < PAGE {
+                break;
+            }
+        }
+        Ok((keys, uploads))
+    }
+
     /// Starts a multipart upload of an object of the cloud's own (a volume
     /// snapshot, which the SC fills through presigned part URLs), its parts
     /// to carry CRC-32s that combine into the whole object's. Returns the
