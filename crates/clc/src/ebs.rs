@@ -1000,10 +1000,15 @@ impl Cloud {
     /// Advances attachments from the NCs' reports: `attached` once the
     /// instance's NC has the volume plugged in, gone once a detaching
     /// volume is unplugged (or at once with Force, or when the instance is
-    /// no longer running). Returns whether anything changed.
+    /// no longer running). Unplugged means the instance's NC said so:
+    /// `reporting` are the nodes whose volume report is in hand, and after
+    /// a restart a detaching volume waits for its NC's first report rather
+    /// than have its export closed under a guest that may still hold it.
+    /// Returns whether anything changed.
     pub(crate) async fn observe_attachments(
         &self,
         plugged: &HashMap<String, Vec<String>>,
+        reporting: &std::collections::HashSet<String>,
     ) -> Result<bool> {
         let _serial = self.ebs_lock.lock().await;
         let instances: HashMap<InstanceId, Instance> = self
@@ -1025,10 +1030,11 @@ impl Cloud {
             let is_plugged = plugged
                 .get(a.instance_id.as_str())
                 .is_some_and(|vols| vols.iter().any(|x| x == v.id.as_str()));
+            let known = inst.is_some_and(|i| reporting.contains(&i.node_id));
             let next = match a.state {
                 _ if gone => None,
                 AttachState::Attaching if is_plugged => Some(AttachState::Attached),
-                AttachState::Detaching if !is_plugged || a.force_detach => None,
+                AttachState::Detaching if (known && !is_plugged) || a.force_detach => None,
                 s => Some(s),
             };
             if next == Some(a.state) {
@@ -1533,8 +1539,9 @@ mod tests {
         );
         let plugged: HashMap<String, Vec<String>> =
             [(inst.clone(), vec![vid.clone()])].into_iter().collect();
+        let reporting: std::collections::HashSet<String> = ["node-1".to_string()].into();
         assert!(
-            !c.observe_attachments(&plugged).await.unwrap(),
+            !c.observe_attachments(&plugged, &reporting).await.unwrap(),
             "idempotent"
         );
 
@@ -1552,9 +1559,10 @@ mod tests {
             .unwrap();
         assert_eq!(dv.attachment.unwrap().state, AttachState::Detaching);
         assert!(
-            !c.observe_attachments(&plugged).await.unwrap(),
+            !c.observe_attachments(&plugged, &reporting).await.unwrap(),
             "still plugged"
         );
+
         // The NC no longer has it in the instance's set: unplugged, gone.
         c.ebs_tick().await.unwrap();
         let z = fake.last.lock().unwrap().clone().unwrap();
@@ -1569,6 +1577,30 @@ mod tests {
                 .kind,
             ErrorKind::IncorrectState
         );
+
+        // Detaching, and the node has not reported since a restart: it has
+        // not said it let go, so the volume stays detaching (its export
+        // open) until it does.
+        c.attach_volume(&alice, att(&vid, &inst, "/dev/sdb"))
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        let mut held = state(&v.id).await.unwrap();
+        held.attachment.as_mut().unwrap().state = AttachState::Detaching;
+        c.store.put_volume(&held).await.unwrap();
+        assert!(
+            !c.observe_attachments(&HashMap::new(), &Default::default())
+                .await
+                .unwrap(),
+            "detached on the word of a node that has not reported"
+        );
+        assert!(
+            c.observe_attachments(&HashMap::new(), &reporting)
+                .await
+                .unwrap(),
+            "its node reports it unplugged"
+        );
+        assert!(state(&v.id).await.unwrap().attachment.is_none());
 
         // Force: the attachment and the export go at once (the guest is not
         // asked). Attached again to another instance on the same NC, the

@@ -177,6 +177,17 @@ impl ZoneReport {
         }
         out
     }
+
+    /// The nodes whose volume report the CC has: of an instance on any
+    /// other node (one not polled yet since the CC started, say), nothing
+    /// is known, which is not the same as nothing plugged.
+    pub fn volume_reporting_nodes(&self) -> std::collections::HashSet<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.volumes.is_some())
+            .map(|n| n.node_id.clone())
+            .collect()
+    }
 }
 
 /// The answer to a terminate: which nodes acknowledged, and whether the
