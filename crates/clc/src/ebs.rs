@@ -35,6 +35,7 @@
 
 use std::collections::HashMap;
 
+use ironbark_cluster_api::NodeVolumes;
 use ironbark_node_api::MAX_VOLUMES_PER_INSTANCE;
 use ironbark_sc_api::{
     Compression, DesiredStorage, ExportSpec, ExportState, SnapshotSource, SnapshotSpec,
@@ -59,6 +60,10 @@ const MAX_VOLUME_GIB: u32 = 1024;
 /// request fails and the snapshot is withdrawn rather than taken at some
 /// later moment the caller did not ask for.
 pub(crate) const SNAPSHOT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long an attachment may keep failing (NC or SC reporting an error
+/// each try) before it is dropped.
+const ATTACH_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often the snapshot bucket is swept of objects and uploads no
 /// snapshot owns (and once when the CLC starts).
@@ -929,6 +934,21 @@ impl Cloud {
             .clone()
     }
 
+    /// The SC's reason for failing to export `volume` to `node` for
+    /// `instance`, if it did.
+    fn export_error(&self, volume: &VolumeId, node: &str, instance: &InstanceId) -> Option<String> {
+        let report = self.storage_report.lock().expect("storage report lock");
+        let e = report
+            .as_ref()?
+            .volumes
+            .iter()
+            .find(|v| v.volume_id == volume.as_str())?
+            .exports
+            .iter()
+            .find(|e| e.node_id == node && e.instance_id == instance.as_str())?;
+        (e.state == ExportState::Error).then(|| e.error.clone().unwrap_or_default())
+    }
+
     /// Advances volume and snapshot records from the SC's report.
     /// Idempotent: the same report twice changes nothing the second time.
     pub async fn observe_storage(&self, report: &StorageReport) -> Result<()> {
@@ -1004,12 +1024,12 @@ impl Cloud {
     /// `reporting` are the nodes whose volume report is in hand, and after
     /// a restart a detaching volume waits for its NC's first report rather
     /// than have its export closed under a guest that may still hold it.
+    /// An attachment still failing (its NC cannot plug the volume in, or
+    /// the SC cannot export it) after [`ATTACH_GIVE_UP`] is dropped, so the
+    /// volume is `available` again, as EC2 does with an attach that fails.
     /// Returns whether anything changed.
-    pub(crate) async fn observe_attachments(
-        &self,
-        plugged: &HashMap<String, Vec<String>>,
-        reporting: &std::collections::HashSet<String>,
-    ) -> Result<bool> {
+    pub(crate) async fn observe_attachments(&self, seen: &NodeVolumes) -> Result<bool> {
+        let (plugged, reporting) = (&seen.plugged, &seen.reporting);
         let _serial = self.ebs_lock.lock().await;
         let instances: HashMap<InstanceId, Instance> = self
             .store
@@ -1031,8 +1051,21 @@ impl Cloud {
                 .get(a.instance_id.as_str())
                 .is_some_and(|vols| vols.iter().any(|x| x == v.id.as_str()));
             let known = inst.is_some_and(|i| reporting.contains(&i.node_id));
+            let failure = (a.state == AttachState::Attaching
+                && now_ms() - a.attach_ms >= ATTACH_GIVE_UP.as_millis() as i64)
+                .then(|| {
+                    seen.failed
+                        .get(&(a.instance_id.to_string(), v.id.to_string()))
+                        .cloned()
+                        .or_else(|| inst.and_then(|i| self.export_error(&v.id, &i.node_id, &i.id)))
+                })
+                .flatten();
+            if let Some(why) = &failure {
+                tracing::warn!(volume = %v.id, instance = %a.instance_id, error = %why, "attach failed; the volume is available again");
+            }
             let next = match a.state {
                 _ if gone => None,
+                _ if failure.is_some() => None,
                 AttachState::Attaching if is_plugged => Some(AttachState::Attached),
                 AttachState::Detaching if (known && !is_plugged) || a.force_detach => None,
                 s => Some(s),
@@ -1537,11 +1570,17 @@ mod tests {
             state(&v.id).await.unwrap().attachment.unwrap().state,
             AttachState::Attached
         );
-        let plugged: HashMap<String, Vec<String>> =
-            [(inst.clone(), vec![vid.clone()])].into_iter().collect();
-        let reporting: std::collections::HashSet<String> = ["node-1".to_string()].into();
+        let plugged = NodeVolumes {
+            plugged: [(inst.clone(), vec![vid.clone()])].into_iter().collect(),
+            reporting: ["node-1".to_string()].into(),
+            failed: HashMap::new(),
+        };
+        let unplugged = NodeVolumes {
+            plugged: HashMap::new(),
+            ..plugged.clone()
+        };
         assert!(
-            !c.observe_attachments(&plugged, &reporting).await.unwrap(),
+            !c.observe_attachments(&plugged).await.unwrap(),
             "idempotent"
         );
 
@@ -1559,7 +1598,7 @@ mod tests {
             .unwrap();
         assert_eq!(dv.attachment.unwrap().state, AttachState::Detaching);
         assert!(
-            !c.observe_attachments(&plugged, &reporting).await.unwrap(),
+            !c.observe_attachments(&plugged).await.unwrap(),
             "still plugged"
         );
 
@@ -1589,18 +1628,40 @@ mod tests {
         held.attachment.as_mut().unwrap().state = AttachState::Detaching;
         c.store.put_volume(&held).await.unwrap();
         assert!(
-            !c.observe_attachments(&HashMap::new(), &Default::default())
+            !c.observe_attachments(&NodeVolumes::default())
                 .await
                 .unwrap(),
             "detached on the word of a node that has not reported"
         );
         assert!(
-            c.observe_attachments(&HashMap::new(), &reporting)
-                .await
-                .unwrap(),
+            c.observe_attachments(&unplugged).await.unwrap(),
             "its node reports it unplugged"
         );
         assert!(state(&v.id).await.unwrap().attachment.is_none());
+
+        // An attach that keeps failing: attaching while young, then given
+        // up (EC2's volume goes back to available), with the NC's reason
+        // in the log.
+        c.attach_volume(&alice, att(&vid, &inst, "/dev/sdb"))
+            .await
+            .unwrap();
+        let mut young = state(&v.id).await.unwrap();
+        young.attachment.as_mut().unwrap().state = AttachState::Attaching;
+        c.store.put_volume(&young).await.unwrap();
+        let failing = NodeVolumes {
+            failed: [(
+                (inst.clone(), vid.clone()),
+                "device_add: no slot".to_string(),
+            )]
+            .into(),
+            ..unplugged.clone()
+        };
+        assert!(!c.observe_attachments(&failing).await.unwrap(), "too soon");
+        let mut old = state(&v.id).await.unwrap();
+        old.attachment.as_mut().unwrap().attach_ms -= 2 * ATTACH_GIVE_UP.as_millis() as i64;
+        c.store.put_volume(&old).await.unwrap();
+        assert!(c.observe_attachments(&failing).await.unwrap());
+        assert_eq!(state(&v.id).await.unwrap().api_state(), "available");
 
         // Force: the attachment and the export go at once (the guest is not
         // asked). Attached again to another instance on the same NC, the

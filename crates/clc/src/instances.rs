@@ -643,10 +643,7 @@ impl Cloud {
                 tracing::info!(instance = %i.id, from = i.state.as_str(), to = to.as_str(), "instance state");
             }
         }
-        if self
-            .observe_attachments(&report.plugged_volumes(), &report.volume_reporting_nodes())
-            .await?
-        {
+        if self.observe_attachments(&report.node_volumes()).await? {
             // An attachment ended: its export closes now, not at the
             // SC's next periodic resend.
             self.push_storage_logged().await;

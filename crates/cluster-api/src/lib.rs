@@ -188,6 +188,38 @@ impl ZoneReport {
             .map(|n| n.node_id.clone())
             .collect()
     }
+
+    /// Everything the NCs said of the volumes in their VMs.
+    pub fn node_volumes(&self) -> NodeVolumes {
+        NodeVolumes {
+            plugged: self.plugged_volumes(),
+            reporting: self.volume_reporting_nodes(),
+            failed: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.volumes.as_ref())
+                .flat_map(|v| v.attachments.iter())
+                .filter(|a| a.state == AttachState::Error)
+                .map(|a| {
+                    (
+                        (a.instance_id.clone(), a.volume_id.clone()),
+                        a.error.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the NCs reported of volumes in their VMs ([`ZoneReport::node_volumes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeVolumes {
+    /// Volumes inside each instance's VM, by instance id.
+    pub plugged: std::collections::HashMap<String, Vec<String>>,
+    /// Nodes whose volume report is in hand.
+    pub reporting: std::collections::HashSet<String>,
+    /// (instance, volume) whose last hot-plug failed, with the NC's reason.
+    pub failed: std::collections::HashMap<(String, String), String>,
 }
 
 /// The answer to a terminate: which nodes acknowledged, and whether the
