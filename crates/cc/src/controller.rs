@@ -291,8 +291,10 @@ impl ClusterController {
     /// Sends each of `nodes` the volumes of its instances when that set
     /// changed since it last acknowledged one (or, with `poll`, when its
     /// report shows it lost it), and records what it has plugged in.
-    /// Nodes that never had volumes are not asked: older NCs lack the call.
-    /// Call with `apply_lock` held.
+    /// A node is always sent its set once after this process starts, empty
+    /// or not: until it answers, nothing is known of what it has plugged
+    /// in (the CLC waits for that before ending a detach), and a detach
+    /// decided before a restart must reach it. Call with `apply_lock` held.
     async fn push_volumes(&self, nodes: &[&Node], poll: bool) {
         let Some(zone) = self.lock().effective_zone() else {
             return;
@@ -316,7 +318,7 @@ impl ClusterController {
                 (sent, lost)
             };
             let (id, link, limit) = (node.id.clone(), node.link.clone(), self.cfg.node_timeout);
-            if sent.as_ref() != Some(&set) && (sent.is_some() || !set.is_empty()) || lost {
+            if sent.as_ref() != Some(&set) || lost {
                 let desired = ironbark_node_api::DesiredVolumes {
                     generation: zone.generation,
                     instances: set.clone(),

@@ -377,9 +377,21 @@ fn volume(id: &str, device: &str) -> ironbark_node_api::VolumeAttachment {
 #[tokio::test]
 async fn volume_sets_go_to_the_instances_node_only_when_they_change() {
     let c = cluster();
-    // No volumes anywhere: no node is asked (older NCs lack the call).
-    c.cc.apply(zone()).await.unwrap();
-    assert!(c.nodes.iter().all(|n| n.take_volume_sets().is_empty()));
+    // No volumes anywhere: each node still gets its (empty) set once, as
+    // a CC that has just started does not know what any of them holds,
+    // and its report then says so for each node.
+    let report = c.cc.apply(zone()).await.unwrap();
+    for n in &c.nodes {
+        let sets = n.take_volume_sets();
+        assert_eq!(sets.len(), 1);
+        assert!(sets[0].instances.is_empty());
+    }
+    assert_eq!(report.volume_reporting_nodes().len(), c.nodes.len());
+    c.cc.poll_once().await;
+    assert!(
+        c.nodes.iter().all(|n| n.take_volume_sets().is_empty()),
+        "sent once"
+    );
 
     let mut z = zone();
     z.generation = 8;

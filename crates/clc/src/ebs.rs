@@ -934,6 +934,29 @@ impl Cloud {
             .clone()
     }
 
+    /// Whether the snapshot's object in Walrus is the one the SC says it
+    /// completed: there, with the size and the multipart ETag (the MD5 of
+    /// the parts' MD5s) of what the SC sent. Walrus checked the whole
+    /// object's CRC-32 as it completed it; this catches the completion the
+    /// SC only inferred (an upload gone after a crash) being another's.
+    async fn object_matches(
+        &self,
+        s: &Snapshot,
+        r: &ironbark_sc_api::SnapshotReport,
+    ) -> Result<bool> {
+        let Some((b, k)) = s.location.split_once('/') else {
+            return Ok(false);
+        };
+        let unquoted = |e: &str| e.trim_matches('"').to_string();
+        Ok(match self.objects.system_head(b, k).await? {
+            Some((size, etag)) => {
+                Some(size) == r.compressed_size
+                    && Some(unquoted(&etag)) == r.md5.as_deref().map(unquoted)
+            }
+            None => false,
+        })
+    }
+
     /// The SC's reason for failing to export `volume` to `node` for
     /// `instance`, if it did.
     fn export_error(&self, volume: &VolumeId, node: &str, instance: &InstanceId) -> Option<String> {
@@ -991,15 +1014,29 @@ impl Cloud {
             let before = s.clone();
             match r.state {
                 Sc::Pending => s.progress = r.progress.min(99),
-                Sc::Completed if r.sha256.is_some() => {
-                    s.state = SnapshotState::Completed;
-                    s.progress = 100;
-                    s.sha256 = r.sha256.clone();
-                    s.raw_digest = r.raw_digest.clone();
-                    // Completing it consumed the upload.
-                    s.upload_id = None;
-                    tracing::info!(snapshot = %s.id, "snapshot completed");
-                }
+                Sc::Completed if r.sha256.is_some() => match self.object_matches(&s, r).await {
+                    Ok(true) => {
+                        s.state = SnapshotState::Completed;
+                        s.progress = 100;
+                        s.sha256 = r.sha256.clone();
+                        s.raw_digest = r.raw_digest.clone();
+                        // Completing it consumed the upload.
+                        s.upload_id = None;
+                        tracing::info!(snapshot = %s.id, "snapshot completed");
+                    }
+                    Ok(false) => {
+                        s.state = SnapshotState::Error;
+                        s.error = Some(
+                            "the snapshot's object in Walrus is missing or is not the one the SC uploaded"
+                                .into(),
+                        );
+                        tracing::warn!(snapshot = %s.id, "snapshot failed: its object does not match");
+                    }
+                    // Asked again at the next report.
+                    Err(e) => {
+                        tracing::warn!(snapshot = %s.id, error = %e, "checking the snapshot's object")
+                    }
+                },
                 Sc::Completed => {}
                 Sc::Error => {
                     s.state = SnapshotState::Error;
@@ -1201,6 +1238,9 @@ mod tests {
     struct FakeSc {
         hold: Mutex<bool>,
         stuck: Mutex<bool>,
+        /// The ETag the SC says Walrus gave its uploads (`None`: the fake
+        /// Walrus' own).
+        etag: Mutex<Option<String>>,
         /// Every snapshot id ever desired.
         seen: Mutex<Vec<String>>,
         report: Mutex<StorageReport>,
@@ -1293,6 +1333,10 @@ mod tests {
                     x.state = ironbark_sc_api::SnapshotState::Completed;
                     x.progress = 100;
                     x.sha256 = Some("5".repeat(64));
+                    x.compressed_size = Some(7);
+                    x.md5 = Some(self.etag.lock().unwrap().clone().unwrap_or_else(|| {
+                        crate::instances::tests::FAKE_ETAG.trim_matches('"').into()
+                    }));
                     x.raw_digest = Some("6".repeat(64));
                 }
             }
@@ -1346,6 +1390,24 @@ mod tests {
             aborted.contains(&format!("up-{SNAPSHOT_BUCKET}-{withdrawn}.raw.gz")),
             "the withdrawn snapshot's upload is aborted: {aborted:?}"
         );
+
+        // The SC says it completed, but Walrus holds another object under
+        // the key: not completed.
+        *sc.stuck.lock().unwrap() = false;
+        *sc.hold.lock().unwrap() = false;
+        *sc.etag.lock().unwrap() = Some("ffffffff-1".into());
+        let other = c.create_snapshot(&alice, &vid, "other").await.unwrap();
+        c.ebs_tick().await.unwrap();
+        let got = c
+            .store
+            .list_snapshots()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == other.id)
+            .unwrap();
+        assert_eq!(got.state, SnapshotState::Error, "{got:?}");
+        assert!(got.error.unwrap().contains("not the one the SC uploaded"));
     }
 
     #[tokio::test]

@@ -58,6 +58,11 @@ pub trait ObjectSource: Send + Sync + 'static {
     async fn remove(&self, _bucket: &str, _key: &str) -> Result<()> {
         Ok(())
     }
+    /// Size and ETag (unquoted) of an object of the cloud's own, if it
+    /// exists.
+    async fn system_head(&self, _bucket: &str, _key: &str) -> Result<Option<(u64, String)>> {
+        Err(Error::internal("no object store is attached"))
+    }
     /// The keys of the objects, and (key, upload id) of the open uploads,
     /// in one of the cloud's own buckets.
     async fn system_listing(&self, _bucket: &str) -> Result<SystemListing> {

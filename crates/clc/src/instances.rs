@@ -872,7 +872,15 @@ pub(crate) mod tests {
         async fn ensure_system_bucket(&self, _b: &str) -> Result<()> {
             Ok(())
         }
+        /// Every object of the cloud's own is 7 bytes with this ETag.
+        async fn system_head(&self, _b: &str, _k: &str) -> Result<Option<(u64, String)>> {
+            Ok(Some((7, FAKE_ETAG.into())))
+        }
     }
+
+    /// The ETag of every object the fake Walrus holds (quoted, as S3
+    /// answers it).
+    pub(crate) const FAKE_ETAG: &str = "\"0123abcd-2\"";
 
     /// A fake CC over one fake node that runs whatever it is told at once.
     pub(crate) struct FakeCluster {

@@ -158,6 +158,13 @@ impl ObjectSource for WalrusObjects {
             .map_err(Error::internal)
     }
 
+    async fn system_head(&self, bucket: &str, key: &str) -> Result<Option<(u64, String)>> {
+        self.walrus()?
+            .system_head(bucket, key)
+            .await
+            .map_err(Error::internal)
+    }
+
     async fn system_listing(&self, bucket: &str) -> Result<ironbark_clc::SystemListing> {
         let (keys, uploads) = self
             .walrus()?

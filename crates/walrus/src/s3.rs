@@ -279,6 +279,20 @@ impl Walrus {
         }
     }
 
+    /// Size and ETag (unquoted) of an object of the cloud's own, if it
+    /// exists.
+    pub async fn system_head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(u64, String)>, String> {
+        match self.meta.object(bucket, key).await {
+            Ok(o) => Ok(o.map(|o| (o.size, o.etag))),
+            Err(MetaError::NoSuchBucket) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// What one of the cloud's own buckets holds: the keys of its objects,
     /// and (key, upload id) of its open multipart uploads, in key order.
     /// A missing bucket holds nothing.
