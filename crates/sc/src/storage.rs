@@ -91,11 +91,21 @@ impl StorageConfig {
     }
 }
 
+/// Tries of a step that can fail for a while (a volume's create, a
+/// snapshot's upload) before its failure is final: until then the SC
+/// reports the volume `creating` or the snapshot `pending`, with the last
+/// error, and tries again after [`StorageConfig::retry_after`]; the CLC
+/// takes `error` as final, so a passing fault (Walrus restarting) must not
+/// reach it as one.
+const TRIES: u32 = 4;
+
 struct Vol {
     state: VolumeState,
     size_gib: u64,
     busy: bool,
     error: Option<(String, Instant)>,
+    /// Failed creates in a row; at [`TRIES`] the volume is `error` for good.
+    failures: u32,
     exports: Vec<ExportReport>,
     /// The grants last applied; `None` until the first pass applies them.
     applied: Option<Vec<Grant>>,
@@ -110,6 +120,9 @@ struct Snap {
     fixed: Arc<AtomicBool>,
     busy: bool,
     error: Option<(String, Instant)>,
+    /// Failed uploads in a row; at [`TRIES`] the snapshot is `error` for
+    /// good. A failed copy is final at once: its moment cannot be had again.
+    failures: u32,
     record: Option<SnapshotRecord>,
 }
 
@@ -363,6 +376,7 @@ impl Storage {
                     size_gib: v.size_gib,
                     busy: false,
                     error: None,
+                    failures: 0,
                     exports: Vec::new(),
                     applied: None,
                 });
@@ -384,10 +398,11 @@ impl Storage {
                         exports.push((v.volume_id.clone(), grants));
                     }
                 } else {
-                    if entry
-                        .error
-                        .as_ref()
-                        .is_some_and(|(_, at)| at.elapsed() < retry)
+                    if entry.failures >= TRIES
+                        || entry
+                            .error
+                            .as_ref()
+                            .is_some_and(|(_, at)| at.elapsed() < retry)
                     {
                         continue;
                     }
@@ -405,6 +420,7 @@ impl Storage {
                     size_gib: 0,
                     busy: false,
                     error: None,
+                    failures: 0,
                     exports: Vec::new(),
                     applied: None,
                 });
@@ -437,6 +453,7 @@ impl Storage {
                         fixed: Arc::new(AtomicBool::new(false)),
                         busy: false,
                         error: None,
+                        failures: 0,
                         record: None,
                     });
                 if entry.busy {
@@ -455,15 +472,15 @@ impl Storage {
                     entry.error = None;
                     continue;
                 }
-                if entry
-                    .error
-                    .as_ref()
-                    .is_some_and(|(_, at)| at.elapsed() < retry)
+                if entry.state == SnapshotState::Error
+                    || entry
+                        .error
+                        .as_ref()
+                        .is_some_and(|(_, at)| at.elapsed() < retry)
                 {
                     continue;
                 }
                 entry.state = SnapshotState::Pending;
-                entry.error = None;
                 entry.busy = true;
                 snapshots.push((s.clone(), entry.progress.clone(), entry.fixed.clone()));
             }
@@ -570,10 +587,14 @@ impl Storage {
                         Ok(()) => {
                             e.state = VolumeState::Available;
                             e.error = None;
+                            e.failures = 0;
                         }
                         Err(err) => {
                             tracing::warn!(volume = %v.volume_id, error = %err, "creating a volume");
-                            e.state = VolumeState::Error;
+                            e.failures += 1;
+                            if e.failures >= TRIES {
+                                e.state = VolumeState::Error;
+                            }
                             e.error = Some((err.to_string(), Instant::now()));
                         }
                     }
@@ -636,11 +657,13 @@ impl Storage {
                     let fixed: Fixed = Arc::new(move || fixed.store(true, Ordering::Release));
                     me.backend
                         .snapshot_raw(&spec, scaled(0.0, 50.0), fixed)
-                        .await?;
+                        .await
+                        .map_err(|e| (true, e))?;
                 }
                 me.backend
                     .publish_snapshot(&spec, scaled(50.0, 100.0))
                     .await
+                    .map_err(|e| (false, e))
             }
             .await;
             {
@@ -652,10 +675,14 @@ impl Storage {
                             s.state = SnapshotState::Completed;
                             s.progress.store(100, Ordering::Relaxed);
                             s.record = Some(record);
+                            s.error = None;
                         }
-                        Err(err) => {
-                            tracing::warn!(snapshot = %spec.snapshot_id, error = %err, "taking a snapshot");
-                            s.state = SnapshotState::Error;
+                        Err((copying, err)) => {
+                            tracing::warn!(snapshot = %spec.snapshot_id, error = %err, copying, "taking a snapshot");
+                            s.failures += 1;
+                            if copying || s.failures >= TRIES {
+                                s.state = SnapshotState::Error;
+                            }
                             s.error = Some((err.to_string(), Instant::now()));
                         }
                     }

@@ -154,7 +154,7 @@ async fn a_volume_is_creating_until_whole_then_available_and_exported() {
 }
 
 #[tokio::test]
-async fn a_failed_create_is_an_error_and_is_retried() {
+async fn a_failed_create_is_retried_and_still_creating() {
     let dir = Tmp::new("fail");
     let fake = Arc::new(FakeBackend::default());
     fake.fail("create:vol-1", true);
@@ -162,8 +162,8 @@ async fn a_failed_create_is_an_error_and_is_retried() {
     s.apply(desired(1, vec![vol("vol-1", &[])], vec![]))
         .await
         .unwrap();
-    eventually(&s, "error", |r| {
-        vstate(r, "vol-1") == Some(VolumeState::Error)
+    eventually(&s, "creating, with the failure", |r| {
+        vstate(r, "vol-1") == Some(VolumeState::Creating) && r.volumes[0].error.is_some()
     })
     .await;
     assert!(
@@ -257,14 +257,15 @@ async fn a_snapshot_is_pending_until_published_then_completed() {
     .await;
     let r = s.report();
     assert!(r.snapshots[0].sha256.is_none());
+    // An upload that fails is tried again: the snapshot stays pending,
+    // its last error shown, and completes once the fault has passed.
     fake.fail("publish:snap-1", true);
     fake.release("publish:snap-1");
-    eventually(&s, "error", |r| {
-        sstate(r, "snap-1") == Some(SnapshotState::Error)
+    eventually(&s, "pending with the failure", |r| {
+        sstate(r, "snap-1") == Some(SnapshotState::Pending) && r.snapshots[0].error.is_some()
     })
     .await;
     fake.fail("publish:snap-1", false);
-    tokio::time::sleep(Duration::from_millis(250)).await;
     eventually(&s, "completed", |r| {
         sstate(r, "snap-1") == Some(SnapshotState::Completed)
     })
@@ -322,6 +323,54 @@ async fn a_snapshot_of_a_missing_volume_is_an_error() {
         sstate(r, "snap-1") == Some(SnapshotState::Error)
     })
     .await;
+}
+
+/// A fault that lasts: a volume's create and a snapshot's upload are tried
+/// a few times (reported `creating` / `pending` meanwhile), then `error`,
+/// and then left alone, not tried every 30 s for ever.
+#[tokio::test]
+async fn a_lasting_failure_ends_in_error_after_a_few_tries() {
+    let dir = Tmp::new("lasting");
+    let fake = Arc::new(FakeBackend::default());
+    let s = Storage::start(cfg(&dir), fake.clone()).await.unwrap();
+    s.apply(desired(1, vec![vol("vol-1", &[])], vec![]))
+        .await
+        .unwrap();
+    eventually(&s, "available", |r| {
+        vstate(r, "vol-1") == Some(VolumeState::Available)
+    })
+    .await;
+    fake.fail("create:vol-2", true);
+    fake.fail("publish:snap-1", true);
+    s.apply(desired(
+        2,
+        vec![vol("vol-1", &[]), vol("vol-2", &[])],
+        vec![snap("snap-1", "vol-1")],
+    ))
+    .await
+    .unwrap();
+    eventually(&s, "creating and pending after the first failures", |r| {
+        vstate(r, "vol-2") == Some(VolumeState::Creating)
+            && r.volumes.iter().any(|v| v.error.is_some())
+            && sstate(r, "snap-1") == Some(SnapshotState::Pending)
+            && r.snapshots[0].error.is_some()
+    })
+    .await;
+    eventually(&s, "both errors", |r| {
+        vstate(r, "vol-2") == Some(VolumeState::Error)
+            && sstate(r, "snap-1") == Some(SnapshotState::Error)
+    })
+    .await;
+    let tries = |step: &str| fake.calls().iter().filter(|c| *c == step).count();
+    let (creates, publishes) = (tries("create:vol-2"), tries("publish:snap-1"));
+    assert_eq!((creates, publishes), (4, 4));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.settle().await;
+    assert_eq!(
+        (tries("create:vol-2"), tries("publish:snap-1")),
+        (creates, publishes),
+        "tried again after the failure was final"
+    );
 }
 
 #[tokio::test]
