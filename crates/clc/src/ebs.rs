@@ -277,6 +277,18 @@ impl Cloud {
         };
         {
             let _serial = self.ebs_lock.lock().await;
+            // Looked up again under the lock: a DeleteSnapshot since then
+            // would leave the SC a volume with no data to fill it from.
+            if let Some(sid) = &v.snapshot_id
+                && !self
+                    .store
+                    .list_snapshots()
+                    .await?
+                    .iter()
+                    .any(|s| &s.id == sid && Self::may_use_snapshot(caller, s))
+            {
+                return Err(snapshot_not_found(sid.as_str()));
+            }
             self.store.put_volume(&v).await?;
         }
         tracing::info!(volume = %v.id, size_gib, "volume created");
@@ -830,7 +842,17 @@ impl Cloud {
                             force_download: false,
                         })
                     }
-                    None => None,
+                    // The snapshot went (not possible through the API
+                    // any more): the SC fails the volume, which has nothing
+                    // to be filled from, rather than make it blank.
+                    None => Some(SnapshotSource {
+                        snapshot_id: sid.to_string(),
+                        download_url: None,
+                        compression: Compression::Gzip,
+                        sha256: None,
+                        raw_digest: None,
+                        force_download: false,
+                    }),
                 },
                 _ => None,
             };

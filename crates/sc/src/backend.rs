@@ -421,6 +421,12 @@ impl Backend for FileBackend {
 
     async fn set_exports(&self, id: &str, grants: &[Grant]) -> Result<Vec<NbdExport>, ScError> {
         if grants.is_empty() {
+            if self.daemons.backup_running(id).await {
+                // Its exports close; the daemon stays for the copy, and the
+                // snapshot's step stops it after.
+                self.daemons.set_exports(id, &[]).await?;
+                return Ok(Vec::new());
+            }
             self.daemons.stop(id).await?;
             return Ok(Vec::new());
         }
@@ -525,6 +531,9 @@ impl Backend for FileBackend {
         let pit = self.point_in_time_path(&spec.snapshot_id);
         let copied = self.copied_path(&spec.snapshot_id);
         if pit.is_file() {
+            // The moment was fixed before the SC died; saying so again at
+            // once keeps a CLC that is waiting for it from giving up.
+            fixed();
             // A job still in the daemon is followed (or, ended, cleaned
             // up); without one, only a copy recorded as whole is kept.
             let followed = self.daemons.adopt_backup(vol, &meta, &*progress).await?;
@@ -535,7 +544,6 @@ impl Backend for FileBackend {
                     "the point-in-time copy of {vol} was cut off (the SC and its daemon stopped) and cannot be taken again at the same moment"
                 )));
             }
-            fixed();
             self.finish_raw(spec, &meta, &part, &done, &*progress)
                 .await?;
             if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
@@ -582,8 +590,15 @@ impl Backend for FileBackend {
                 Ok(())
             };
             // The job's end, before the daemon forgets it: a restarted SC
-            // that finds no job then still knows the copy is whole.
-            let whole = || durable_marker(&copied);
+            // that finds no job then still knows the copy is whole. The
+            // data first: the daemon wrote it through the page cache, and
+            // the marker must not outlive data a power cut took.
+            let whole = || {
+                std::fs::File::open(&part)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| ScError::io(part.display(), e))?;
+                durable_marker(&copied)
+            };
             let backup = self
                 .daemons
                 .backup(vol, &meta, &part, &started, &whole, &*progress)

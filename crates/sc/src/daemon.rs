@@ -674,6 +674,22 @@ impl Daemons {
         outcome
     }
 
+    /// Whether the volume's daemon runs a snapshot copy (one an earlier SC
+    /// process started, say): such a daemon must outlive its exports until
+    /// the copy is followed to its end.
+    pub async fn backup_running(&self, vol: &str) -> bool {
+        if self.alive(vol).is_none() {
+            return false;
+        }
+        let Ok(mut qmp) = Qmp::connect(&self.socket(vol)).await else {
+            return false;
+        };
+        qmp.execute("query-jobs", None).await.is_ok_and(|jobs| {
+            jobs.as_array()
+                .is_some_and(|a| a.iter().any(|j| j["id"] == BACKUP_JOB))
+        })
+    }
+
     /// Follows a backup into `meta` that an earlier SC process started and
     /// did not see end (it died; the daemon, a process of its own, went on
     /// copying). `Ok(false)` if the daemon has no such job, so the copy is

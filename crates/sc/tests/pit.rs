@@ -202,6 +202,26 @@ async fn a_restarted_sc_finishes_the_copy_at_its_moment_or_fails_it() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 
+    // A volume nobody has attached: the restarted SC's first pass closes
+    // its (no) exports, which must leave the daemon to its copy.
+    let sixth = Arc::new(backend(&data));
+    let task = begin_copy(sixth.clone(), "snap-s").await;
+    task.abort();
+    let _ = task.await;
+    drop(sixth);
+    let seventh = backend(&data);
+    seventh.recover().await.unwrap();
+    seventh.set_exports("vol-p", &[]).await.unwrap();
+    seventh
+        .snapshot_raw(&spec("snap-s"), Arc::new(|_| {}), Arc::new(|| {}))
+        .await
+        .unwrap();
+    assert!(data.join("snapshots/snap-s.raw").is_file());
+    assert!(
+        seventh.served().await.unwrap().is_empty(),
+        "the daemon outlived the copy"
+    );
+
     // The SC died after the job ended well but before it published the
     // copy, and the daemon forgot the job: the copy was recorded whole,
     // so it is published, not failed.
