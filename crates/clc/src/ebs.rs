@@ -1,8 +1,9 @@
 //! EBS: volumes, attachments and snapshots, as the CLC decides them.
 //!
 //! The CLC owns every record; the zone's SC only makes real what the
-//! desired state says ([`DesiredStorage`]: volumes, the NC each is exported
-//! to, snapshots with the Walrus object to upload) and reports what is
+//! desired state says ([`DesiredStorage`]: volumes, the attachment (NC and
+//! instance) each is exported for, snapshots with the Walrus object to
+//! upload) and reports what is
 //! ([`StorageReport`]). The NC side of an attachment travels in the zone's
 //! desired state (the instance's volumes, with the export's address and
 //! key) and comes back in the NC's report. [`Cloud::ebs_tick`] is the one
@@ -12,6 +13,8 @@
 //! volume:     creating --SC made it--> available --DeleteVolume--> deleting --SC dropped it--> (erased)
 //!                 \--SC failed--> error
 //! attachment: attaching --NC plugged it--> attached --DetachVolume--> detaching --NC unplugged--> (none)
+//!             (Force: none at the next report, the export withdrawn at once;
+//!             NC or SC failing it for 60 s while attaching: none, volume available)
 //!             (the instance terminated: none at once; its VM is gone)
 //! snapshot:   pending --SC uploaded, checksummed--> completed      (or error)
 //!             (CreateSnapshot answers once the SC has begun the copy, so
@@ -619,6 +622,20 @@ impl Cloud {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(snapshot = %id, error = %e, "asking the SC"),
             }
+            // The EBS tick may have seen the SC's answer first.
+            if let Some(s) = self
+                .store
+                .list_snapshots()
+                .await?
+                .into_iter()
+                .find(|s| &s.id == id)
+                && s.state == SnapshotState::Error
+            {
+                return Err(Error::internal(format!(
+                    "the storage controller could not take snapshot {id}: {}",
+                    s.error.as_deref().unwrap_or("no reason given")
+                )));
+            }
             if std::time::Instant::now() >= deadline {
                 return Err(Error::internal(format!(
                     "the storage controller did not begin snapshot {id} within {} s; try again",
@@ -948,8 +965,10 @@ impl Cloud {
             .exports
             .iter()
             .find(|e| {
+                // An SC from before exports were per instance answers
+                // without one.
                 e.node_id == node
-                    && e.instance_id == instance.as_str()
+                    && (e.instance_id == instance.as_str() || e.instance_id.is_empty())
                     && e.state == ExportState::Ready
             })?
             .nbd
@@ -1195,15 +1214,29 @@ impl Cloud {
             let records = self.store.list_snapshots().await?;
             orphans(&records, &listing)
         };
+        // One that fails (a DeleteSnapshot got there first) does not keep
+        // the rest waiting for the next sweep.
         for key in objects {
-            self.objects.remove(SNAPSHOT_BUCKET, &key).await?;
-            tracing::info!(key = %key, "removed a snapshot object no snapshot owns");
+            match self.objects.remove(SNAPSHOT_BUCKET, &key).await {
+                Ok(()) => tracing::info!(key = %key, "removed a snapshot object no snapshot owns"),
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "removing a snapshot object no snapshot owns")
+                }
+            }
         }
         for (key, upload) in uploads {
-            self.objects
+            match self
+                .objects
                 .abort_upload(SNAPSHOT_BUCKET, &key, &upload)
-                .await?;
-            tracing::info!(key = %key, upload = %upload, "aborted a snapshot upload no snapshot owns");
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(key = %key, upload = %upload, "aborted a snapshot upload no snapshot owns")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "aborting a snapshot upload no snapshot owns")
+                }
+            }
         }
         Ok(())
     }

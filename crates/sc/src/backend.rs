@@ -5,7 +5,11 @@
 //! [`Backend`] does each step. Every step is idempotent and leaves either
 //! its finished result or something [`Backend::recover`] removes: results
 //! appear by `rename` of a fsynced `.part` file, so a volume or snapshot
-//! that is listed is whole, whatever moment a crash hit.
+//! that is listed is whole, whatever moment a crash hit. One exception: a
+//! snapshot's copy whose moment was fixed (`<snap>.pit`) keeps its `.part`
+//! files through `recover`, as its daemon may still be writing them; its
+//! next step follows that copy, publishes it if `<snap>.copied` says it is
+//! whole (written after the data is fsynced), or fails the snapshot.
 //!
 //! [`FileBackend`] is the real one: sparse files under `<data>/volumes/`
 //! and `<data>/snapshots/`, a `qemu-storage-daemon` per served volume

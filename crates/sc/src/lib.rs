@@ -11,9 +11,9 @@
 //!   filled from a snapshot (the SC's raw copy, or the compressed copy
 //!   downloaded from Walrus, checked and decompressed);
 //! - an export is an NBD export of a per-volume `qemu-storage-daemon`
-//!   ([`daemon`]) that only the NC named can open (TLS-PSK, one identity and
-//!   key per volume and NC; an NC on the SC's own host gets a Unix socket
-//!   only root can reach instead); the TCP listener is the SC's own, made
+//!   ([`daemon`]) that only the NC named can open (TLS-PSK, one export
+//!   name, identity and key per attachment: volume, NC and instance; an NC
+//!   on the SC's own host gets a Unix socket only root can reach instead); the TCP listener is the SC's own, made
 //!   with `TCP_NODELAY` ([`listen`]); the NC hot-plugs it into its VM;
 //! - a snapshot is a point-in-time copy made by that daemon while the guest
 //!   writes (`blockdev-backup` into a qcow2 whose external data file is the
