@@ -1814,6 +1814,22 @@ mod tests {
             exports_of(&vid).is_empty(),
             "the export is withdrawn at once"
         );
+        // Withdrawn while the record still says detaching, not only once
+        // the NC's report ends the attachment.
+        let mut still = state(&v.id).await.unwrap();
+        still.attachment = Some(VolumeAttachment {
+            instance_id: InstanceId::parse(&inst).unwrap(),
+            device: "/dev/sdb".into(),
+            state: AttachState::Detaching,
+            attach_ms: now_ms(),
+            force_detach: true,
+        });
+        c.store.put_volume(&still).await.unwrap();
+        let d = c.desired_storage().await.unwrap();
+        let spec = d.volumes.iter().find(|x| x.volume_id == vid).unwrap();
+        assert!(spec.exports.is_empty(), "{spec:?}");
+        still.attachment = None;
+        c.store.put_volume(&still).await.unwrap();
         c.ebs_tick().await.unwrap();
         assert!(state(&v.id).await.unwrap().attachment.is_none());
         c.attach_volume(&alice, att(&vid, &inst2, "/dev/sdb"))
