@@ -948,14 +948,14 @@ impl Cloud {
         }
     }
 
-    /// The NBD export an NC should attach for `volume` on `node` for
-    /// `instance`, once the SC has it ready.
-    pub(crate) fn ready_export(
+    /// The SC's last word on the export of `volume` to `node` for
+    /// `instance`.
+    fn export_report(
         &self,
         volume: &VolumeId,
         node: &str,
         instance: &InstanceId,
-    ) -> Option<ironbark_sc_api::NbdExport> {
+    ) -> Option<ironbark_sc_api::ExportReport> {
         let report = self.storage_report.lock().expect("storage report lock");
         report
             .as_ref()?
@@ -969,10 +969,21 @@ impl Cloud {
                 // without one.
                 e.node_id == node
                     && (e.instance_id == instance.as_str() || e.instance_id.is_empty())
-                    && e.state == ExportState::Ready
-            })?
+            })
+            .cloned()
+    }
+
+    /// The NBD export an NC should attach for `volume` on `node` for
+    /// `instance`, once the SC has it ready.
+    pub(crate) fn ready_export(
+        &self,
+        volume: &VolumeId,
+        node: &str,
+        instance: &InstanceId,
+    ) -> Option<ironbark_sc_api::NbdExport> {
+        self.export_report(volume, node, instance)
+            .filter(|e| e.state == ExportState::Ready)?
             .nbd
-            .clone()
     }
 
     /// Whether the snapshot's object in Walrus is the one the SC says it
@@ -1001,16 +1012,8 @@ impl Cloud {
     /// The SC's reason for failing to export `volume` to `node` for
     /// `instance`, if it did.
     fn export_error(&self, volume: &VolumeId, node: &str, instance: &InstanceId) -> Option<String> {
-        let report = self.storage_report.lock().expect("storage report lock");
-        let e = report
-            .as_ref()?
-            .volumes
-            .iter()
-            .find(|v| v.volume_id == volume.as_str())?
-            .exports
-            .iter()
-            .find(|e| e.node_id == node && e.instance_id == instance.as_str())?;
-        (e.state == ExportState::Error).then(|| e.error.clone().unwrap_or_default())
+        let e = self.export_report(volume, node, instance)?;
+        (e.state == ExportState::Error).then(|| e.error.unwrap_or_default())
     }
 
     /// Advances volume and snapshot records from the SC's report.
