@@ -22,14 +22,6 @@ use ironbark_sc_api::{Compression, SnapshotSpec, WalrusTarget};
 const NC: &str = "nc-here";
 const MIB: usize = 1 << 20;
 
-fn enabled() -> bool {
-    if std::env::var("IRONBARK_QEMU_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: set IRONBARK_QEMU_TESTS=1 (with qemu-utils) to run");
-    false
-}
-
 /// The scratch data dir, its daemons killed and files removed on drop.
 struct Scratch(PathBuf);
 impl Drop for Scratch {
@@ -122,7 +114,7 @@ async fn begin_copy(b: Arc<FileBackend>, id: &str) -> tokio::task::JoinHandle<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sc_finishes_the_copy_at_its_moment_or_fails_it() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let root =

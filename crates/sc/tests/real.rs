@@ -7,6 +7,8 @@
 //! Runs only with `IRONBARK_QEMU_TESTS=1` (needs `qemu-utils` with
 //! `qemu-storage-daemon` and `qemu-io`, and `zstd`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -20,14 +22,6 @@ use ironbark_sc_api::{
 use ironbark_walrus_standin::{Mode, StandIn};
 use md5::Digest as _;
 use sha2::Digest;
-
-fn enabled() -> bool {
-    if std::env::var("IRONBARK_QEMU_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: set IRONBARK_QEMU_TESTS=1 (with qemu-utils and zstd) to run");
-    false
-}
 
 struct Tmp(PathBuf);
 impl Drop for Tmp {
@@ -161,7 +155,7 @@ fn snapshot(id: &str, vol: &str, kind: Compression, walrus: &StandIn) -> Snapsho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_are_exported_only_to_their_nc_and_snapshots_round_trip_through_walrus() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-real-{}", std::process::id())));

@@ -26,14 +26,6 @@ use ironbark_sc_api::{DesiredStorage, ExportState, NbdExport, StorageReport, Vol
 const LOCAL: &str = "nc-here";
 const REMOTE: &str = "nc-there";
 
-fn enabled() -> bool {
-    if std::env::var("IRONBARK_QEMU_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: set IRONBARK_QEMU_TESTS=1 (with qemu-utils) to run");
-    false
-}
-
 /// Removes the scratch directory, daemons first (they hold the files).
 struct Tmp(PathBuf);
 impl Drop for Tmp {
@@ -206,7 +198,7 @@ fn daemon_cmdline(data: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_nc_gets_a_private_unix_socket_and_a_remote_one_tls() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let root = Tmp(std::env::temp_dir().join(format!("ironbark-sc-tr-{}", std::process::id())));
@@ -376,7 +368,7 @@ fn euid() -> u32 {
 /// runs the real daemon otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (root, data) = scratch("uring");
@@ -423,7 +415,7 @@ async fn daemons_fall_back_to_threads_where_io_uring_is_refused() {
 /// `stop`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (_root, data) = scratch("port");
@@ -480,7 +472,7 @@ async fn a_daemon_whose_port_was_never_recorded_is_replaced_not_leaked() {
 /// io_uring being refused, and later daemons keep using it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_volume_file_does_not_turn_io_uring_off() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (_root, data) = scratch("missing");
@@ -502,7 +494,7 @@ async fn a_missing_volume_file_does_not_turn_io_uring_off() {
 /// QEMU refuses an export naming an iothread the daemon does not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_without_the_iothread_still_gets_exports() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (root, data) = scratch("old");
@@ -573,7 +565,7 @@ fn thread_ticks(pid: &str) -> Vec<u64> {
 /// all of the daemon's CPU time under small writes); with it, almost none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_are_served_from_the_iothread() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (_root, data) = scratch("iothread");
@@ -624,7 +616,7 @@ fn attached_to(generation: u64, node: &str, instance: &str) -> DesiredStorage {
 /// volume at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_on_the_same_nc_gets_its_own_export() {
-    if !enabled() {
+    if !common::qemu_tests() {
         return;
     }
     let (root, data) = scratch("reattach");

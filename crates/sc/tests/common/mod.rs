@@ -42,3 +42,15 @@ pub fn daemons(
     })
     .unwrap()
 }
+
+/// Whether the tests that run real `qemu-storage-daemon`s, `qemu-img` and
+/// `qemu-io` (package qemu-utils; zstd for snapshots) are on: they need
+/// `IRONBARK_QEMU_TESTS=1`, which the test command sets.
+#[allow(dead_code)]
+pub fn qemu_tests() -> bool {
+    if std::env::var("IRONBARK_QEMU_TESTS").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped: set IRONBARK_QEMU_TESTS=1 (with qemu-utils and zstd) to run");
+    false
+}
