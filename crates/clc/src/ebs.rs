@@ -68,6 +68,10 @@ pub(crate) const SNAPSHOT_START_WAIT: std::time::Duration = std::time::Duration:
 /// each try) before it is dropped.
 const ATTACH_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Past a CreateSnapshot's longest wait, how long before a snapshot it
+/// never answered is taken for one whose CLC died waiting.
+const UNANSWERED_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How often the snapshot bucket is swept of objects and uploads no
 /// snapshot owns (and once when the CLC starts).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -566,6 +570,7 @@ impl Cloud {
                 raw_digest: None,
                 error: None,
                 upload_id: Some(upload_id),
+                answered: false,
                 public: false,
                 shared_with: Vec::new(),
             };
@@ -582,7 +587,24 @@ impl Cloud {
         // withdrawn (record, upload, the SC's task) and the call fails,
         // rather than being taken later than asked.
         match self.await_point_in_time(&s.id).await {
-            Ok(progress) => Ok(Snapshot { progress, ..s }),
+            Ok(progress) => {
+                let _serial = self.ebs_lock.lock().await;
+                if let Some(mut now) = self
+                    .store
+                    .list_snapshots()
+                    .await?
+                    .into_iter()
+                    .find(|x| x.id == s.id)
+                {
+                    now.answered = true;
+                    self.store.put_snapshot(&now).await?;
+                }
+                Ok(Snapshot {
+                    progress,
+                    answered: true,
+                    ..s
+                })
+            }
             Err(e) => {
                 tracing::warn!(snapshot = %s.id, error = %e, "snapshot withdrawn");
                 {
@@ -1169,6 +1191,7 @@ impl Cloud {
         if let Err(e) = self.sweep_snapshot_bucket(false).await {
             tracing::warn!(error = %e, "sweeping the snapshot bucket");
         }
+        self.withdraw_unanswered().await?;
         let volumes = self.store.list_volumes(None).await?;
         let snapshots = self.store.list_snapshots().await?;
         let busy = volumes.iter().any(|v| {
@@ -1240,6 +1263,32 @@ impl Cloud {
                     tracing::warn!(key = %key, error = %e, "aborting a snapshot upload no snapshot owns")
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Withdraws pending snapshots whose CreateSnapshot never answered and
+    /// no longer waits (a CLC died in the wait): their moment is not known
+    /// to be the call's, and the caller, who got no answer, retries.
+    async fn withdraw_unanswered(&self) -> Result<()> {
+        let cutoff = now_ms() - (self.snapshot_start_wait + UNANSWERED_GRACE).as_millis() as i64;
+        let gone: Vec<Snapshot> = {
+            let _serial = self.ebs_lock.lock().await;
+            let mut gone = Vec::new();
+            for s in self.store.list_snapshots().await? {
+                if s.state == SnapshotState::Pending && !s.answered && s.started_ms < cutoff {
+                    self.store.delete_snapshot(&s.id).await?;
+                    tracing::warn!(snapshot = %s.id, "withdrawn: its CreateSnapshot never answered");
+                    gone.push(s);
+                }
+            }
+            gone
+        };
+        if !gone.is_empty() {
+            self.push_storage_logged().await;
+        }
+        for s in &gone {
+            self.abort_upload_logged(s).await;
         }
         Ok(())
     }
@@ -1423,8 +1472,42 @@ mod tests {
         *sc.hold.lock().unwrap() = true;
         let s = c.create_snapshot(&alice, &vid, "fixed").await.unwrap();
         assert_eq!(s.state, SnapshotState::Pending);
+        let stored = |id: SnapshotId| {
+            let c = &c;
+            async move {
+                c.store
+                    .list_snapshots()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|x| x.id == id)
+            }
+        };
+        assert!(stored(s.id.clone()).await.unwrap().answered);
+
+        // One a CLC left unanswered when it died in the wait: withdrawn
+        // once no wait can still be running, not before.
+        let mut orphan = stored(s.id.clone()).await.unwrap();
+        orphan.id = SnapshotId::generate();
+        orphan.answered = false;
+        orphan.started_ms = now_ms();
+        c.store.put_snapshot(&orphan).await.unwrap();
+        c.ebs_tick().await.unwrap();
+        assert!(
+            stored(orphan.id.clone()).await.is_some(),
+            "a wait may still run"
+        );
+        let young = orphan.id.clone();
+        orphan.id = SnapshotId::generate();
+        orphan.started_ms = now_ms() - 60_000;
+        c.store.put_snapshot(&orphan).await.unwrap();
+        c.ebs_tick().await.unwrap();
+        assert!(stored(orphan.id.clone()).await.is_none());
+        c.store.delete_snapshot(&young).await.unwrap();
+        assert!(stored(s.id.clone()).await.is_some());
 
         *sc.stuck.lock().unwrap() = true;
+        let seen_before = sc.seen.lock().unwrap().len();
         let err = c
             .create_snapshot(&alice, &vid, "never begins")
             .await
@@ -1442,7 +1525,7 @@ mod tests {
         let d = sc.last.lock().unwrap().clone().unwrap();
         assert_eq!(d.snapshots.len(), 1, "the SC is told to drop it");
         let seen = sc.seen.lock().unwrap().clone();
-        let withdrawn = seen.iter().find(|x| **x != s.id.as_str()).unwrap();
+        let withdrawn = &seen[seen_before];
         let aborted = crate::instances::tests::ABORTED.lock().unwrap().clone();
         assert!(
             aborted.contains(&format!("up-{SNAPSHOT_BUCKET}-{withdrawn}.raw.gz")),
@@ -2114,6 +2197,7 @@ mod tests {
             raw_digest: None,
             error: None,
             upload_id: upload.map(str::to_string),
+            answered: true,
             public: false,
             shared_with: Vec::new(),
         };

@@ -122,9 +122,13 @@ async fn volumes_and_snapshots(s: &dyn Store) {
         raw_digest: None,
         error: None,
         upload_id: Some("up1".into()),
+        answered: false,
         public: false,
         shared_with: vec![],
     };
+    s.put_snapshot(&sn).await.unwrap();
+    assert_eq!(s.list_snapshots().await.unwrap(), vec![sn.clone()]);
+    sn.answered = true;
     s.put_snapshot(&sn).await.unwrap();
     assert_eq!(s.list_snapshots().await.unwrap(), vec![sn.clone()]);
     sn.upload_id = None;

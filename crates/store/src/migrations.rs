@@ -187,4 +187,10 @@ CREATE TABLE snapshots (
 ALTER TABLE snapshots ADD COLUMN upload_id TEXT NOT NULL DEFAULT '';
 "#,
     ),
+    (
+        7,
+        r#"
+ALTER TABLE snapshots ADD COLUMN answered INTEGER NOT NULL DEFAULT 1;
+"#,
+    ),
 ];

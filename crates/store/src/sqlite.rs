@@ -377,6 +377,7 @@ fn snapshot_row(r: &SqliteRow) -> Result<Snapshot> {
         raw_digest: opt("raw_digest")?,
         error: opt("error")?,
         upload_id: opt("upload_id")?,
+        answered: r.try_get::<i64, _>("answered").map_err(db)? != 0,
         public: r.try_get::<i64, _>("public").map_err(db)? != 0,
         shared_with: shared
             .split(',')
@@ -386,7 +387,7 @@ fn snapshot_row(r: &SqliteRow) -> Result<Snapshot> {
     })
 }
 
-const SNAPSHOT_SELECT: &str = "SELECT id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with, upload_id FROM snapshots";
+const SNAPSHOT_SELECT: &str = "SELECT id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with, upload_id, answered FROM snapshots";
 
 const ADDRESS_SELECT: &str = "SELECT public_ip, allocation_id, account_id, instance_id, association_id, restore_ip, allocated_ms FROM addresses";
 
@@ -1575,11 +1576,12 @@ impl Store for SqliteStore {
         let (_g, mut tx) = self.begin().await?;
         let shared: Vec<&str> = sn.shared_with.iter().map(|a| a.as_str()).collect();
         sqlx::query(
-            "INSERT INTO snapshots (id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with, upload_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+            "INSERT INTO snapshots (id, account_id, volume_id, volume_size_gib, description, state, progress, started_ms, location, compression, sha256, raw_digest, error, public, shared_with, upload_id, answered) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, progress = excluded.progress, \
              sha256 = excluded.sha256, raw_digest = excluded.raw_digest, error = excluded.error, \
-             public = excluded.public, shared_with = excluded.shared_with, upload_id = excluded.upload_id",
+             public = excluded.public, shared_with = excluded.shared_with, upload_id = excluded.upload_id, \
+             answered = excluded.answered",
         )
         .bind(sn.id.as_str())
         .bind(sn.account_id.as_str())
@@ -1597,6 +1599,7 @@ impl Store for SqliteStore {
         .bind(i64::from(sn.public))
         .bind(shared.join(","))
         .bind(sn.upload_id.as_deref().unwrap_or(""))
+        .bind(i64::from(sn.answered))
         .execute(&mut *tx)
         .await
         .map_err(db)?;

@@ -365,6 +365,11 @@ pub struct Snapshot {
     /// pending; `None` once completed, failed (aborted) or never made.
     #[serde(default)]
     pub upload_id: Option<String>,
+    /// CreateSnapshot has answered its caller: the SC had fixed the
+    /// snapshot's moment by then. A pending snapshot never answered was
+    /// left by a CLC that died waiting, and is withdrawn.
+    #[serde(default = "answered_default")]
+    pub answered: bool,
     /// createVolumePermission: `all`, or account ids.
     pub public: bool,
     pub shared_with: Vec<AccountId>,
@@ -492,6 +497,10 @@ impl Capacity {
 
 /// Civil-time rendering without a date library: EC2 timestamps are always
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn answered_default() -> bool {
+    true
+}
+
 pub fn iso8601_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let milli = ms.rem_euclid(1000);
