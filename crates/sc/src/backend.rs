@@ -93,6 +93,10 @@ pub trait Backend: Send + Sync + 'static {
     /// sweep after a restart).
     async fn served(&self) -> Result<Vec<String>, ScError>;
 
+    /// The names of the exports volume `id` is served under now (none if
+    /// it is not served).
+    async fn export_names(&self, id: &str) -> Result<Vec<String>, ScError>;
+
     /// Completed snapshots.
     async fn snapshots(&self) -> Result<BTreeMap<String, SnapshotRecord>, ScError>;
 
@@ -484,6 +488,13 @@ impl Backend for FileBackend {
                 },
             })
             .collect())
+    }
+
+    async fn export_names(&self, id: &str) -> Result<Vec<String>, ScError> {
+        if !self.daemons.running().iter().any(|v| v == id) {
+            return Ok(Vec::new());
+        }
+        self.daemons.exports(id).await
     }
 
     async fn served(&self) -> Result<Vec<String>, ScError> {

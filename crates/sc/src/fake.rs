@@ -131,6 +131,10 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
+    async fn export_names(&self, id: &str) -> Result<Vec<String>, ScError> {
+        Ok(self.exports(id).into_iter().map(|g| g.export).collect())
+    }
+
     async fn set_exports(&self, id: &str, grants: &[Grant]) -> Result<Vec<NbdExport>, ScError> {
         self.step(format!("exports:{id}:{}", grants.len())).await?;
         let mut i = self.lock();

@@ -299,25 +299,34 @@ impl Storage {
         Ok(self.report())
     }
 
-    /// The PSK grants of a volume's exports.
-    fn grants(&self, v: &VolumeSpec) -> Vec<Grant> {
+    /// The PSK grants of a volume's exports. `serving` are the export
+    /// names the volume is served under now: an attachment made before
+    /// exports were per instance keeps the per-NC export it was plugged in
+    /// under (renaming it would cut its guest off) until it ends.
+    fn grants(&self, v: &VolumeSpec, serving: &[String]) -> Vec<Grant> {
         v.exports
             .iter()
             .map(|e| {
+                let per_nc = export_name(&v.volume_id, &e.node_id, "");
+                let instance = if serving.contains(&per_nc) {
+                    ""
+                } else {
+                    e.instance_id.as_str()
+                };
                 let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
                 mac.update(b"ironbark-sc-psk\0");
                 mac.update(v.volume_id.as_bytes());
                 mac.update(b"\0");
                 mac.update(e.node_id.as_bytes());
-                if !e.instance_id.is_empty() {
+                if !instance.is_empty() {
                     mac.update(b"\0");
-                    mac.update(e.instance_id.as_bytes());
+                    mac.update(instance.as_bytes());
                 }
                 Grant {
                     node_id: e.node_id.clone(),
                     instance_id: e.instance_id.clone(),
-                    export: export_name(&v.volume_id, &e.node_id, &e.instance_id),
-                    identity: tls_identity(&v.volume_id, &e.node_id, &e.instance_id),
+                    export: export_name(&v.volume_id, &e.node_id, instance),
+                    identity: tls_identity(&v.volume_id, &e.node_id, instance),
                     psk_hex: hex::encode(mac.finalize().into_bytes()),
                 }
             })
@@ -343,6 +352,29 @@ impl Storage {
             }
         };
         let retry = self.cfg.retry_after;
+        // What each exported volume is served under now: from the grants
+        // applied, or, first after a start, from its daemon.
+        let unknown: Vec<String> = {
+            let st = self.lock();
+            st.desired
+                .volumes
+                .iter()
+                .filter(|v| {
+                    !v.exports.is_empty()
+                        && st
+                            .vols
+                            .get(&v.volume_id)
+                            .is_none_or(|e| e.applied.is_none())
+                })
+                .map(|v| v.volume_id.clone())
+                .collect()
+        };
+        let mut serving: HashMap<String, Vec<String>> = HashMap::new();
+        for id in unknown {
+            if let Ok(names) = self.backend.export_names(&id).await {
+                serving.insert(id, names);
+            }
+        }
         let mut creates = Vec::new();
         let mut deletes = Vec::new();
         let mut exports = Vec::new();
@@ -392,7 +424,11 @@ impl Storage {
                     entry.state = VolumeState::Available;
                     entry.error = None;
                     entry.size_gib = size.div_ceil(1 << 30);
-                    let grants = self.grants(v);
+                    let now: Vec<String> = match &entry.applied {
+                        Some(applied) => applied.iter().map(|g| g.export.clone()).collect(),
+                        None => serving.remove(&v.volume_id).unwrap_or_default(),
+                    };
+                    let grants = self.grants(v, &now);
                     if entry.applied.as_ref() != Some(&grants) {
                         entry.busy = true;
                         exports.push((v.volume_id.clone(), grants));

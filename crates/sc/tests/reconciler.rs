@@ -412,3 +412,57 @@ async fn a_restart_keeps_desired_exports_and_closes_the_rest() {
     assert_eq!(r.generation, 5);
     assert_eq!(r.volumes.len(), 2);
 }
+
+/// An attachment plugged in before exports were per instance (an SC and
+/// CLC upgraded in place) keeps the per-NC export its guest is connected
+/// to, through the new CLC's desired state and an SC restart, until it
+/// ends; the next attachment gets a per-instance export.
+#[tokio::test]
+async fn an_attachment_from_before_per_instance_exports_keeps_its_export() {
+    let dir = Tmp::new("legacy");
+    let fake = Arc::new(FakeBackend::default());
+    let s = Storage::start(cfg(&dir), fake.clone()).await.unwrap();
+    let to = |instance: &str| {
+        let mut v = vol("vol-1", &["nc-a"]);
+        v.exports[0].instance_id = instance.into();
+        v
+    };
+    let name = |r: &StorageReport| {
+        r.volumes[0]
+            .exports
+            .first()
+            .and_then(|e| e.nbd.as_ref())
+            .map(|n| n.export.clone())
+    };
+    // As the old CLC asked: no instance.
+    s.apply(desired(1, vec![to("")], vec![])).await.unwrap();
+    eventually(&s, "exported per NC", |r| {
+        name(r).as_deref() == Some("vol-1.nc-a")
+    })
+    .await;
+    // The new CLC names the instance: the export stays.
+    s.apply(desired(2, vec![to("i-1")], vec![])).await.unwrap();
+    s.settle().await;
+    s.reconcile().await;
+    let r = s.report();
+    assert_eq!(name(&r).as_deref(), Some("vol-1.nc-a"));
+    assert_eq!(r.volumes[0].exports[0].instance_id, "i-1");
+    // So it does through an SC restart.
+    s.shutdown();
+    drop(s);
+    let s = Storage::start(cfg(&dir), fake.clone()).await.unwrap();
+    s.settle().await;
+    s.reconcile().await;
+    assert_eq!(name(&s.report()).as_deref(), Some("vol-1.nc-a"));
+    assert_eq!(fake.exports("vol-1")[0].export, "vol-1.nc-a");
+    // Detached, then attached again: per instance.
+    s.apply(desired(3, vec![vol("vol-1", &[])], vec![]))
+        .await
+        .unwrap();
+    s.settle().await;
+    s.apply(desired(4, vec![to("i-1")], vec![])).await.unwrap();
+    eventually(&s, "exported per instance", |r| {
+        name(r).as_deref() == Some("vol-1.nc-a.i-1")
+    })
+    .await;
+}
