@@ -300,7 +300,8 @@ impl FileBackend {
             if let Some(want) = &src.sha256
                 && !want.eq_ignore_ascii_case(&sha)
             {
-                return Err(ScError::Io(format!(
+                // Whole but not the snapshot: trying again gets the same.
+                return Err(ScError::Invalid(format!(
                     "snapshot {} from Walrus has SHA-256 {sha}, expected {want}",
                     src.snapshot_id
                 )));

@@ -92,7 +92,8 @@ impl StorageConfig {
 }
 
 /// Tries of a step that can fail for a while (a volume's create, a
-/// snapshot's upload) before its failure is final: until then the SC
+/// snapshot's upload) before its failure is final ([`ScError::Invalid`],
+/// what no retry changes, is final at once): until then the SC
 /// reports the volume `creating` or the snapshot `pending`, with the last
 /// error, and tries again after [`StorageConfig::retry_after`]; the CLC
 /// takes `error` as final, so a passing fault (Walrus restarting) must not
@@ -628,7 +629,7 @@ impl Storage {
                         Err(err) => {
                             tracing::warn!(volume = %v.volume_id, error = %err, "creating a volume");
                             e.failures += 1;
-                            if e.failures >= TRIES {
+                            if e.failures >= TRIES || matches!(err, ScError::Invalid(_)) {
                                 e.state = VolumeState::Error;
                             }
                             e.error = Some((err.to_string(), Instant::now()));
@@ -716,7 +717,8 @@ impl Storage {
                         Err((copying, err)) => {
                             tracing::warn!(snapshot = %spec.snapshot_id, error = %err, copying, "taking a snapshot");
                             s.failures += 1;
-                            if copying || s.failures >= TRIES {
+                            if copying || s.failures >= TRIES || matches!(err, ScError::Invalid(_))
+                            {
                                 s.state = SnapshotState::Error;
                             }
                             s.error = Some((err.to_string(), Instant::now()));
