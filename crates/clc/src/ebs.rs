@@ -1366,8 +1366,11 @@ mod tests {
             }
             let hold = *self.hold.lock().unwrap();
             let mut r = self.report.lock().unwrap();
-            r.volumes
-                .retain(|v| d.volumes.iter().any(|w| w.volume_id == v.volume_id));
+            // Held, volumes no longer desired are still being deleted.
+            if !hold {
+                r.volumes
+                    .retain(|v| d.volumes.iter().any(|w| w.volume_id == v.volume_id));
+            }
             r.snapshots
                 .retain(|s| d.snapshots.iter().any(|w| w.snapshot_id == s.snapshot_id));
             for v in &d.volumes {
@@ -2173,11 +2176,55 @@ mod tests {
             c.delete_snapshot(&alice, &sid).await.unwrap_err().kind,
             ErrorKind::SnapshotNotFound
         );
+        *sc.hold.lock().unwrap() = true;
         c.delete_volume(&alice, &vid).await.unwrap();
+        assert_eq!(state(&v.id).await.unwrap().api_state(), "deleting");
+        *sc.hold.lock().unwrap() = false;
+        c.ebs_tick().await.unwrap();
         assert!(
             state(&v.id).await.is_none(),
             "erased once the SC no longer has it"
         );
+
+        // A volume the SC fails to make is `error`.
+        *sc.hold.lock().unwrap() = true;
+        let bad = c
+            .create_volume(&alice, Some("1"), None, "zone1")
+            .await
+            .unwrap();
+        let mut report = sc.report().await.unwrap();
+        for x in &mut report.volumes {
+            if x.volume_id == bad.id.as_str() {
+                x.state = ScVolume::Error;
+                x.error = Some("disk full".into());
+            }
+        }
+        c.observe_storage(&report).await.unwrap();
+        assert_eq!(state(&bad.id).await.unwrap().api_state(), "error");
+        *sc.hold.lock().unwrap() = false;
+
+        // A volume in another zone than the instance's is refused.
+        let mut far = c
+            .create_volume(&alice, Some("1"), None, "zone1")
+            .await
+            .unwrap();
+        c.ebs_tick().await.unwrap();
+        far = state(&far.id).await.unwrap();
+        // (A second zone's volume, as its own record: a zone never changes.)
+        far.id = VolumeId::generate();
+        far.zone = "zone2".into();
+        c.store.put_volume(&far).await.unwrap();
+        let live = c.run_instances(&alice, run(&img, 1, 1)).await.unwrap()[0]
+            .id
+            .to_string();
+        assert_eq!(
+            kind(
+                c.attach_volume(&alice, att(far.id.as_str(), &live, "/dev/sdb"))
+                    .await
+            ),
+            ErrorKind::VolumeZoneMismatch
+        );
+        assert!(state(&far.id).await.unwrap().attachment.is_none());
     }
 
     #[test]
