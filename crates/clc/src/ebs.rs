@@ -178,10 +178,7 @@ fn orphans(
 }
 
 fn compression_of(s: &Snapshot) -> Compression {
-    match s.compression.as_str() {
-        "zstd" => Compression::Zstd,
-        _ => Compression::Gzip,
-    }
+    Compression::from_name(&s.compression).unwrap_or_default()
 }
 
 impl Cloud {
@@ -562,10 +559,7 @@ impl Cloud {
                 state: SnapshotState::Pending,
                 progress: 0,
                 started_ms: now_ms(),
-                compression: match compression {
-                    Compression::Gzip => "gzip".into(),
-                    Compression::Zstd => "zstd".into(),
-                },
+                compression: compression.name().into(),
                 sha256: None,
                 raw_digest: None,
                 error: None,
@@ -589,13 +583,7 @@ impl Cloud {
         match self.await_point_in_time(&s.id).await {
             Ok(progress) => {
                 let _serial = self.ebs_lock.lock().await;
-                if let Some(mut now) = self
-                    .store
-                    .list_snapshots()
-                    .await?
-                    .into_iter()
-                    .find(|x| x.id == s.id)
-                {
+                if let Some(mut now) = self.snapshot_record(&s.id).await? {
                     now.answered = true;
                     self.store.put_snapshot(&now).await?;
                 }
@@ -607,12 +595,7 @@ impl Cloud {
             }
             Err(e) => {
                 tracing::warn!(snapshot = %s.id, error = %e, "snapshot withdrawn");
-                {
-                    let _serial = self.ebs_lock.lock().await;
-                    self.store.delete_snapshot(&s.id).await?;
-                }
-                self.push_storage_logged().await;
-                self.abort_upload_logged(&s).await;
+                self.withdraw_snapshot(&s).await?;
                 Err(e)
             }
         }
@@ -629,28 +612,19 @@ impl Cloud {
         loop {
             match report {
                 Ok(Some(r)) => {
-                    if let Some(s) = r.snapshots.iter().find(|s| s.snapshot_id == id.as_str()) {
-                        if s.state == ironbark_sc_api::SnapshotState::Error {
-                            return Err(Error::internal(format!(
-                                "the storage controller could not take snapshot {id}: {}",
-                                s.error.as_deref().unwrap_or("no reason given")
-                            )));
-                        }
-                        if s.point_in_time {
-                            return Ok(s.progress.min(99));
-                        }
+                    if let Some(s) = r.snapshots.iter().find(|s| s.snapshot_id == id.as_str())
+                        && s.point_in_time
+                        && s.state != ironbark_sc_api::SnapshotState::Error
+                    {
+                        return Ok(s.progress.min(99));
                     }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(snapshot = %id, error = %e, "asking the SC"),
             }
-            // The EBS tick may have seen the SC's answer first.
-            if let Some(s) = self
-                .store
-                .list_snapshots()
-                .await?
-                .into_iter()
-                .find(|s| &s.id == id)
+            // Every report went through `observe_storage`, which records
+            // the SC's failure (as does the EBS tick, which may see it first).
+            if let Some(s) = self.snapshot_record(id).await?
                 && s.state == SnapshotState::Error
             {
                 return Err(Error::internal(format!(
@@ -670,6 +644,28 @@ impl Cloud {
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// The record of snapshot `id`, whoever owns it.
+    async fn snapshot_record(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        Ok(self
+            .store
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .find(|s| &s.id == id))
+    }
+
+    /// Withdraws snapshot `s` as if never asked for: its record, the SC's
+    /// task (told at once) and its multipart upload.
+    async fn withdraw_snapshot(&self, s: &Snapshot) -> Result<()> {
+        {
+            let _serial = self.ebs_lock.lock().await;
+            self.store.delete_snapshot(&s.id).await?;
+        }
+        self.push_storage_logged().await;
+        self.abort_upload_logged(s).await;
+        Ok(())
     }
 
     fn last_storage_report(&self) -> Option<StorageReport> {
@@ -1271,24 +1267,14 @@ impl Cloud {
     /// no longer waits (a CLC died in the wait): their moment is not known
     /// to be the call's, and the caller, who got no answer, retries.
     async fn withdraw_unanswered(&self) -> Result<()> {
+        // No wait runs this long, so no record seen here can be answered
+        // meanwhile.
         let cutoff = now_ms() - (self.snapshot_start_wait + UNANSWERED_GRACE).as_millis() as i64;
-        let gone: Vec<Snapshot> = {
-            let _serial = self.ebs_lock.lock().await;
-            let mut gone = Vec::new();
-            for s in self.store.list_snapshots().await? {
-                if s.state == SnapshotState::Pending && !s.answered && s.started_ms < cutoff {
-                    self.store.delete_snapshot(&s.id).await?;
-                    tracing::warn!(snapshot = %s.id, "withdrawn: its CreateSnapshot never answered");
-                    gone.push(s);
-                }
+        for s in self.store.list_snapshots().await? {
+            if s.state == SnapshotState::Pending && !s.answered && s.started_ms < cutoff {
+                tracing::warn!(snapshot = %s.id, "withdrawn: its CreateSnapshot never answered");
+                self.withdraw_snapshot(&s).await?;
             }
-            gone
-        };
-        if !gone.is_empty() {
-            self.push_storage_logged().await;
-        }
-        for s in &gone {
-            self.abort_upload_logged(s).await;
         }
         Ok(())
     }
@@ -1477,14 +1463,7 @@ mod tests {
         assert_eq!(s.state, SnapshotState::Pending);
         let stored = |id: SnapshotId| {
             let c = &c;
-            async move {
-                c.store
-                    .list_snapshots()
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .find(|x| x.id == id)
-            }
+            async move { c.snapshot_record(&id).await.unwrap() }
         };
         assert!(stored(s.id.clone()).await.unwrap().answered);
 

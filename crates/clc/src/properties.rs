@@ -44,11 +44,12 @@ pub fn check_property(name: &str, value: &str) -> Result<()> {
 /// when unset).
 pub fn compression(value: Option<&str>) -> Result<Compression> {
     match value.map(str::trim) {
-        None | Some("gzip") => Ok(Compression::Gzip),
-        Some("zstd") => Ok(Compression::Zstd),
-        Some(other) => Err(Error::invalid_value(format!(
-            "{SNAPSHOT_COMPRESSION} must be 'gzip' or 'zstd', not '{other}'"
-        ))),
+        None => Ok(Compression::default()),
+        Some(v) => Compression::from_name(v).ok_or_else(|| {
+            Error::invalid_value(format!(
+                "{SNAPSHOT_COMPRESSION} must be 'gzip' or 'zstd', not '{v}'"
+            ))
+        }),
     }
 }
 

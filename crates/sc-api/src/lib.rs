@@ -71,6 +71,21 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Its name, as records and settings spell it (`gzip`, `zstd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The method [`Compression::name`] names.
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
     /// The usual file name extension, for object keys.
     pub fn extension(self) -> &'static str {
         match self {

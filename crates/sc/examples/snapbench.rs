@@ -35,10 +35,7 @@ async fn main() {
     let dir = std::path::PathBuf::from(&args[1]);
     let gib: u64 = args[2].parse().unwrap();
     let data_mib: u64 = args[3].parse().unwrap();
-    let kind = match args[4].as_str() {
-        "zstd" => Compression::Zstd,
-        _ => Compression::Gzip,
-    };
+    let kind = Compression::from_name(&args[4]).unwrap_or_default();
 
     let walrus = StandIn::start(Mode::Walrus, false).await;
 

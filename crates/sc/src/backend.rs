@@ -193,6 +193,15 @@ impl FileBackend {
         self.snapshots.join(format!("{id}.copied"))
     }
 
+    /// Stops the volume's daemon if it serves no export: one started (or
+    /// kept) for a snapshot's copy alone goes away after it.
+    async fn stop_if_unexported(&self, vol: &str) -> Result<(), ScError> {
+        if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
+            self.daemons.stop(vol).await?;
+        }
+        Ok(())
+    }
+
     /// The end of a finished copy: the data file flushed and published as
     /// the snapshot's raw copy.
     async fn finish_raw(
@@ -562,10 +571,7 @@ impl Backend for FileBackend {
             }
             self.finish_raw(spec, &meta, &part, &done, &*progress)
                 .await?;
-            if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
-                self.daemons.stop(vol).await?;
-            }
-            return Ok(());
+            return self.stop_if_unexported(vol).await;
         }
         let size = std::fs::metadata(&file)
             .map_err(|_| ScError::Invalid(format!("volume {vol} does not exist")))?
@@ -623,10 +629,7 @@ impl Backend for FileBackend {
                 Ok(()) => self.finish_raw(spec, &meta, &part, &done, &*progress).await,
                 Err(e) => Err(e),
             };
-            // A daemon started just for this one goes away again.
-            if self.daemons.exports(vol).await.is_ok_and(|e| e.is_empty()) {
-                self.daemons.stop(vol).await?;
-            }
+            self.stop_if_unexported(vol).await?;
             copied
         }
         .await;
@@ -749,9 +752,6 @@ impl Backend for FileBackend {
 fn durable_marker(path: &Path) -> Result<(), ScError> {
     std::fs::File::create(path)
         .and_then(|f| f.sync_all())
-        .and_then(|()| match path.parent() {
-            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
-            None => Ok(()),
-        })
+        .and_then(|()| path.parent().map_or(Ok(()), sparse::sync_dir))
         .map_err(|e| ScError::io(path.display(), e))
 }

@@ -678,16 +678,16 @@ impl Daemons {
     /// process started, say): such a daemon must outlive its exports until
     /// the copy is followed to its end.
     pub async fn backup_running(&self, vol: &str) -> bool {
-        if self.alive(vol).is_none() {
-            return false;
+        match self.live_qmp(vol).await {
+            Some(mut qmp) => backup_job(&mut qmp).await.is_ok_and(|j| j.is_some()),
+            None => false,
         }
-        let Ok(mut qmp) = Qmp::connect(&self.socket(vol)).await else {
-            return false;
-        };
-        qmp.execute("query-jobs", None).await.is_ok_and(|jobs| {
-            jobs.as_array()
-                .is_some_and(|a| a.iter().any(|j| j["id"] == BACKUP_JOB))
-        })
+    }
+
+    /// A QMP connection to the volume's daemon, if one is running.
+    async fn live_qmp(&self, vol: &str) -> Option<Qmp> {
+        self.alive(vol)?;
+        Qmp::connect(&self.socket(vol)).await.ok()
     }
 
     /// Follows a backup into `meta` that an earlier SC process started and
@@ -700,10 +700,7 @@ impl Daemons {
         meta: &Path,
         progress: &(dyn Fn(f64) + Send + Sync),
     ) -> Result<bool, ScError> {
-        if self.alive(vol).is_none() {
-            return Ok(false);
-        }
-        let Ok(mut qmp) = Qmp::connect(&self.socket(vol)).await else {
+        let Some(mut qmp) = self.live_qmp(vol).await else {
             return Ok(false);
         };
         let nodes = qmp
@@ -714,13 +711,7 @@ impl Daemons {
             a.iter()
                 .any(|n| n["node-name"] == BACKUP_FILE_NODE && n["file"].as_str() == meta.to_str())
         });
-        let jobs = qmp
-            .execute("query-jobs", None)
-            .await
-            .map_err(qmp_err("query-jobs"))?;
-        let has_job = jobs
-            .as_array()
-            .is_some_and(|a| a.iter().any(|j| j["id"] == BACKUP_JOB));
+        let has_job = backup_job(&mut qmp).await.map_err(ScError::Io)?.is_some();
         if !ours || !has_job {
             return Ok(false);
         }
@@ -733,19 +724,23 @@ impl Daemons {
     }
 }
 
+/// The daemon's snapshot job, as `query-jobs` shows it, if it has one.
+async fn backup_job(qmp: &mut Qmp) -> Result<Option<Value>, String> {
+    let jobs = qmp
+        .execute("query-jobs", None)
+        .await
+        .map_err(|e| format!("query-jobs: {e}"))?;
+    Ok(jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["id"] == BACKUP_JOB))
+        .cloned())
+}
+
 /// Waits for the backup job to conclude, reporting its progress; its
 /// error, if it ended with one.
 async fn wait_backup(qmp: &mut Qmp, progress: &(dyn Fn(f64) + Send + Sync)) -> Result<(), String> {
     loop {
-        let jobs = qmp
-            .execute("query-jobs", None)
-            .await
-            .map_err(|e| format!("query-jobs: {e}"))?;
-        let job = jobs
-            .as_array()
-            .and_then(|a| a.iter().find(|j| j["id"] == BACKUP_JOB))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let job = backup_job(qmp).await?.unwrap_or(Value::Null);
         let done = job["current-progress"].as_f64().unwrap_or(0.0);
         let total = job["total-progress"].as_f64().unwrap_or(1.0).max(1.0);
         progress(done / total);

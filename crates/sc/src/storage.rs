@@ -100,6 +100,11 @@ impl StorageConfig {
 /// reach it as one.
 const TRIES: u32 = 4;
 
+/// Whether a step's `failures`-th failure in a row, `err`, ends its tries.
+fn is_final(failures: u32, err: &ScError) -> bool {
+    failures >= TRIES || matches!(err, ScError::Invalid(_))
+}
+
 struct Vol {
     state: VolumeState,
     size_gib: u64,
@@ -629,7 +634,7 @@ impl Storage {
                         Err(err) => {
                             tracing::warn!(volume = %v.volume_id, error = %err, "creating a volume");
                             e.failures += 1;
-                            if e.failures >= TRIES || matches!(err, ScError::Invalid(_)) {
+                            if is_final(e.failures, &err) {
                                 e.state = VolumeState::Error;
                             }
                             e.error = Some((err.to_string(), Instant::now()));
@@ -717,8 +722,7 @@ impl Storage {
                         Err((copying, err)) => {
                             tracing::warn!(snapshot = %spec.snapshot_id, error = %err, copying, "taking a snapshot");
                             s.failures += 1;
-                            if copying || s.failures >= TRIES || matches!(err, ScError::Invalid(_))
-                            {
+                            if copying || is_final(s.failures, &err) {
                                 s.state = SnapshotState::Error;
                             }
                             s.error = Some((err.to_string(), Instant::now()));
